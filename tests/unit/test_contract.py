@@ -1,0 +1,166 @@
+"""The event contract: valid events round-trip, each kind of bad input gets its typed reason."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from trainmon.contract import (
+    MAX_EVENT_BYTES,
+    MAX_VALUES,
+    SCHEMA_VERSION,
+    ContractError,
+    Reason,
+    Topic,
+    TOPIC_OF_KIND,
+    decode,
+    encode,
+    envelope,
+    partition_key,
+    topic_name,
+)
+
+T = 1_764_230_400.25
+
+
+def metrics(**overrides):
+    event = envelope("metrics", project="p", run="r1", rank=0, host="node-1", step=10, epoch=1,
+                     time=T, values={"loss": 0.5, "lr": 3e-4, "step_time_s": 1})
+    event.update(overrides)
+    return event
+
+
+def system():
+    return envelope(
+        "system", host="node-1", time=T, interval_s=1.0, runs=["r1"],
+        figures={"cpu_percent": 12.5, "mem_used_bytes": 2**34},
+        processes=[{"pid": 42, "run": "r1", "figures": {"cpu_percent": 99.0, "rss_bytes": 2**30}}],
+        gpus=[
+            {"index": i, "uuid": f"GPU-{i}", "name": "H100", "processes": [{"pid": 42, "mem_used_bytes": 2**33}],
+             "figures": {"util_percent": 97.0, "mem_used_bytes": 70 * 2**30, "temperature_c": 71, "power_w": 650.5}}
+            for i in range(8)
+        ],
+    )
+
+
+VALID = {
+    "metrics": metrics(),
+    "system": system(),
+    "run_start": envelope("run_start", project="p", run="r1", rank=0, host="node-1", time=T, world_size=16,
+                          local_rank=0, name="bert-large", config={"lr": 1e-4, "optim": {"name": "adamw"}},
+                          tags=["baseline"], datasets=[{"name": "c4", "version": "2024-01"}],
+                          model={"params": 340_000_000}, code={"commit": "abc", "dirty": False},
+                          environment={"python": "3.11"}),
+    "run_meta": envelope("run_meta", project="p", run="r1", rank=0, host="node-1", time=T,
+                         datasets=[{"name": "wiki", "version": "v2", "rows": 100}]),
+    "heartbeat": envelope("heartbeat", project="p", run="r1", rank=3, host="node-2", time=T, step=99),
+    "run_end": envelope("run_end", project="p", run="r1", rank=0, host="node-1", time=T, status="finished"),
+    "alert": envelope("alert", rule="nan_loss", fingerprint="f00d", state="firing", severity="critical",
+                      labels={"run": "r1"}, annotations={"summary": "loss is NaN"}, values={"loss": 1.0},
+                      starts_at=T, time=T, project="p", run="r1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_every_kind_round_trips(kind):
+    event = VALID[kind]
+    assert decode(encode(event)) == json.loads(json.dumps(event))
+    assert event["v"] == SCHEMA_VERSION
+
+
+def test_non_finite_training_values_are_legal_and_round_trip():
+    raw = encode(metrics(values={"loss": math.nan, "grad_norm": math.inf, "x": -math.inf, "ok": 1.5}))
+    assert b'"NaN"' in raw and b'"Infinity"' in raw and b'"-Infinity"' in raw
+    json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    values = decode(raw)["values"]
+    assert math.isnan(values["loss"]) and values["grad_norm"] == math.inf and values["x"] == -math.inf
+    assert values["ok"] == 1.5
+
+
+def test_topics_and_keys_are_part_of_the_contract():
+    assert topic_name(Topic.METRICS, "trainmon.") == "trainmon.metrics"
+    assert partition_key(VALID["metrics"]) == partition_key(VALID["heartbeat"]) == b"r1"
+    assert partition_key(VALID["system"]) == b"node-1"
+    assert partition_key(VALID["alert"]) == b"f00d"
+    assert set(TOPIC_OF_KIND) == set(VALID)
+
+
+def reason_of(raw: bytes) -> ContractError:
+    with pytest.raises(ContractError) as caught:
+        decode(raw)
+    return caught.value
+
+
+def as_bytes(event) -> bytes:
+    return json.dumps(event).encode()
+
+
+def without(event, key):
+    return {k: v for k, v in event.items() if k != key}
+
+
+BAD = [
+    ("garbage bytes", b"\xff\xfe\x00garbage", Reason.MALFORMED, ""),
+    ("not json", b"{loss: 1}", Reason.MALFORMED, ""),
+    ("json array", b"[1, 2]", Reason.MALFORMED, ""),
+    ("nan token", b'{"v": 1, "kind": "metrics", "x": NaN}', Reason.MALFORMED, ""),
+    ("oversized", b" " * (MAX_EVENT_BYTES + 1), Reason.OVERSIZED, ""),
+    ("no version", as_bytes(without(metrics(), "v")), Reason.MISSING_FIELD, "v"),
+    ("unknown version", as_bytes(metrics(v=2)), Reason.UNKNOWN_VERSION, "v"),
+    ("bool version", as_bytes(metrics(v=True)), Reason.UNKNOWN_VERSION, "v"),
+    ("unknown kind", as_bytes(metrics(kind="gradients")), Reason.UNKNOWN_KIND, "kind"),
+    ("no kind", as_bytes(without(metrics(), "kind")), Reason.MISSING_FIELD, "kind"),
+    ("missing run", as_bytes(without(metrics(), "run")), Reason.MISSING_FIELD, "run"),
+    ("missing step", as_bytes(without(metrics(), "step")), Reason.MISSING_FIELD, "step"),
+    ("step as string", as_bytes(metrics(step="10")), Reason.WRONG_TYPE, "step"),
+    ("step as float", as_bytes(metrics(step=10.0)), Reason.WRONG_TYPE, "step"),
+    ("negative rank", as_bytes(metrics(rank=-1)), Reason.INVALID_VALUE, "rank"),
+    ("rank as bool", as_bytes(metrics(rank=True)), Reason.WRONG_TYPE, "rank"),
+    ("time in ms", as_bytes(metrics(time=T * 1000)), Reason.INVALID_VALUE, "time"),
+    ("empty run", as_bytes(metrics(run="")), Reason.INVALID_VALUE, "run"),
+    ("values not object", as_bytes(metrics(values=[1, 2])), Reason.WRONG_TYPE, "values"),
+    ("value as string", as_bytes(metrics(values={"loss": "0.5"})), Reason.WRONG_TYPE, "values.loss"),
+    ("value as list", as_bytes(metrics(values={"loss": [1]})), Reason.WRONG_TYPE, "values.loss"),
+    ("value null", as_bytes(metrics(values={"loss": None})), Reason.WRONG_TYPE, "values.loss"),
+    ("bad metric name", as_bytes(metrics(values={" loss": 1.0})), Reason.INVALID_VALUE, "values"),
+    ("too many values", as_bytes(metrics(values={f"m{i}": 1 for i in range(MAX_VALUES + 1)})),
+     Reason.INVALID_VALUE, "values"),
+    ("epoch as list", as_bytes(metrics(epoch=[1])), Reason.WRONG_TYPE, "epoch"),
+    ("nan epoch", as_bytes(metrics(epoch="NaN")), Reason.NON_FINITE, "epoch"),
+    ("nan gpu figure", as_bytes({**system(), "gpus": [{"index": 0, "uuid": "GPU-0", "figures": {"power_w": "NaN"}}]}),
+     Reason.NON_FINITE, "gpus[0].figures.power_w"),
+    ("gpu without uuid", as_bytes({**system(), "gpus": [{"index": 0, "figures": {}}]}),
+     Reason.MISSING_FIELD, "gpus[0].uuid"),
+    ("bad run status", as_bytes({**VALID["run_end"], "status": "done"}), Reason.INVALID_VALUE, "status"),
+    ("label not string", as_bytes({**VALID["alert"], "labels": {"gpu": 3}}), Reason.WRONG_TYPE, "labels.gpu"),
+    ("bad alert state", as_bytes({**VALID["alert"], "state": "pending"}), Reason.INVALID_VALUE, "state"),
+]
+
+
+@pytest.mark.parametrize("label,raw,reason,field", BAD, ids=[b[0] for b in BAD])
+def test_malformed_input_gets_a_typed_reason(label, raw, reason, field):
+    error = reason_of(raw)
+    assert error.reason is reason, str(error)
+    assert error.field == field
+    assert reason.value in str(error)
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility():
+    assert decode(as_bytes(metrics(extra={"anything": 1})))["run"] == "r1"
+
+
+def test_encode_refuses_what_json_cannot_carry():
+    with pytest.raises(ContractError) as caught:
+        encode(envelope("system", host="h", time=T, figures={"x": math.nan}))
+    assert caught.value.reason is Reason.NON_FINITE
+    with pytest.raises(ContractError) as caught:
+        encode(metrics(values={"loss": object()}))
+    assert caught.value.reason is Reason.WRONG_TYPE
+
+
+def test_envelope_rejects_unknown_kind_and_drops_nones():
+    with pytest.raises(ContractError):
+        envelope("nope")
+    assert "epoch" not in envelope("metrics", epoch=None)

@@ -1,0 +1,62 @@
+"""Settings: file then environment override defaults; bad config fails naming file, line and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainmon.settings import SettingsError, load
+
+
+def test_defaults_point_at_the_local_stack():
+    settings = load(environ={})
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.clickhouse == "http://127.0.0.1:8123"
+    assert settings.kafka_topic_prefix == "trainmon."
+
+
+def test_file_then_environment(tmp_path):
+    config = tmp_path / "trainmon.toml"
+    config.write_text('[kafka]\nbootstrap_servers = "k1:9092,k2:9092"\npartitions = 24\n'
+                      '[clickhouse]\nurl = "https://ch.example:8443"\n[services]\nkafka_port = 19092\n')
+    settings = load(config, environ={"TRAINMON_KAFKA_PARTITIONS": "48", "TRAINMON_CLICKHOUSE_DATABASE": "tm"})
+    assert settings.bootstrap_servers == "k1:9092,k2:9092"
+    assert settings.kafka_partitions == 48
+    assert settings.clickhouse == "https://ch.example:8443"
+    assert settings.clickhouse_database == "tm"
+    assert settings.services_kafka_port == 19092
+
+
+def test_local_addresses_follow_the_service_ports():
+    settings = load(environ={"TRAINMON_SERVICES_KAFKA_PORT": "29092", "TRAINMON_SERVICES_CLICKHOUSE_HTTP_PORT": "28123"})
+    assert settings.bootstrap_servers == "127.0.0.1:29092"
+    assert settings.clickhouse == "http://127.0.0.1:28123"
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ('[kafka]\nbootstrap_servers = "x"\npartitons = 3\n', ":3: [kafka] partitons: unknown key"),
+        ("[kafka]\npartitions = \"many\"\n", ":2: [kafka] partitions: expected an integer"),
+        ("[kafka]\npartitions = -1\n", "must be >= 0"),
+        ("[clickhouse]\nurl = 5\n", "[clickhouse] url: expected a string"),
+        ("[metrics]\nx = 1\n", "unknown section [metrics]"),
+        ("[kafka\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_fails_fast_naming_file_line_and_key(tmp_path, body, expected):
+    config = tmp_path / "bad.toml"
+    config.write_text(body)
+    with pytest.raises(SettingsError) as caught:
+        load(config, environ={})
+    assert str(config) in str(caught.value)
+    assert expected in str(caught.value)
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(SettingsError, match="TRAINMON_KAFKA_PARTITIONS: expected an integer"):
+        load(environ={"TRAINMON_KAFKA_PARTITIONS": "six"})
+
+
+def test_missing_config_file_says_so(tmp_path):
+    with pytest.raises(SettingsError, match="config file not found"):
+        load(environ={"TRAINMON_CONFIG": str(tmp_path / "nope.toml")})

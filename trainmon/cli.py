@@ -1,0 +1,112 @@
+"""The `trainmon` command. Each sub-command imports what it needs only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Callable, Sequence
+
+from trainmon import settings as settings_module
+from trainmon.errors import TrainmonError
+
+EPILOG = """settings come from defaults, then the config file (--config, $TRAINMON_CONFIG or
+./trainmon.toml), then environment variables TRAINMON_<SECTION>_<KEY>; see docs/configuration.md."""
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _services(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from deploy import services
+
+    names = args.names or None
+    if args.action == "start":
+        services.start_all(settings, names, progress=_progress)
+    elif args.action == "stop":
+        services.stop_all(settings, names, progress=_progress)
+    rows = services.status_all(settings, names)
+    print(f"{'SERVICE':<12} {'STATE':<10} {'PID':>8}  {'ADDRESS':<26} DETAIL")
+    for row in rows:
+        print(f"{row.name:<12} {row.state:<10} {row.pid or '-':>8}  {row.address:<26} {row.detail}")
+    if args.action == "status":
+        return 0 if all(r.healthy for r in rows) else 3
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from deploy.topics import create_topics
+
+    create_topics(settings, progress=print)
+    return 0
+
+
+def _db(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from deploy import migrate
+
+    if args.action == "migrate":
+        migrate.migrate(settings, progress=print)
+    else:
+        for version, name in migrate.applied_versions(settings).items():
+            print(f"{version:04d} {name}")
+    return 0
+
+
+def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        shown = "***" if "password" in field.name and value else value
+        section, key = field.name.split("_", 1)
+        print(f"[{section}] {key} = {shown!r}   ({settings_module.env_name(field.name)})")
+    print(f"# effective: bootstrap_servers={settings.bootstrap_servers} clickhouse={settings.clickhouse} home={settings.home}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainmon", description="Watch model training on GPU clusters.", epilog=EPILOG)
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $TRAINMON_CONFIG or ./trainmon.toml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    services = commands.add_parser(
+        "services",
+        help="start, stop or show the local Kafka and ClickHouse (native, no Docker)",
+        description="Local services bound to 127.0.0.1, data under the services home; "
+        "start is idempotent, stop goes by recorded PID. status exits 3 when any is not healthy.",
+    )
+    services.add_argument("action", choices=["start", "stop", "status"], help="what to do")
+    services.add_argument("names", nargs="*", metavar="NAME", help="kafka and/or clickhouse (default: both)")
+    services.set_defaults(handler=_services)
+
+    topics = commands.add_parser("topics", help="create the contract's Kafka topics",
+                                 description="Creates missing topics with [kafka] partitions and "
+                                 "replication_factor; existing ones are reported, never changed.")
+    topics.add_argument("action", choices=["create"], help="create missing topics")
+    topics.set_defaults(handler=_topics)
+
+    db = commands.add_parser("db", help="ClickHouse schema migrations",
+                             description="migrate applies missing migrations in order; status lists applied ones.")
+    db.add_argument("action", choices=["migrate", "status"], help="what to do")
+    db.set_defaults(handler=_db)
+
+    config = commands.add_parser("config", help="print the effective settings and their environment variables")
+    config.set_defaults(handler=_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_module.load(args.config)
+        handler: Callable[[argparse.Namespace, settings_module.Settings], int] = args.handler
+        return handler(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except TrainmonError as exc:
+        print(f"trainmon: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
