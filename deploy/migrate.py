@@ -60,7 +60,9 @@ _LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
 ) ENGINE = ReplacingMergeTree(applied_at) ORDER BY version"""
 
 
-def migrate(settings: Settings, progress: Callable[[str], None] = print) -> list[Migration]:
+def migrate(
+    settings: Settings, progress: Callable[[str], None] = print, directory: Path = MIGRATIONS_DIR
+) -> list[Migration]:
     """Create the database if needed and apply what is missing; returns what was applied."""
     database = settings.clickhouse_database
     if not _IDENTIFIER.match(database):
@@ -69,8 +71,9 @@ def migrate(settings: Settings, progress: Callable[[str], None] = print) -> list
     client = connect(settings)
     client.command(_LEDGER)
     applied = dict(client.query("SELECT version, checksum FROM schema_migrations FINAL").result_rows)
+    migrations = discover(directory)
     done = []
-    for migration in discover():
+    for migration in migrations:
         if migration.version in applied:
             if applied[migration.version] != migration.checksum:
                 raise MigrationError(
@@ -87,8 +90,8 @@ def migrate(settings: Settings, progress: Callable[[str], None] = print) -> list
             column_names=["version", "name", "checksum"],
         )
         done.append(migration)
-    progress(f"db: {database} at version {max((m.version for m in discover()), default=0)}"
-             f" ({len(done)} applied now)")
+    latest = max((m.version for m in migrations), default=0)
+    progress(f"db: {database} at version {latest} ({len(done)} applied now)")
     return done
 
 

@@ -2,9 +2,9 @@
 -- Statements are separated by a line ending in ';'. Every statement is idempotent (IF NOT EXISTS).
 --
 -- Idempotence: raw tables are ReplacingMergeTree on the event's natural key, so a re-sent event
--- collapses into one row; non_replicated_deduplication_window makes ClickHouse drop a re-inserted
--- identical batch whole, including what it would add to the rollups (the sink inserts with
--- deduplicate_blocks_in_dependent_materialized_views=1).
+-- collapses into one row; non_replicated_deduplication_window, on the raw tables AND on the rollup
+-- tables their views write to, makes ClickHouse drop a re-inserted identical batch whole, including
+-- what it would add to the rollups (each target table deduplicates its own dependent block).
 
 -- Training metrics, one row per (run, rank, metric, step). Re-logging a step (resumed run) keeps
 -- the latest ingest.
@@ -210,12 +210,14 @@ CREATE TABLE IF NOT EXISTS metric_rollup_1m
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (project, run, name, rank, bucket)
-TTL bucket + INTERVAL 1825 DAY;
+TTL bucket + INTERVAL 1825 DAY
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS metric_rollup_1h AS metric_rollup_1m
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(bucket)
-ORDER BY (project, run, name, rank, bucket);
+ORDER BY (project, run, name, rank, bucket)
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS metric_rollup_1m_mv TO metric_rollup_1m AS
 SELECT project, run, name, rank, toStartOfMinute(time) AS bucket,
@@ -254,12 +256,14 @@ CREATE TABLE IF NOT EXISTS system_rollup_1m
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (host, gpu, name, bucket)
-TTL bucket + INTERVAL 365 DAY;
+TTL bucket + INTERVAL 365 DAY
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS system_rollup_1h AS system_rollup_1m
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(bucket)
-ORDER BY (host, gpu, name, bucket);
+ORDER BY (host, gpu, name, bucket)
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS system_rollup_1m_mv TO system_rollup_1m AS
 SELECT host, gpu, name, toStartOfMinute(time) AS bucket,

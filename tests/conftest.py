@@ -1,0 +1,94 @@
+"""Session fixtures: the real Kafka and ClickHouse for integration tests.
+
+Where they come from, first match wins:
+- TRAINMON_TEST_KAFKA and TRAINMON_TEST_CLICKHOUSE_URL: services already running elsewhere;
+- TRAINMON_TEST_CONTAINERS=1: the official images via testcontainers (needs a Docker engine);
+- otherwise the native services, started here under .trainmon/test on test ports and stopped at the end
+  (only if this session started them).
+Each session gets its own topic prefix and database, so runs never see each other's data.
+Under CI=true a service that cannot start fails the run; elsewhere its tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from trainmon.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+TEST_PORTS = {
+    "services_kafka_port": int(os.environ.get("TRAINMON_TEST_KAFKA_PORT", "19092")),
+    "services_kafka_controller_port": int(os.environ.get("TRAINMON_TEST_KAFKA_CONTROLLER_PORT", "19093")),
+    "services_clickhouse_http_port": int(os.environ.get("TRAINMON_TEST_CLICKHOUSE_HTTP_PORT", "18123")),
+    "services_clickhouse_tcp_port": int(os.environ.get("TRAINMON_TEST_CLICKHOUSE_TCP_PORT", "19000")),
+}
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true and a required service is unavailable: {reason}", pytrace=False)
+    pytest.skip(f"service unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Settings]:
+    """Settings pointing at a live Kafka and ClickHouse, with a fresh topic prefix and database."""
+    session = uuid.uuid4().hex[:8]
+    base = Settings(
+        services_home=str(ROOT / ".trainmon" / "test"),
+        kafka_topic_prefix=f"test-{session}.",
+        kafka_partitions=4,
+        clickhouse_database=f"trainmon_test_{session}",
+        **TEST_PORTS,
+    )
+    stop = None
+    if os.environ.get("TRAINMON_TEST_KAFKA") and os.environ.get("TRAINMON_TEST_CLICKHOUSE_URL"):
+        settings = base.replace(kafka_bootstrap_servers=os.environ["TRAINMON_TEST_KAFKA"],
+                                clickhouse_url=os.environ["TRAINMON_TEST_CLICKHOUSE_URL"])
+    elif os.environ.get("TRAINMON_TEST_CONTAINERS") == "1":
+        from tests.containers import start_containers
+
+        bootstrap, url, stop = start_containers()
+        settings = base.replace(kafka_bootstrap_servers=bootstrap, clickhouse_url=url)
+    else:
+        from deploy import services
+
+        already = {s.name for s in services.status_all(base) if s.pid is not None}
+        try:
+            services.start_all(base)
+        except Exception as exc:  # ServiceError names the fix (Java, Maven, port)
+            _unavailable(str(exc))
+        started = [name for name in services.SERVICES if name not in already]
+        stop = (lambda: services.stop_all(base, started)) if started else None
+        settings = base
+    try:
+        yield settings
+    finally:
+        if stop is not None:
+            stop()
+
+
+@pytest.fixture(scope="session")
+def migrated(stack: Settings) -> Settings:
+    """The stack with this session's database migrated and topics created."""
+    from deploy.migrate import migrate
+    from deploy.topics import create_topics
+
+    migrate(stack, progress=lambda message: None)
+    create_topics(stack, progress=lambda message: None)
+    return stack
+
+
+@pytest.fixture
+def clickhouse(migrated: Settings):
+    from trainmon.clickhouse import connect
+
+    client = connect(migrated)
+    yield client
+    client.close()

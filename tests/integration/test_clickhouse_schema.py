@@ -1,0 +1,82 @@
+"""Schema v1 on the real ClickHouse: migrations are idempotent, keys make re-inserts harmless."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from deploy.migrate import MigrationError, migrate
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+SINK_INSERT = {"async_insert": 0}  # what the sink uses (docs/schema.md, Inserts)
+POINT_COLUMNS = ["project", "run", "rank", "host", "name", "step", "epoch", "value", "time"]
+
+
+def points(run: str, steps: range, value=lambda s: 1.0 / (s + 1)):
+    return [["p", run, 0, "node-1", "loss", s, 0.0, value(s), T0 + timedelta(seconds=s)] for s in steps]
+
+
+def test_migrate_twice_applies_once(migrated, clickhouse):
+    assert migrate(migrated, progress=lambda m: None) == []
+    versions = clickhouse.query("SELECT version FROM schema_migrations FINAL").result_rows
+    assert versions == [(1,)]
+    tables = {r[0] for r in clickhouse.query("SHOW TABLES").result_rows}
+    assert {"metric_points", "system_samples", "runs", "run_ranks", "run_events", "window_aggregates", "alerts",
+            "alert_deliveries", "gpus", "metric_rollup_1m", "metric_rollup_1h", "system_rollup_1m",
+            "system_rollup_1h"} <= tables
+
+
+def test_an_edited_applied_migration_is_refused(migrated, tmp_path):
+    from deploy.migrate import MIGRATIONS_DIR
+
+    for source in MIGRATIONS_DIR.glob("*.sql"):
+        (tmp_path / source.name).write_text(source.read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match="0001_schema_v1.sql changed after it was applied"):
+        migrate(migrated, progress=lambda m: None, directory=tmp_path)
+
+
+def test_reinserting_the_same_batch_counts_once_in_raw_and_rollups(clickhouse):
+    batch = points("dedup-batch", range(100))
+    for _ in range(2):
+        clickhouse.insert("metric_points", batch, column_names=POINT_COLUMNS, settings=SINK_INSERT)
+    raw = clickhouse.query("SELECT count() FROM metric_points WHERE run = 'dedup-batch'").result_rows[0][0]
+    rolled = clickhouse.query(
+        "SELECT sum(count) FROM metric_rollup_1m WHERE run = 'dedup-batch'").result_rows[0][0]
+    assert raw == 100 and rolled == 100
+
+
+def test_a_re_sent_event_in_another_batch_collapses_on_its_natural_key(clickhouse):
+    clickhouse.insert("metric_points", points("dedup-key", range(0, 60)), column_names=POINT_COLUMNS)
+    clickhouse.insert("metric_points", points("dedup-key", range(50, 80)), column_names=POINT_COLUMNS)
+    final = clickhouse.query("SELECT count() FROM metric_points FINAL WHERE run = 'dedup-key'").result_rows[0][0]
+    assert final == 80
+
+
+def test_non_finite_values_are_stored_and_kept_out_of_rollup_min_max(clickhouse):
+    values = {0: math.nan, 1: math.inf, 2: 3.0, 3: 5.0}
+    clickhouse.insert("metric_points", points("nan-run", range(4), value=values.__getitem__),
+                      column_names=POINT_COLUMNS)
+    stored = clickhouse.query("SELECT value FROM metric_points WHERE run = 'nan-run' ORDER BY step").result_rows
+    assert math.isnan(stored[0][0]) and stored[1][0] == math.inf
+    row = clickhouse.query(
+        "SELECT sum(count), sum(non_finite), min(min), max(max), argMaxMerge(last) "
+        "FROM metric_rollup_1m WHERE run = 'nan-run'").result_rows[0]
+    assert row == (4, 2, 3.0, 5.0, 5.0)
+
+
+def test_system_samples_roll_up_per_minute_and_hour(clickhouse):
+    rows = [["node-9", gpu, f"GPU-{gpu}", "util_percent", float(s % 100), T0 + timedelta(seconds=s)]
+            for gpu in (-1, 0) for s in range(180)]
+    clickhouse.insert("system_samples", rows, column_names=["host", "gpu", "gpu_uuid", "name", "value", "time"],
+                      settings=SINK_INSERT)
+    minutes = clickhouse.query(
+        "SELECT gpu, bucket, sum(count), max(max) FROM system_rollup_1m WHERE host = 'node-9' "
+        "GROUP BY gpu, bucket ORDER BY gpu, bucket").result_rows
+    assert [(r[0], r[2]) for r in minutes] == [(-1, 60)] * 3 + [(0, 60)] * 3
+    hours = clickhouse.query(
+        "SELECT sum(count), argMaxMerge(last) FROM system_rollup_1h WHERE host = 'node-9' AND gpu = 0").result_rows
+    assert hours == [(180, 79.0)]
