@@ -1,0 +1,44 @@
+# The two commands of the quick start: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-unit demo stop bench clean help
+
+help:
+	@echo "make demo   - set up, start the local Kafka + ClickHouse, create topics, migrate, show status"
+	@echo "make test   - set up and run the whole test suite against the real services"
+	@echo "make stop   - stop the local services started by make demo"
+	@echo "make bench  - run the benchmarks in bench/ (figures under bench/results/)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "setup: creating $(VENV) and installing trainmon with its server and test extras..."
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[server,test]"
+	@touch $@
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit
+
+demo: setup
+	$(BIN)/trainmon services start
+	$(BIN)/trainmon topics create
+	$(BIN)/trainmon db migrate
+	$(BIN)/trainmon services status
+
+stop: setup
+	$(BIN)/trainmon services stop
+
+bench: setup
+	@mkdir -p bench/results
+	$(BIN)/python bench/codec.py --json bench/results/codec.json
+
+clean:
+	rm -rf $(VENV) .trainmon .pytest_cache
