@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from deploy.topics import create_topics
+from tests.kafka_util import consume
 from trainmon.contract import Topic, decode, encode, envelope, partition_key, topic_name
 
 pytestmark = pytest.mark.integration
-
-
-def consume(settings, topic: str, expected: int, timeout_s: float = 30.0):
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"t-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    messages, deadline = [], time.monotonic() + timeout_s
-    try:
-        while len(messages) < expected and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
-                messages.append(message)
-    finally:
-        consumer.close()
-    return messages
 
 
 def test_topics_are_created_with_explicit_partitions_and_idempotently(migrated):

@@ -1,0 +1,260 @@
+"""Hands contract events to Kafka without ever blocking or failing the caller.
+
+`publish()` is a deque append. One background thread does the rest, every `linger_s`: encode, write
+to the disk spool (write-ahead), produce to Kafka from the spool in order, and advance the delivered
+watermark from delivery reports. While Kafka is unreachable, librdkafka holds what was produced
+(bounded) and retries forever (`message.timeout.ms=0`, so nothing is dropped on a timer and per-key
+order holds); the rest waits on disk and is produced when there is room again. Shared by the SDK and
+the node daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from agent.spool import Record, Spool, SpoolLocked
+from trainmon.contract import TOPIC_OF_KIND, ContractError, Topic, encode, partition_key, topic_name
+from trainmon.settings import Settings
+
+log = logging.getLogger("trainmon.agent")
+
+TOPICS = list(Topic)  # the spool stores a topic as its index here, not its (prefix-dependent) name
+TOPIC_CODE = {topic: code for code, topic in enumerate(TOPICS)}
+KIND_CODE = {kind: TOPIC_CODE[topic] for kind, topic in TOPIC_OF_KIND.items()}
+REPLAY_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class PublisherOptions:
+    linger_s: float = 0.05  # how often the background thread wakes
+    max_queue_events: int = 100_000  # in memory before the spool; beyond it publish() drops and counts
+    spool_max_bytes: int = 1 << 30  # past it the oldest spooled events are dropped, counted and logged
+    segment_bytes: int = 16 << 20
+    fsync_interval_s: float = 1.0  # 0: fsync every write
+    kafka_buffer_kbytes: int = 32 << 10  # librdkafka's in-memory queue
+
+
+class Publisher:
+    def __init__(self, settings: Settings, *, spool_dir: Path, client_id: str = "trainmon",
+                 options: PublisherOptions | None = None, producer_config: dict[str, Any] | None = None) -> None:
+        from confluent_kafka import Producer
+
+        self.options = options or PublisherOptions()
+        self.spool = self._open_spool(Path(spool_dir))
+        self._names = [topic_name(topic, settings.kafka_topic_prefix) for topic in TOPICS]
+        self._producer = Producer({
+            "bootstrap.servers": settings.bootstrap_servers,
+            "client.id": client_id,
+            "enable.idempotence": True,  # implies acks=all; retries cannot duplicate or reorder
+            "compression.type": "lz4",
+            "linger.ms": 5,
+            "message.timeout.ms": 0,  # retry forever: the spool, not a timer, bounds what is held
+            "queue.buffering.max.kbytes": self.options.kafka_buffer_kbytes,
+            "queue.buffering.max.messages": 100_000,
+            "reconnect.backoff.max.ms": 2000,
+            "error_cb": self._on_error,
+            "logger": _QuietKafkaLog(),  # state changes are reported once each by _on_error instead
+            **(producer_config or {}),
+        })
+        self._queue: deque[dict] = deque()
+        self._handled = 0  # events taken off the queue (spooled or refused)
+        self._cycles = 0  # completed background cycles (flush waits on them)
+        self._produced = self.spool.acked  # highest seq handed to librdkafka
+        self._delivered: set[int] = set()  # delivered seqs above the watermark (partitions ack out of order)
+        self._fresh: list[Record] = []  # just spooled, not yet produced: spares a read back from disk
+        self._counts = {"dropped": 0, "refused": 0, "delivered": 0, "replayed": 0}
+        self._kafka_down = False
+        self._closing = False
+        self._close_deadline = 0.0
+        self._wake = threading.Event()
+        if self.spool.pending:
+            log.info("trainmon: replaying %d events spooled in %s by an earlier process", self.spool.pending, self.spool.dir)
+            self._counts["replayed"] = self.spool.pending
+        self._thread = threading.Thread(target=self._run, name="trainmon-publisher", daemon=True)
+        self._thread.start()
+
+    def _open_spool(self, directory: Path) -> Spool:
+        options = self.options
+        kwargs = dict(max_bytes=options.spool_max_bytes, segment_bytes=options.segment_bytes,
+                      fsync_interval_s=options.fsync_interval_s)
+        try:
+            return Spool(directory, **kwargs)
+        except SpoolLocked:
+            mine = directory.with_name(f"{directory.name}.{os.getpid()}")
+            log.warning("trainmon: spool %s is used by another live process; using %s", directory, mine)
+            return Spool(mine, **kwargs)
+
+    # --- the caller's side: cheap, never raises ---------------------------------------------------
+
+    def publish(self, event: dict) -> bool:
+        if self._closing or len(self._queue) >= self.options.max_queue_events:
+            self._counts["dropped"] += 1
+            return False
+        self._queue.append(event)
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything published before this call is delivered to Kafka.
+
+        Two whole background cycles after the call have moved every earlier event to the spool;
+        then nothing pending on disk means it was all delivered."""
+        start = self._cycles
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._thread.is_alive():
+            self._wake.set()
+            if self._cycles >= start + 2 and not self._queue and self.spool.pending == 0:
+                return True
+            time.sleep(0.005)
+        return not self._queue and self.spool.pending == 0
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what can be delivered within timeout_s; the rest stays spooled for the next process."""
+        if self._closing:
+            return
+        self._close_deadline = time.monotonic() + timeout_s
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout_s + 2.0)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self._handled + len(self._queue),
+            "queued": len(self._queue),
+            "spooled_events": self.spool.pending,
+            "spooled_bytes": self.spool.size,
+            "spool_dropped": self.spool.dropped,
+            **self._counts,
+        }
+
+    # --- the background thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.options.linger_s)
+            self._wake.clear()
+            try:
+                self._cycle()
+            except Exception:  # never let the thread die: the caller's data is at stake
+                log.exception("trainmon: publisher cycle failed; retrying")
+                time.sleep(self.options.linger_s)
+            self._cycles += 1
+            if self._closing:
+                if (not self._queue and self.spool.pending == 0) or time.monotonic() >= self._close_deadline:
+                    break
+                self._producer.flush(0.05)
+        self._shutdown()
+
+    def _cycle(self) -> None:
+        self._spool_queued()
+        self._produce()
+        self._producer.poll(0)
+        self._advance()
+
+    def _spool_queued(self) -> None:
+        records = []
+        queue = self._queue
+        while queue:
+            event = queue.popleft()
+            try:
+                records.append((KIND_CODE[event["kind"]], partition_key(event), encode(event)))
+            except (ContractError, KeyError, TypeError, AttributeError) as exc:
+                self._refuse(event, exc)
+        if records:
+            first, last = self.spool.append(records)
+            if self._produced == first - 1 and not self._fresh:
+                self._fresh = [Record(seq, *record) for seq, record in zip(range(first, last + 1), records)]
+        self._handled += len(records)
+
+    def _refuse(self, event: Any, exc: Exception) -> None:
+        self._counts["refused"] += 1
+        self._handled += 1
+        if self._counts["refused"] <= 10 or self._counts["refused"] % 1000 == 0:
+            log.warning("trainmon: event refused (%s), %d so far: %.200r", exc, self._counts["refused"], event)
+
+    def _produce(self) -> None:
+        if self._produced < self.spool.acked:  # the size cap dropped what we had not produced yet
+            self._produced = self.spool.acked
+            self._fresh = []
+        while self._produced < self.spool.last_seq:
+            batch = self._fresh if self._fresh and self._fresh[0].seq == self._produced + 1 else \
+                self.spool.read(self._produced + 1, REPLAY_CHUNK)
+            self._fresh = []
+            if not batch:
+                return
+            for index, record in enumerate(batch):
+                try:
+                    self._producer.produce(self._names[record.topic], record.value, record.key,
+                                           on_delivery=partial(self._on_delivery, record.seq))
+                except BufferError:  # librdkafka's bounded queue is full (Kafka slow or down): wait on disk
+                    self._fresh = batch[index:] if batch[index].seq == self._produced + 1 else []
+                    return
+                self._produced = record.seq
+
+    def _on_delivery(self, seq: int, err: Any, _message: Any) -> None:
+        if err is not None:  # message.timeout.ms=0: only permanent errors get here
+            self._counts["dropped"] += 1
+            log.error("trainmon: Kafka refused an event for good (%s); it is dropped", err.str())
+        else:
+            self._counts["delivered"] += 1
+            if self._kafka_down:
+                self._kafka_down = False
+                log.warning("trainmon: Kafka reachable again; replaying %d spooled events", self.spool.pending)
+        self._delivered.add(seq)
+
+    def _on_error(self, err: Any) -> None:
+        if not self._kafka_down and err.code() in _DOWN_CODES:
+            self._kafka_down = True
+            log.warning("trainmon: Kafka unreachable (%s); events are spooled to %s and sent when it is back",
+                        err.str(), self.spool.dir)
+
+    def _advance(self) -> None:
+        acked, delivered = self.spool.acked, self._delivered
+        start = acked
+        while acked + 1 in delivered:
+            acked += 1
+        if acked != start:
+            delivered.difference_update(range(start + 1, acked + 1))
+            self.spool.ack(acked)
+        elif delivered and min(delivered) <= acked:
+            delivered.difference_update([s for s in delivered if s <= acked])
+
+    def _shutdown(self) -> None:
+        try:
+            self._spool_queued()  # whatever is still queued is at least on disk for the next process
+            self._producer.poll(0)
+            self._advance()
+        except Exception:
+            log.exception("trainmon: publisher shutdown failed; undelivered events stay spooled")
+        finally:
+            self.spool.close()
+            if self.spool.pending:
+                log.warning("trainmon: %d events not delivered yet stay in %s for the next start",
+                            self.spool.pending, self.spool.dir)
+
+
+class _QuietKafkaLog:
+    """librdkafka logs every failed reconnect; in a training job's output that is noise every few
+    seconds, so its lines go to the `trainmon.kafka` logger at DEBUG."""
+
+    _log = logging.getLogger("trainmon.kafka")
+
+    def log(self, _level: int, message: str, *args: Any) -> None:
+        self._log.debug(message, *args)
+
+
+def _down_codes() -> frozenset[int]:
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+
+
+_DOWN_CODES = _down_codes()

@@ -1,0 +1,148 @@
+"""The publisher against the real broker: delivery, a broker outage mid-training, SIGKILL and replay."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.publisher import Publisher, PublisherOptions
+from deploy.services.kafka import KafkaService
+from deploy.topics import create_topics
+from tests.kafka_util import consume
+from trainmon.contract import Topic, decode, envelope, topic_name
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def metrics(run: str, rank: int, step: int) -> dict:
+    return envelope("metrics", project="p", run=run, rank=rank, host=f"node-{rank}", step=step, time=time.time(),
+                    values={"loss": 1.0 / (step + 1), "lr": 1e-3})
+
+
+def assert_exact_and_ordered(messages, expected: dict[tuple[str, int], int]) -> None:
+    """Every (run, rank) got steps 0..n-1 exactly once, in order."""
+    seen: dict[tuple[str, int], list[int]] = {}
+    for message in messages:
+        event = decode(message.value())
+        seen.setdefault((event["run"], event["rank"]), []).append(event["step"])
+    assert {key: len(steps) for key, steps in seen.items()} == expected
+    for key, steps in seen.items():
+        assert steps == list(range(expected[key])), f"{key}: out of order or duplicated"
+
+
+def test_published_events_are_delivered_keyed_by_run(migrated, tmp_path):
+    publisher = Publisher(migrated, spool_dir=tmp_path / "spool")
+    for step in range(300):
+        for rank in range(2):
+            assert publisher.publish(metrics("pub-basic", rank, step))
+    assert publisher.flush(30)
+    publisher.close()
+    messages = consume(migrated, topic_name(Topic.METRICS, migrated.kafka_topic_prefix), 600, settle_s=1.0)
+    assert_exact_and_ordered(messages, {("pub-basic", 0): 300, ("pub-basic", 1): 300})
+    assert len({m.partition() for m in messages}) == 1
+    assert not list((tmp_path / "spool").glob("*.seg")), "a fully delivered spool leaves no segments"
+
+
+@pytest.fixture
+def own_broker(migrated):
+    """A second broker of our own, so this test can stop and restart it without disturbing the others."""
+    settings = migrated.replace(
+        services_home=str(ROOT / ".trainmon" / "test-outage"),
+        services_kafka_port=migrated.services_kafka_port + 100,
+        services_kafka_controller_port=migrated.services_kafka_controller_port + 100,
+        kafka_bootstrap_servers="",
+    )
+    broker = KafkaService(settings)
+    broker.start(progress=lambda m: None)
+    create_topics(settings, progress=lambda m: None)
+    yield settings, broker
+    broker.stop(progress=lambda m: None)
+
+
+def test_broker_outage_training_keeps_logging_and_every_event_arrives_once_in_order(own_broker, tmp_path):
+    settings, broker = own_broker
+    publisher = Publisher(settings, spool_dir=tmp_path / "spool")
+    worst = [0.0]
+    steps = {"before": 400, "during": 1500, "after": 400}
+
+    def train(first: int, count: int) -> None:
+        for step in range(first, first + count):
+            for rank in range(2):
+                start = time.perf_counter()
+                publisher.publish(metrics("outage", rank, step))
+                worst[0] = max(worst[0], time.perf_counter() - start)
+            time.sleep(0.001)
+
+    train(0, steps["before"])
+    broker.stop(progress=lambda m: None)
+    logger = threading.Thread(target=train, args=(steps["before"], steps["during"]))
+    logger.start()
+    time.sleep(1.0)
+    assert publisher.stats["spooled_events"] > 0, "while the broker is down, events wait on disk"
+    logger.join()
+    broker.start(progress=lambda m: None)
+    train(steps["before"] + steps["during"], steps["after"])
+    assert publisher.flush(60), publisher.stats
+    publisher.close()
+    total = sum(steps.values())
+    messages = consume(settings, topic_name(Topic.METRICS, settings.kafka_topic_prefix), 2 * total, settle_s=2.0)
+    assert_exact_and_ordered(messages, {("outage", 0): total, ("outage", 1): total})
+    assert worst[0] < 0.005, f"publish() stalled the training loop for {worst[0] * 1e3:.1f} ms"
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from agent.publisher import Publisher
+    from trainmon.contract import envelope
+    from trainmon.settings import Settings
+    settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", kafka_topic_prefix=sys.argv[2])  # nothing listens
+    publisher = Publisher(settings, spool_dir=Path(sys.argv[1]))
+    for step in range(3000):
+        publisher.publish(envelope("metrics", project="p", run="killed", rank=0, host="h", step=step,
+                                   time=time.time(), values={"loss": 1.0}))
+    deadline = time.monotonic() + 30
+    while publisher.stats["spooled_events"] < 3000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("spooled", publisher.stats["spooled_events"], flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_sigkilled_process_loses_nothing_spooled_and_the_next_one_replays_it(migrated, tmp_path):
+    spool = tmp_path / "spool"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(spool), migrated.kafka_topic_prefix],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("spooled"), line
+        spooled = int(line.split()[1])
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    assert spooled == 3000
+    restarted = Publisher(migrated, spool_dir=spool, options=PublisherOptions())
+    assert restarted.stats["replayed"] == 3000
+    assert restarted.flush(30)
+    restarted.close()
+    messages = consume(migrated, topic_name(Topic.METRICS, migrated.kafka_topic_prefix), 3000, settle_s=1.0)
+    assert_exact_and_ordered([m for m in messages if b'"killed"' in m.value()], {("killed", 0): 3000})
+
+
+def test_events_the_contract_cannot_encode_are_refused_not_fatal(migrated, tmp_path, caplog):
+    publisher = Publisher(migrated, spool_dir=tmp_path / "spool")
+    publisher.publish({"kind": "metrics", "values": {"x": object()}})  # not encodable, no run key
+    publisher.publish(metrics("after-bad", 0, 0))
+    assert publisher.flush(30)
+    publisher.close()
+    assert publisher.stats["refused"] == 1 and publisher.stats["delivered"] >= 1
+    assert "event refused" in caplog.text

@@ -1,0 +1,28 @@
+"""Reading topics back in tests: a throwaway consumer group from the earliest offset."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, Message
+
+from trainmon.settings import Settings
+
+
+def consume(settings: Settings, topic: str, expected: int, timeout_s: float = 30.0, settle_s: float = 0.0) -> list[Message]:
+    """Messages of `topic` until `expected` arrived (then `settle_s` more, to catch extras) or timeout."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"t-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages.extend(m for m in consumer.consume(1000, 0.5) if m.error() is None)
+        settle = time.monotonic() + settle_s
+        while time.monotonic() < settle:
+            messages.extend(m for m in consumer.consume(1000, 0.2) if m.error() is None)
+    finally:
+        consumer.close()
+    return messages
