@@ -55,6 +55,9 @@ class Publisher:
             "client.id": client_id,
             "enable.idempotence": True,  # implies acks=all; retries cannot duplicate or reorder
             "compression.type": "lz4",
+            # The Java/aiokafka partitioner, so a run's events and what the Faust processors re-key
+            # by run land on the same partition number (librdkafka's default hashes differently).
+            "partitioner": "murmur2_random",
             "linger.ms": 5,
             "message.timeout.ms": 0,  # retry forever: the spool, not a timer, bounds what is held
             "queue.buffering.max.kbytes": self.options.kafka_buffer_kbytes,
