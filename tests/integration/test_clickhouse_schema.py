@@ -11,7 +11,8 @@ from deploy.migrate import MigrationError, migrate
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+# Recent, on an hour boundary: system samples keep 30 days, and rollup buckets are then predictable.
+T0 = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
 SINK_INSERT = {"async_insert": 0}  # what the sink uses (docs/schema.md, Inserts)
 POINT_COLUMNS = ["project", "run", "rank", "host", "name", "step", "epoch", "value", "time"]
 
@@ -22,12 +23,12 @@ def points(run: str, steps: range, value=lambda s: 1.0 / (s + 1)):
 
 def test_migrate_twice_applies_once(migrated, clickhouse):
     assert migrate(migrated, progress=lambda m: None) == []
-    versions = clickhouse.query("SELECT version FROM schema_migrations FINAL").result_rows
-    assert versions == [(1,)]
+    versions = clickhouse.query("SELECT version FROM schema_migrations FINAL ORDER BY version").result_rows
+    assert versions == [(1,), (2,)]
     tables = {r[0] for r in clickhouse.query("SHOW TABLES").result_rows}
     assert {"metric_points", "system_samples", "runs", "run_ranks", "run_events", "window_aggregates", "alerts",
             "alert_deliveries", "gpus", "metric_rollup_1m", "metric_rollup_1h", "system_rollup_1m",
-            "system_rollup_1h"} <= tables
+            "system_rollup_1h", "ingest_offsets"} <= tables
 
 
 def test_an_edited_applied_migration_is_refused(migrated, tmp_path):

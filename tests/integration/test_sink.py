@@ -1,0 +1,103 @@
+"""The ClickHouse sink on the real engine: exact counts across a crash-and-replay, holding while down."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+
+from stream_processors.sink import Batch, ClickHouseSink
+from trainmon.clickhouse import connect
+from trainmon.contract import envelope
+
+pytestmark = pytest.mark.integration
+T0 = float(int(time.time()) // 3600 * 3600 - 3600)  # recent: system samples keep 30 days
+
+
+def metrics(run: str, step: int, n: int = 8) -> dict:
+    values = {f"m{i}": float(step * i) for i in range(n)}
+    values["loss"] = math.nan if step == 3 else 1.0 / (step + 1)
+    return envelope("metrics", project="p", run=run, rank=0, host="node-1", step=step, epoch=0, time=T0 + step,
+                    values=values)
+
+
+def system(host: str, second: int) -> dict:
+    return envelope("system", host=host, time=T0 + second, figures={"cpu_percent": 50.0},
+                    gpus=[{"index": i, "uuid": f"GPU-{i}", "name": "H100", "figures": {"util_percent": 90.0 + i}}
+                          for i in range(2)])
+
+
+def feed(sink: ClickHouseSink, topic: str, events, first_offset: int, batch_size: int) -> None:
+    """What the processors do: skip what is written, batch, write, then (implicitly) ack."""
+    for start in range(0, len(events), batch_size):
+        batch = Batch()
+        for offset, event in enumerate(events[start : start + batch_size], start=first_offset + start):
+            if sink.skip(topic, 0, offset):
+                continue
+            if event["kind"] == "metrics":
+                batch.add_metrics(event, topic, 0, offset)
+            else:
+                batch.add_system(event, topic, 0, offset)
+        if batch:
+            sink.write(batch)
+
+
+def count(client, sql: str) -> int:
+    return client.query(sql).result_rows[0][0]
+
+
+def test_a_replay_after_a_crash_is_skipped_so_raw_and_rollups_stay_exact(migrated):
+    client = connect(migrated)
+    events = [metrics("sink-replay", step) for step in range(200)]
+    first = ClickHouseSink(migrated)
+    feed(first, "t.metrics", events[:150], 0, batch_size=40)  # written, but say offsets were committed at 80
+    second = ClickHouseSink(migrated)  # the worker that takes over re-reads from offset 80, in other batches
+    feed(second, "t.metrics", events[80:], 80, batch_size=33)
+    assert second.skipped_events == 70
+    values_per_event = len(events[0]["values"])
+    assert count(client, "SELECT count() FROM metric_points WHERE run = 'sink-replay'") == 200 * values_per_event
+    assert count(client, "SELECT sum(count) FROM metric_rollup_1m WHERE run = 'sink-replay'") == 200 * values_per_event
+    assert count(client, "SELECT sum(non_finite) FROM metric_rollup_1m WHERE run = 'sink-replay'") == 1
+
+
+def test_system_samples_land_per_host_and_gpu_with_the_inventory(migrated):
+    client = connect(migrated)
+    feed(ClickHouseSink(migrated), "t.system", [system("sink-node", s) for s in range(30)], 0, batch_size=7)
+    rows = client.query("SELECT gpu, count(), max(value) FROM system_samples WHERE host = 'sink-node' "
+                        "GROUP BY gpu ORDER BY gpu").result_rows
+    assert rows == [(-1, 30, 50.0), (0, 30, 90.0), (1, 30, 91.0)]
+    inventory = client.query("SELECT gpu, gpu_uuid, gpu_name FROM gpus FINAL WHERE host = 'sink-node' ORDER BY gpu")
+    assert inventory.result_rows == [(0, "GPU-0", "H100"), (1, "GPU-1", "H100")]
+
+
+class FlakyClient:
+    """A real client that refuses the first `failures` inserts, as ClickHouse does while it is down."""
+
+    def __init__(self, settings, failures: int) -> None:
+        self.real, self.failures = connect(settings), failures
+
+    def __getattr__(self, name):
+        attribute = getattr(self.real, name)
+        if name.startswith("insert") and self.failures > 0:
+            def refuse(*args, **kwargs):
+                self.failures -= 1
+                raise ConnectionRefusedError("ClickHouse is down")
+            return refuse
+        return attribute
+
+
+def test_while_clickhouse_is_down_the_sink_holds_and_then_writes_everything_once(migrated):
+    flaky = FlakyClient(migrated, failures=4)
+    sink = ClickHouseSink(migrated, client_factory=lambda settings: flaky, max_backoff_s=0.2)
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (feed(sink, "t.down", [metrics("sink-down", s) for s in range(20)], 0, 20),
+                                              done.set()))
+    writer.start()
+    time.sleep(0.3)
+    assert not done.is_set(), "the write must hold while ClickHouse refuses"
+    writer.join(10)
+    assert done.is_set() and flaky.failures == 0
+    client = connect(migrated)
+    assert count(client, "SELECT count() FROM metric_points WHERE run = 'sink-down'") == 20 * 9
