@@ -1,0 +1,84 @@
+"""Rolling windows: exact aggregates per scope, NaN kept out, late data counted, rank spread."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stream_processors.sink import Batch
+from stream_processors.windows import Windows
+from trainmon.contract import envelope
+
+T0 = 1_764_230_400.0  # on a 5-minute boundary
+
+
+def metrics_batch(events) -> Batch:
+    batch = Batch()
+    for offset, event in enumerate(events):
+        batch.add_metrics(event, "t", 0, offset)
+    return batch
+
+
+def event(run, rank, step, t, **values):
+    return envelope("metrics", project="p", run=run, rank=rank, host="h", step=step, time=t, values=values)
+
+
+def by_key(rows):
+    return {(r["scope"], r["window"], r["run"], r["host"], r["gpu"], r["name"], r["window_start"].timestamp()): r
+            for r in rows}
+
+
+def test_run_windows_pool_ranks_and_skip_non_finite():
+    windows = Windows(sizes_s=(10,), lateness_s=0)
+    events = [event("r", rank, step, T0 + step, loss=float(step + rank)) for step in range(10) for rank in (0, 1)]
+    events.append(event("r", 0, 10, T0 + 9.5, loss=math.nan))
+    windows.add_metrics(metrics_batch(events).metric)
+    windows.add_metrics(metrics_batch([event("r", 0, 11, T0 + 10, loss=0.0)]).metric)  # moves the watermark
+    rows = by_key(windows.close_due())
+    row = rows[("run", "10s", "r", "", -1, "loss", T0)]
+    values = [float(step + rank) for step in range(10) for rank in (0, 1)]
+    assert row["count"] == 20 and row["min"] == 0.0 and row["max"] == 10.0
+    assert row["mean"] == pytest.approx(sum(values) / 20)
+    assert row["stddev"] == pytest.approx(math.sqrt(sum(v * v for v in values) / 20 - (sum(values) / 20) ** 2))
+    assert row["last"] == 10.0  # rank 1 at step 9, the newest finite value
+    assert len(rows) == 1, "the window at T0+10 is still open"
+
+
+def test_windows_of_several_sizes_close_at_their_own_ends():
+    windows = Windows(sizes_s=(10, 60), lateness_s=2)
+    windows.add_metrics(metrics_batch([event("r", 0, s, T0 + s, loss=1.0) for s in range(0, 75)]).metric)
+    rows = windows.close_due()
+    assert {(r["window"], r["window_start"].timestamp() - T0) for r in rows} == \
+        {("10s", 0), ("10s", 10), ("10s", 20), ("10s", 30), ("10s", 40), ("10s", 50), ("10s", 60), ("1m", 0)}
+    assert all(r["count"] == (60 if r["window"] == "1m" else 10) for r in rows)
+
+
+def test_late_events_for_a_written_window_are_counted_not_merged():
+    windows = Windows(sizes_s=(10,), lateness_s=0)
+    windows.add_metrics(metrics_batch([event("r", 0, s, T0 + s, loss=1.0) for s in range(25)]).metric)
+    assert len(windows.close_due()) == 2
+    windows.add_metrics(metrics_batch([event("r", 0, 99, T0 + 1, loss=5.0)]).metric)
+    assert windows.late_events == 1
+    assert all(r["max"] == 1.0 for r in windows.close_due(force=True))
+
+
+def test_rank_spread_of_step_time_for_stragglers():
+    windows = Windows(sizes_s=(10,), lateness_s=0)
+    events = [event("r", rank, s, T0 + s, step_time_s=1.0 if rank else 3.0) for s in range(10) for rank in range(4)]
+    windows.add_metrics(metrics_batch(events).metric)
+    rows = [r for r in windows.close_due(force=True) if r["scope"] == "ranks"]
+    assert len(rows) == 1
+    assert (rows[0]["count"], rows[0]["min"], rows[0]["median"], rows[0]["max"]) == (4, 1.0, 1.0, 3.0)
+
+
+def test_host_and_gpu_scopes_from_system_samples():
+    batch = Batch()
+    for s in range(10):
+        batch.add_system(envelope("system", host="n1", time=T0 + s, figures={"cpu_percent": 10.0 * s},
+                                  gpus=[{"index": 0, "uuid": "G0", "figures": {"util_percent": 50.0}}]), "t", 0, s)
+    windows = Windows(sizes_s=(10,), lateness_s=0)
+    windows.add_system(batch.system)
+    rows = by_key(windows.close_due(force=True))
+    assert rows[("host", "10s", "", "n1", -1, "cpu_percent", T0)]["mean"] == pytest.approx(45.0)
+    assert rows[("gpu", "10s", "", "n1", 0, "util_percent", T0)]["count"] == 10
