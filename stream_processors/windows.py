@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping, Sequence
+
+from stream_processors.sink import utc
 
 RANK_SPREAD_METRICS = frozenset({"step_time_s", "samples_per_s", "tokens_per_s"})
 Key = tuple  # (scope, window label, project, run, rank, host, gpu, name, bucket start)
@@ -23,10 +25,6 @@ Key = tuple  # (scope, window label, project, run, rank, host, gpu, name, bucket
 
 def label(seconds: float) -> str:
     return f"{int(seconds // 60)}m" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g}s"
-
-
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 class Windows:
@@ -121,7 +119,7 @@ class Windows:
         limit = math.inf if force else watermark - self.lateness_s
         self.closed_until = max(self.closed_until, limit)
         rows = []
-        updated = _utc(watermark or 0.0)
+        updated = utc(watermark or 0.0)
         for key in [k for k in self.open if k[-1] + _size(k[1]) <= limit]:
             count, total, sumsq, low, high, _last_time, last = self.open.pop(key)
             mean = total / count
@@ -143,6 +141,6 @@ def _row(key: Key, count: float, mean: float, low: float, high: float, last: flo
          median: float, updated: datetime) -> dict[str, Any]:
     scope, window, project, run, rank, host, gpu, name, bucket = key
     return {"scope": scope, "window": window, "project": project, "run": run, "rank": rank, "host": host,
-            "gpu": gpu, "name": name, "window_start": _utc(bucket), "window_end": _utc(bucket + _size(window)),
+            "gpu": gpu, "name": name, "window_start": utc(bucket), "window_end": utc(bucket + _size(window)),
             "count": int(count), "mean": float(mean), "min": float(low), "max": float(high), "last": float(last),
             "stddev": float(stddev), "median": float(median), "updated_at": updated}

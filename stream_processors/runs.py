@@ -1,0 +1,133 @@
+"""The current state of each run and rank, kept from lifecycle events and written as snapshots.
+
+ClickHouse keeps the newest snapshot (ReplacingMergeTree on updated_at), so writing a run again is
+harmless; writes are throttled per run so heartbeats from 512 ranks do not become 512 rows a second.
+A multi-node run is one run: ranks add hosts, and the run's status is the worst final status of any
+rank (failed > crashed > killed > finished), `finished` only once every rank reported it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from stream_processors.sink import utc
+
+STATUS_ORDER = ("finished", "killed", "crashed", "failed")  # worst last
+RAW_KINDS = frozenset({"run_start", "run_meta", "run_end"})
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str) if value else ""
+
+
+@dataclass
+class RankState:
+    host: str
+    local_rank: int = -1
+    started: float = 0.0
+    last_seen: float = 0.0
+    last_step: int = 0
+    status: str = "running"
+
+
+@dataclass
+class RunState:
+    project: str
+    run: str
+    name: str = ""
+    user: str = ""
+    world_size: int = 0
+    started: float = 0.0
+    ended: float | None = None
+    tags: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    datasets: list = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+    code: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    ranks: dict[int, RankState] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        finals = [r.status for r in self.ranks.values() if r.status != "running"]
+        worst = max(finals, key=STATUS_ORDER.index, default="running")
+        if worst == "finished" and len(finals) < max(self.world_size, len(self.ranks)):
+            return "running"
+        return worst
+
+
+class RunBook:
+    """The runs of one partition (the processors keep one per partition and drop it when revoked)."""
+
+    def __init__(self, snapshot_every_s: float = 5.0) -> None:
+        self.runs: dict[tuple[str, str], RunState] = {}
+        self.snapshot_every_s = snapshot_every_s
+        self._dirty: dict[tuple[str, str], float] = {}  # run -> when it first changed since its last write
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        key = (event["project"], event["run"])
+        run = self.runs.get(key)
+        if run is None:
+            run = self.runs[key] = RunState(event["project"], event["run"], started=event["time"])
+        when, kind = event["time"], event["kind"]
+        rank = run.ranks.get(event["rank"])
+        if rank is None:
+            rank = run.ranks[event["rank"]] = RankState(event["host"], started=when)
+        rank.last_seen = max(rank.last_seen, when)
+        if event.get("step") is not None:
+            rank.last_step = max(rank.last_step, event["step"])
+        run.started = min(run.started, when)
+        if kind == "run_start":
+            run.name = event.get("name") or run.name
+            run.user = event.get("user") or run.user
+            run.world_size = max(run.world_size, event["world_size"])
+            rank.local_rank = -1 if event.get("local_rank") is None else event["local_rank"]
+            run.code = event.get("code") or run.code
+            run.environment = event.get("environment") or run.environment
+        if kind in ("run_start", "run_meta"):
+            run.config.update(event.get("config") or {})
+            run.tags.extend(t for t in event.get("tags") or () if t not in run.tags)
+            run.datasets.extend(event.get("datasets") or ())
+            run.model.update(event.get("model") or {})
+        elif kind == "heartbeat" and event.get("world_size"):
+            run.world_size = max(run.world_size, event["world_size"])
+        elif kind == "run_end":
+            rank.status = event["status"]
+            run.ended = max(run.ended or 0.0, when)
+        self._dirty.setdefault(key, when)
+        if kind in RAW_KINDS:  # lifecycle changes are written at the next flush, not throttled
+            self._dirty[key] = 0.0
+
+    def snapshots(self, now: float, force: bool = False) -> tuple[list[dict], list[dict]]:
+        """(runs rows, run_ranks rows) for runs changed at least `snapshot_every_s` ago (or all, forced)."""
+        due = [key for key, since in self._dirty.items() if force or now - since >= self.snapshot_every_s]
+        runs, ranks = [], []
+        updated = utc(now)
+        for key in due:
+            del self._dirty[key]
+            run = self.runs[key]
+            status = run.status
+            runs.append({
+                "project": run.project, "run": run.run, "name": run.name, "user": run.user, "status": status,
+                "tags": run.tags, "world_size": max(run.world_size, len(run.ranks)),
+                "hosts": sorted({r.host for r in run.ranks.values()}), "started_at": utc(run.started),
+                "ended_at": utc(run.ended) if run.ended and status != "running" else None,
+                "last_seen": utc(max(r.last_seen for r in run.ranks.values())),
+                "last_step": max(r.last_step for r in run.ranks.values()),
+                "config": _json(run.config), "datasets": _json(run.datasets), "model": _json(run.model),
+                "code": _json(run.code), "environment": _json(run.environment), "updated_at": updated,
+            })
+            ranks.extend({
+                "project": run.project, "run": run.run, "rank": number, "local_rank": r.local_rank, "host": r.host,
+                "status": r.status, "started_at": utc(r.started), "last_seen": utc(r.last_seen),
+                "last_step": r.last_step, "updated_at": updated,
+            } for number, r in run.ranks.items())
+        return runs, ranks
+
+
+def raw_event_row(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A `run_events` row: the lifecycle event as sent, for reproducibility."""
+    return {"project": event["project"], "run": event["run"], "rank": event["rank"], "host": event["host"],
+            "kind": event["kind"], "time": utc(event["time"]), "payload": json.dumps(event, default=str)}

@@ -1,0 +1,56 @@
+"""Run state: one run across ranks, worst final status, metadata merged, snapshots throttled."""
+
+from __future__ import annotations
+
+import json
+
+from stream_processors.runs import RunBook, raw_event_row
+from trainmon.contract import envelope
+
+T = 1_764_230_400.0
+
+
+def ev(kind, rank, t, **fields):
+    return envelope(kind, project="p", run="r", rank=rank, host=f"node-{rank // 8}", time=T + t, **fields)
+
+
+def test_a_multi_node_run_is_one_run_with_its_ranks_and_hosts():
+    book = RunBook()
+    for rank in range(16):
+        book.observe(ev("run_start", rank, 0, world_size=16, local_rank=rank % 8, config={"lr": 0.1}))
+    book.observe(ev("run_meta", 0, 1, datasets=[{"name": "c4", "version": "v1"}], config={"batch": 32}))
+    runs, ranks = book.snapshots(T + 2, force=True)
+    assert len(runs) == 1 and len(ranks) == 16
+    assert runs[0]["hosts"] == ["node-0", "node-1"] and runs[0]["world_size"] == 16
+    assert json.loads(runs[0]["config"]) == {"lr": 0.1, "batch": 32}
+    assert json.loads(runs[0]["datasets"]) == [{"name": "c4", "version": "v1"}]
+    assert runs[0]["status"] == "running"
+
+
+def test_status_is_finished_only_when_every_rank_finished_and_worst_wins():
+    book = RunBook()
+    for rank in range(2):
+        book.observe(ev("run_start", rank, 0, world_size=2))
+    book.observe(ev("run_end", 0, 5, status="finished"))
+    assert book.snapshots(T + 6, force=True)[0][0]["status"] == "running"
+    book.observe(ev("run_end", 1, 6, status="finished"))
+    assert book.snapshots(T + 7, force=True)[0][0]["status"] == "finished"
+    book.observe(ev("run_end", 1, 7, status="failed"))
+    row = book.snapshots(T + 8, force=True)[0][0]
+    assert row["status"] == "failed" and row["ended_at"] is not None
+
+
+def test_heartbeats_are_throttled_into_one_snapshot():
+    book = RunBook(snapshot_every_s=5)
+    book.observe(ev("run_start", 0, 0, world_size=1))
+    book.snapshots(T, force=True)
+    for t in range(1, 5):
+        book.observe(ev("heartbeat", 0, t, step=t * 10))
+    assert book.snapshots(T + 4) == ([], [])
+    runs, ranks = book.snapshots(T + 7)
+    assert len(runs) == 1 and ranks[0]["last_step"] == 40
+
+
+def test_raw_lifecycle_rows_keep_the_event_as_sent():
+    event = ev("run_start", 0, 0, world_size=1, code={"commit": "abc"})
+    assert json.loads(raw_event_row(event)["payload"])["code"] == {"commit": "abc"}
