@@ -53,6 +53,26 @@ def _db(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     return 0
 
 
+def _agent(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from agent.daemon import Options, configure_logging, serve
+
+    configure_logging()
+    return serve(settings, Options(interval=args.interval, host=args.host, gpu=not args.no_gpu,
+                                   pcie=not args.no_pcie, disk_path=args.disk_path, spool_dir=args.spool_dir,
+                                   once=args.once, duration=args.duration))
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -88,6 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
                              description="migrate applies missing migrations in order; status lists applied ones.")
     db.add_argument("action", choices=["migrate", "status"], help="what to do")
     db.set_defaults(handler=_db)
+
+    agent = commands.add_parser(
+        "agent",
+        help="run the node daemon: one system sample per node per interval to Kafka",
+        description="Samples this node (CPU, memory, disk, network, the registered training processes and "
+        "every GPU through NVML) and publishes one system event per interval; events go through a disk "
+        "spool, so nothing is lost while Kafka is away. Stops on SIGTERM/SIGINT at the next tick. "
+        "See docs/agent.md.",
+        epilog="Kafka settings come from the global option (trainmon --config FILE agent ...) or "
+        "TRAINMON_KAFKA_* variables; see docs/configuration.md.",
+    )
+    agent.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                       help="sampling interval (default: 1)")
+    agent.add_argument("--host", default="", metavar="NAME",
+                       help="node name samples carry and are keyed by (default: $TRAINMON_HOST, else the hostname)")
+    agent.add_argument("--no-gpu", action="store_true", help="do not load NVML; sample no GPUs")
+    agent.add_argument("--no-pcie", action="store_true",
+                       help="skip GPU PCIe throughput, which makes NVML wait 40 ms per GPU each interval")
+    agent.add_argument("--disk-path", default="/", metavar="PATH",
+                       help="report disk_used_percent of the filesystem holding PATH (default: /)")
+    agent.add_argument("--spool-dir", default="", metavar="DIR",
+                       help="write-ahead spool of events not yet delivered; one agent per directory "
+                       "(default: ~/.cache/trainmon/spool/agent-<host>)")
+    agent.add_argument("--once", action="store_true",
+                       help="take one sample after one interval, print it as JSON to stdout, publish nothing")
+    agent.add_argument("--duration", type=_seconds, metavar="SECONDS",
+                       help="exit after this many seconds (default: run until SIGTERM/SIGINT)")
+    agent.set_defaults(handler=_agent)
 
     config = commands.add_parser("config", help="print the effective settings and their environment variables")
     config.set_defaults(handler=_config)
