@@ -287,6 +287,8 @@ def serve(settings: Settings, options: Options) -> int:
             log.info("%s received: stopping at the next tick boundary", signal.Signals(signum).name)
         stop.set()
 
+    if not options.once:
+        _sweep_orphans_in_background(settings, stop)  # our own spool is locked by us: never swept
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         daemon.run(stop, duration=options.interval if options.once else options.duration)
@@ -294,6 +296,25 @@ def serve(settings: Settings, options: Options) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+ORPHAN_SWEEP_S = 300.0
+
+
+def _sweep_orphans_in_background(settings: Settings, stop: threading.Event) -> None:
+    """Replay spools left by processes that ended (crashed one-off runs) now and every 5 minutes."""
+    from agent.orphans import replay_orphans
+    from agent.sdk import spool_root
+
+    def sweep() -> None:
+        while not stop.is_set():
+            try:
+                replay_orphans(settings, spool_root())
+            except Exception:  # never let the sweep take the daemon down
+                log.warning("orphaned spool sweep failed", exc_info=True)
+            stop.wait(ORPHAN_SWEEP_S)
+
+    threading.Thread(target=sweep, name="trainmon-orphan-sweep", daemon=True).start()
 
 
 def _sink(settings: Settings, options: Options, host: str) -> tuple[Sink, str]:

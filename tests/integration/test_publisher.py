@@ -108,7 +108,7 @@ KILLED_WRITER = textwrap.dedent("""
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", kafka_topic_prefix=sys.argv[2])  # nothing listens
     publisher = Publisher(settings, spool_dir=Path(sys.argv[1]))
     for step in range(3000):
-        publisher.publish(envelope("metrics", project="p", run="killed", rank=0, host="h", step=step,
+        publisher.publish(envelope("metrics", project="p", run=sys.argv[3], rank=0, host="h", step=step,
                                    time=time.time(), values={"loss": 1.0}))
     deadline = time.monotonic() + 30
     while publisher.stats["spooled_events"] < 3000 and time.monotonic() < deadline:
@@ -118,24 +118,42 @@ KILLED_WRITER = textwrap.dedent("""
 """)
 
 
-def test_a_sigkilled_process_loses_nothing_spooled_and_the_next_one_replays_it(migrated, tmp_path):
-    spool = tmp_path / "spool"
-    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(spool), migrated.kafka_topic_prefix],
+def spool_then_sigkill(spool: Path, prefix: str, run: str) -> int:
+    """A child process spools 3000 events (Kafka unreachable) and is killed with SIGKILL."""
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(spool), prefix, run],
                              cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         line = child.stdout.readline()
         assert line.startswith("spooled"), line
-        spooled = int(line.split()[1])
+        return int(line.split()[1])
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-    assert spooled == 3000
+
+
+def test_a_sigkilled_process_loses_nothing_spooled_and_the_next_one_replays_it(migrated, tmp_path):
+    spool = tmp_path / "spool"
+    assert spool_then_sigkill(spool, migrated.kafka_topic_prefix, "killed") == 3000
     restarted = Publisher(migrated, spool_dir=spool, options=PublisherOptions())
     assert restarted.stats["replayed"] == 3000
     assert restarted.flush(30)
     restarted.close()
     messages = consume(migrated, topic_name(Topic.METRICS, migrated.kafka_topic_prefix), 3000, settle_s=1.0)
     assert_exact_and_ordered([m for m in messages if b'"killed"' in m.value()], {("killed", 0): 3000})
+
+
+def test_the_daemon_sweep_replays_spools_of_processes_that_ended(migrated, tmp_path):
+    from agent.orphans import orphaned, replay_orphans
+
+    root = tmp_path / "spools"
+    assert spool_then_sigkill(root / "one-off-run-rank0", migrated.kafka_topic_prefix, "orphan") == 3000
+    live = Publisher(migrated, spool_dir=root / "live")  # holds its lock: must not be swept
+    assert orphaned(root) == [root / "one-off-run-rank0"]
+    assert replay_orphans(migrated, root) == 3000
+    assert orphaned(root) == []
+    live.close()
+    messages = consume(migrated, topic_name(Topic.METRICS, migrated.kafka_topic_prefix), 6000, settle_s=1.0)
+    assert_exact_and_ordered([m for m in messages if b'"orphan"' in m.value()], {("orphan", 0): 3000})
 
 
 def test_events_the_contract_cannot_encode_are_refused_not_fatal(migrated, tmp_path, caplog):
