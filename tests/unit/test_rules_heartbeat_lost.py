@@ -1,0 +1,72 @@
+"""heartbeat_lost: a rank (any run event) or a node running a job (system samples) silent for timeout_s."""
+
+from __future__ import annotations
+
+from tests.unit.alert_streams import T0, Driver, heartbeat, metrics, run_end, spec, system
+
+RANK = spec("heartbeat_lost", "rank_lost", severity="critical", params={"timeout_s": "1m"},
+            annotations={"summary": "rank {rank} of {run} on {host} silent {silent_s:.0f}s"})
+NODE = spec("heartbeat_lost", "node_silent", selector={"scope": "node"}, params={"timeout_s": 60})
+
+
+def test_silent_rank_fires_and_resolves_when_heard_again() -> None:
+    d = Driver(RANK)
+    for i in range(0, 300, 5):
+        d.send(heartbeat(T0 + i, rank=0), metrics(i, T0 + i, rank=1, host="node-2", loss=1.0))
+        d.tick(T0 + i)
+    for i in range(300, 400, 5):  # rank 1 dies at T0 + 295
+        d.send(heartbeat(T0 + i, rank=0))
+        d.tick(T0 + i)
+    assert d.states() == [("rank_lost", "firing")]
+    fired = d.alerts[0]
+    assert fired["time"] == T0 + 360 and fired["labels"]["rank"] == "1" and fired["labels"]["host"] == "node-2"
+    assert fired["annotations"]["summary"] == "rank 1 of r1 on node-2 silent 65s"
+    d.send(heartbeat(T0 + 400, rank=1, host="node-2"))
+    assert d.states() == [("rank_lost", "firing"), ("rank_lost", "resolved")]
+
+
+def test_ended_run_is_forgotten() -> None:
+    d = Driver(RANK)
+    d.tick(T0)
+    d.send(heartbeat(T0 + 1), heartbeat(T0 + 1, rank=1), run_end(T0 + 2, rank=0), run_end(T0 + 2, rank=1))
+    d.tick(T0 + 1000)
+    assert d.alerts == []
+
+
+def test_run_end_resolves_a_lost_rank() -> None:
+    d = Driver(RANK)
+    d.tick(T0)
+    d.send(heartbeat(T0 + 1, rank=3))
+    d.tick(T0 + 100)
+    d.send(run_end(T0 + 101, rank=0))
+    assert d.states() == [("rank_lost", "firing"), ("rank_lost", "resolved")]
+
+
+def test_silent_node_during_a_job_fires_idle_node_does_not() -> None:
+    d = Driver(NODE)
+    for i in range(100):
+        d.send(system(T0 + i, "busy", runs=["r1"]), system(T0 + i, "idle"))
+        d.tick(T0 + i)
+    d.send(system(T0 + 100, "done", runs=["r2"]), system(T0 + 101, "done"))  # its job ended
+    d.tick(T0 + 300)
+    assert [(a["state"], a["labels"]["host"]) for a in d.alerts] == [("firing", "busy")]
+    assert "run" not in d.alerts[0]
+    d.send(system(T0 + 301, "busy", runs=["r1"]))
+    assert d.states()[-1] == ("node_silent", "resolved")
+
+
+def test_no_reports_while_catching_up_after_start() -> None:
+    d = Driver(RANK)
+    d.send(heartbeat(T0 - 600))  # a backlog from before the processors started
+    d.tick(T0)
+    d.send(heartbeat(T0 - 590), heartbeat(T0 + 10))
+    d.tick(T0 + 30)
+    assert d.alerts == []
+
+
+def test_steady_heartbeats_fire_nothing() -> None:
+    d = Driver(RANK, NODE)
+    for i in range(0, 1800, 5):
+        d.send(*(heartbeat(T0 + i, rank=r, step=i) for r in range(8)), system(T0 + i, runs=["r1"]))
+        d.tick(T0 + i)
+    assert d.alerts == []
