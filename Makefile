@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-unit demo stop bench clean help
+.PHONY: setup alertmanager test test-unit demo stop bench clean help
 
 help:
 	@echo "make demo   - set up, start the local Kafka + ClickHouse, create topics, migrate, show status"
@@ -21,13 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[server,test]"
 	@touch $@
 
-test: setup
+alertmanager:
+	./deploy/alertmanager/install.sh
+
+test: setup alertmanager
 	$(BIN)/python -m pytest
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit
 
-demo: setup
+demo: setup alertmanager
 	$(BIN)/trainmon services start
 	$(BIN)/trainmon topics create
 	$(BIN)/trainmon db migrate

@@ -27,6 +27,7 @@ TEST_PORTS = {
     "services_kafka_controller_port": int(os.environ.get("TRAINMON_TEST_KAFKA_CONTROLLER_PORT", "19093")),
     "services_clickhouse_http_port": int(os.environ.get("TRAINMON_TEST_CLICKHOUSE_HTTP_PORT", "18123")),
     "services_clickhouse_tcp_port": int(os.environ.get("TRAINMON_TEST_CLICKHOUSE_TCP_PORT", "19000")),
+    "services_alertmanager_port": int(os.environ.get("TRAINMON_TEST_ALERTMANAGER_PORT", "19094")),
 }
 
 

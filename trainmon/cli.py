@@ -90,12 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     services = commands.add_parser(
         "services",
-        help="start, stop or show the local Kafka and ClickHouse (native, no Docker)",
+        help="start, stop or show the local Kafka, ClickHouse and Alertmanager (native, no Docker)",
         description="Local services bound to 127.0.0.1, data under the services home; "
         "start is idempotent, stop goes by recorded PID. status exits 3 when any is not healthy.",
     )
     services.add_argument("action", choices=["start", "stop", "status"], help="what to do")
-    services.add_argument("names", nargs="*", metavar="NAME", help="kafka and/or clickhouse (default: both)")
+    services.add_argument("names", nargs="*", metavar="NAME", help="kafka, clickhouse and/or alertmanager (default: all)")
     services.set_defaults(handler=_services)
 
     topics = commands.add_parser("topics", help="create the contract's Kafka topics",

@@ -44,6 +44,8 @@ class Settings:
     services_kafka_heap_mb: int = 512
     services_clickhouse_http_port: int = 8123
     services_clickhouse_tcp_port: int = 9000
+    services_alertmanager_port: int = 9094
+    services_alertmanager_webhook_url: str = ""  # the local Alertmanager's receiver; empty: discard
 
     @property
     def bootstrap_servers(self) -> str:

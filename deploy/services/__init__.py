@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from deploy.services.alertmanager import AlertmanagerService
 from deploy.services.base import LocalService, Progress, ServiceError, ServiceStatus, print_progress
 from deploy.services.clickhouse import ClickHouseService
 from deploy.services.kafka import KafkaService
 from trainmon.settings import Settings
 
 # Start order; stop_all goes in reverse.
-SERVICES: dict[str, type[LocalService]] = {"kafka": KafkaService, "clickhouse": ClickHouseService}
+SERVICES: dict[str, type[LocalService]] = {
+    "kafka": KafkaService,
+    "clickhouse": ClickHouseService,
+    "alertmanager": AlertmanagerService,
+}
 
 __all__ = ["SERVICES", "ServiceError", "ServiceStatus", "services", "start_all", "status_all", "stop_all"]
 

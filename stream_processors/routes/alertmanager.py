@@ -1,9 +1,11 @@
 """Prometheus Alertmanager: POST <url>/api/v2/alerts, the on-call path with its own grouping, silences
 and receivers. See docs/routes.md.
 
-A firing alert is sent without `endsAt`: Alertmanager then keeps it firing for its `resolve_timeout`
-(5 min by default), and the lifecycle's repeat notifications renew it. A resolved one carries
-`endsAt`, which makes Alertmanager resolve it at once.
+A firing alert carries an `endsAt` in the future (param `firing_ttl_s`, default 2 h: twice the default
+repeat interval), as Prometheus sends its own: each repeat notification pushes it further, so the
+alert stays firing between repeats (without it, Alertmanager would resolve it after its
+`resolve_timeout`, 5 min by default) and still resolves by itself if trainmon stops. A resolved
+alert carries the time it resolved, which makes Alertmanager resolve it at once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from stream_processors.routes.common import (
 )
 
 API_PATH = "/api/v2/alerts"
+DEFAULT_FIRING_TTL_S = 7200.0
 _INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -38,7 +41,12 @@ class AlertmanagerRoute(Route):
 
     def __init__(self, spec: RouteSpec) -> None:
         super().__init__(spec)
-        check_params(spec.params, required=())
+        params = dict(spec.params)
+        ttl = params.pop("firing_ttl_s", DEFAULT_FIRING_TTL_S)
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+            raise ValueError(f"firing_ttl_s: expected a positive number of seconds, got {ttl!r}")
+        check_params(params, required=(), optional=())
+        self.firing_ttl_s = float(ttl)
         self.url = check_url(spec.url).rstrip("/") + API_PATH
 
     def request(self, alert: Mapping[str, Any]) -> Request:
@@ -55,6 +63,8 @@ class AlertmanagerRoute(Route):
         }
         if alert["state"] == "resolved":
             entry["endsAt"] = rfc3339(resolved_at(alert))
+        else:
+            entry["endsAt"] = rfc3339(alert["time"] + self.firing_ttl_s)
         link = dashboard_url(alert)
         if link:
             entry["generatorURL"] = link

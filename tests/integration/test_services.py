@@ -17,6 +17,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from deploy.services import SERVICES, ServiceError, services, start_all, status_all, stop_all
+from deploy.services.alertmanager import AlertmanagerService
 from deploy.services.base import pid_alive
 from deploy.services.clickhouse import ClickHouseService
 from deploy.services.kafka import KafkaService
@@ -35,13 +36,14 @@ def free_ports(count: int) -> list[int]:
 
 
 def local_settings(home: Path) -> Settings:
-    kafka, controller, http, tcp = free_ports(4)
+    kafka, controller, http, tcp, alertmanager = free_ports(5)
     return Settings(
         services_home=str(home),
         services_kafka_port=kafka,
         services_kafka_controller_port=controller,
         services_clickhouse_http_port=http,
         services_clickhouse_tcp_port=tcp,
+        services_alertmanager_port=alertmanager,
     )
 
 
@@ -61,6 +63,7 @@ def service_processes(settings: Settings) -> dict[str, list[int]]:
     return {
         "kafka": processes_with("kafka.Kafka", str(kafka.properties)),
         "clickhouse": processes_with("deploy.services.clickhouse_server", str(clickhouse.data_dir)),
+        "alertmanager": processes_with("--config.file=" + str(AlertmanagerService(settings).config_file)),
     }
 
 
@@ -77,7 +80,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 
 def test_start_is_idempotent_and_stop_leaves_nothing(settings: Settings) -> None:
     first = start_all(settings, progress=quiet)
-    assert [s.name for s in first] == ["kafka", "clickhouse"]
+    assert [s.name for s in first] == ["kafka", "clickhouse", "alertmanager"]
     assert all(s.healthy and s.state == "healthy" for s in first), first
     pids = {s.name: s.pid for s in first if s.pid is not None}
 
@@ -90,14 +93,15 @@ def test_start_is_idempotent_and_stop_leaves_nothing(settings: Settings) -> None
     statuses = {s.name: s for s in status_all(settings)}
     assert statuses["kafka"].detail.startswith("1 broker")
     assert statuses["clickhouse"].detail.startswith("ClickHouse 26.")
+    assert statuses["alertmanager"].detail.startswith("Alertmanager 0.25")
     assert all(s.healthy for s in statuses.values())
 
     stopped = stop_all(settings, progress=quiet)
-    assert [s.name for s in stopped] == ["clickhouse", "kafka"]
+    assert [s.name for s in stopped] == ["alertmanager", "clickhouse", "kafka"]
     assert all(s.state == "stopped" for s in stopped)
     assert all(s.state == "stopped" for s in status_all(settings))
     assert not any(pid_alive(pid) for pid in pids.values())
-    assert service_processes(settings) == {"kafka": [], "clickhouse": []}
+    assert service_processes(settings) == {"kafka": [], "clickhouse": [], "alertmanager": []}
 
 
 def test_clickhouse_keeps_data_across_restart_and_reader_is_read_only(settings: Settings) -> None:
@@ -126,6 +130,7 @@ def test_clickhouse_keeps_data_across_restart_and_reader_is_read_only(settings: 
         ("kafka", "services_kafka_controller_port"),
         ("clickhouse", "services_clickhouse_http_port"),
         ("clickhouse", "services_clickhouse_tcp_port"),
+        ("alertmanager", "services_alertmanager_port"),
     ],
 )
 def test_taken_port_is_named(settings: Settings, service: str, port_field: str) -> None:

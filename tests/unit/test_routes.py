@@ -100,8 +100,16 @@ def test_alertmanager_firing_payload() -> None:
             "dashboard_url": DASHBOARD,
         },
         "startsAt": "2025-11-27T08:00:00.000Z",
+        "endsAt": "2025-11-27T10:00:00.250Z",  # decided at T0 + 0.25 s, plus the 2 h firing TTL
         "generatorURL": DASHBOARD,
-    }  # no endsAt: Alertmanager keeps it firing for its resolve_timeout
+    }
+
+
+def test_alertmanager_firing_ttl_is_configurable_and_checked() -> None:
+    route = build_route(spec("alertmanager", url="http://127.0.0.1:9094/", params={"firing_ttl_s": 600}))
+    assert json.loads(route.request(alert()).body)[0]["endsAt"] == "2025-11-27T08:10:00.250Z"
+    with pytest.raises(ValueError, match="^firing_ttl_s: expected a positive number"):
+        build_route(spec("alertmanager", url="http://127.0.0.1:9094/", params={"firing_ttl_s": "soon"}))
 
 
 def test_alertmanager_resolved_payload_ends_at_the_resolve_time() -> None:
@@ -420,7 +428,7 @@ def test_resolve_never_overtakes_its_firing() -> None:
         d.submit(alert("resolved"))
         got = receiver.wait_for(3)
         d.close(5)
-    assert ["endsAt" in r.json()[0] for r in got] == [False, False, True]
+    assert [r.json()[0]["endsAt"] for r in got] == ["2025-11-27T10:00:00.250Z"] * 2 + ["2025-11-27T08:03:12.500Z"]
     assert [(r["state"], r["attempt"], r["outcome"]) for r in rec.rows] == [
         ("firing", 1, "retrying"), ("firing", 2, "delivered"), ("resolved", 1, "delivered")
     ]
