@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from trainmon import settings as settings_module
@@ -73,6 +74,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _process(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from stream_processors import worker
+
+    worker.run(settings, pipeline_path=args.pipeline, group_id=args.group, web_port=args.web_port,
+               loglevel=args.loglevel)
+    return 0
+
+
 def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -136,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--duration", type=_seconds, metavar="SECONDS",
                        help="exit after this many seconds (default: run until SIGTERM/SIGINT)")
     agent.set_defaults(handler=_agent)
+
+    process = commands.add_parser(
+        "process",
+        help="run one stream-processor worker (Faust): windows, alert rules and routes, ClickHouse sink",
+        description="One worker of the processors' consumer group, until SIGTERM or Ctrl-C. Run more "
+        "(here or on other machines, same --group) to split the topics' partitions between them.",
+    )
+    process.add_argument("--pipeline", type=Path, default=None, metavar="FILE",
+                         help="rules, routes and windows (default: the shipped stream_processors/pipeline.yml; "
+                         "see docs/alerting.md)")
+    process.add_argument("--group", default="trainmon-processors", metavar="ID",
+                         help="Kafka consumer group; workers with the same group share the work (default %(default)s)")
+    process.add_argument("--web-port", type=int, default=None, metavar="PORT",
+                         help="serve Faust's web view on 127.0.0.1:PORT (default: off)")
+    process.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
+                         help="log level (default %(default)s)")
+    process.set_defaults(handler=_process)
 
     config = commands.add_parser("config", help="print the effective settings and their environment variables")
     config.set_defaults(handler=_config)

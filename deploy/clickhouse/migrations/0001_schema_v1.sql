@@ -185,7 +185,7 @@ CREATE TABLE IF NOT EXISTS alert_deliveries
 )
 ENGINE = ReplacingMergeTree(time)
 PARTITION BY toYYYYMM(notified_at)
-ORDER BY (fingerprint, route, notified_at, attempt)
+ORDER BY (fingerprint, state, route, notified_at, attempt)
 TTL toDateTime(notified_at) + INTERVAL 365 DAY;
 
 -- Rollups: history queries read these, never raw points. SimpleAggregateFunction columns merge in

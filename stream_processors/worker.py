@@ -1,0 +1,35 @@
+"""`trainmon process`: one Faust worker of the processors' consumer group, until SIGTERM/Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+
+from trainmon.settings import Settings
+
+
+def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str = "trainmon-processors",
+        web_port: int | None = None, loglevel: str = "info") -> None:
+    import faust
+
+    from stream_processors.app import create_app
+    from stream_processors.config import DEFAULT_PIPELINE, load_pipeline
+    from stream_processors.delivery import Dispatcher
+    from stream_processors.routes import build_route
+
+    pipeline_path = pipeline_path or DEFAULT_PIPELINE
+    pipeline = load_pipeline(pipeline_path)  # fails fast, naming file, line and key
+    deliveries: deque = deque()
+    dispatcher = Dispatcher([build_route(spec) for spec in pipeline.routes], deliveries.append)
+    app = create_app(settings, pipeline, dispatcher, group_id=group_id, web_port=web_port)
+    app.processing.deliveries = deliveries
+    logging.getLogger("trainmon").setLevel(loglevel.upper())
+    logging.getLogger("trainmon.processors").info(
+        "trainmon processors: group %s, Kafka %s, ClickHouse %s, pipeline %s (%d rules, %d routes), web %s",
+        group_id, settings.bootstrap_servers, settings.clickhouse, pipeline_path, len(pipeline.rules),
+        len(pipeline.routes), f"127.0.0.1:{web_port}" if web_port else "off")
+    try:
+        faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        dispatcher.close(timeout_s=5.0)
