@@ -40,49 +40,39 @@ class Windows:
     # --- adding a batch ---------------------------------------------------------------------------
 
     def add_metrics(self, columns: Mapping[str, list]) -> None:
-        if not columns["value"]:
+        groups = _Grouping(columns, ("project", "run", "name"))
+        if not groups:
             return
-        frame = self._frame(columns, ("project", "run", "name"))
-        if frame is None:
-            return
+        self.watermark = max(self.watermark, groups.newest)
         for size in self.sizes:
-            self._merge(frame, size, lambda k: ("run", label(size), k[0], k[1], -1, "", -1, k[2]))
-        spread = frame[frame["name"].isin(RANK_SPREAD_METRICS)]
-        if len(spread):
-            self._add_rank_means(spread)
+            window = label(size)
+            self._merge(groups, size, lambda k: ("run", window, k[0], k[1], -1, "", -1, k[2]))
+        spread = _Grouping(columns, ("project", "run", "name", "rank"), only_names=RANK_SPREAD_METRICS)
+        for size in self.sizes if spread else ():
+            window = label(size)
+            for keys, bucket, count, total, *_ in spread.aggregate(size):
+                project, run, name, rank = keys
+                per_rank = self.rank_means.setdefault(
+                    self._key(("ranks", window, project, run, -1, "", -1, name), bucket), {})
+                acc = per_rank.setdefault(int(rank), [0, 0.0])
+                acc[0] += count
+                acc[1] += total
 
     def add_system(self, columns: Mapping[str, list]) -> None:
-        if not columns["value"]:
+        groups = _Grouping(columns, ("host", "gpu", "name"))
+        if not groups:
             return
-        frame = self._frame(columns, ("host", "gpu", "name"))
-        if frame is None:
-            return
+        self.watermark = max(self.watermark, groups.newest)
         for size in self.sizes:
-            self._merge(frame, size, lambda k: ("gpu" if k[1] >= 0 else "host", label(size), "", "", -1, k[0], k[1], k[2]))
+            window = label(size)
+            self._merge(groups, size, lambda k: ("gpu" if k[1] >= 0 else "host", window, "", "", -1, k[0], k[1], k[2]))
 
-    def _frame(self, columns: Mapping[str, list], keys: Sequence[str]):
-        import numpy as np
-        import pandas as pd
-
-        frame = pd.DataFrame({name: columns[name] for name in (*keys, "rank", "value", "time") if name in columns})
-        frame = frame[np.isfinite(frame["value"].to_numpy(dtype=float))]
-        self.watermark = max(self.watermark, float(frame["time"].max()) if len(frame) else 0.0)
-        frame.attrs["keys"] = list(keys)
-        return frame if len(frame) else None
-
-    def _merge(self, frame, size: float, make_key) -> None:
-        keys = frame.attrs["keys"]
-        frame = frame.assign(bucket=(frame["time"] // size) * size, sq=frame["value"] ** 2)
-        frame = frame.sort_values("time", kind="stable")
-        grouped = frame.groupby([*keys, "bucket"], sort=False, observed=True).agg(
-            count=("value", "size"), sum=("value", "sum"), sumsq=("sq", "sum"), min=("value", "min"),
-            max=("value", "max"), last_time=("time", "last"), last=("value", "last"))
-        for index, (count, total, sumsq, low, high, last_time, last) in zip(grouped.index, grouped.itertuples(index=False)):
-            bucket = index[-1]
-            key = self._key(make_key(index), bucket)
+    def _merge(self, groups: "_Grouping", size: float, make_key) -> None:
+        for keys, bucket, count, total, sumsq, low, high, last_time, last in groups.aggregate(size):
+            key = self._key(make_key(keys), bucket)
             acc = self.open.get(key)
             if acc is None and bucket + size <= self.closed_until:  # its window was already written
-                self.late_events += int(count)
+                self.late_events += count
                 continue
             if acc is None:
                 self.open[key] = [count, total, sumsq, low, high, last_time, last]
@@ -94,18 +84,6 @@ class Windows:
                 acc[4] = max(acc[4], high)
                 if last_time >= acc[5]:
                     acc[5], acc[6] = last_time, last
-
-    def _add_rank_means(self, spread) -> None:
-        for size in self.sizes:
-            frame = spread.assign(bucket=(spread["time"] // size) * size)
-            grouped = frame.groupby(["project", "run", "name", "rank", "bucket"], sort=False).agg(
-                count=("value", "size"), sum=("value", "sum"))
-            for (project, run, name, rank, bucket), (count, total) in zip(grouped.index, grouped.itertuples(index=False)):
-                key = self._key(("ranks", label(size), project, run, -1, "", -1, name), bucket)
-                per_rank = self.rank_means.setdefault(key, {})
-                acc = per_rank.setdefault(int(rank), [0, 0.0])
-                acc[0] += count
-                acc[1] += total
 
     @staticmethod
     def _key(head: tuple, bucket: float) -> Key:
@@ -144,3 +122,70 @@ def _row(key: Key, count: float, mean: float, low: float, high: float, last: flo
             "gpu": gpu, "name": name, "window_start": utc(bucket), "window_end": utc(bucket + _size(window)),
             "count": int(count), "mean": float(mean), "min": float(low), "max": float(high), "last": float(last),
             "stddev": float(stddev), "median": float(median), "updated_at": updated}
+
+
+class _Grouping:
+    """A batch's values sorted once by (key, time), ready to aggregate into buckets of any size.
+
+    Keys are coded per batch (no dictionary grows across batches); sorting by time within a key also
+    orders every bucket size, so one sort serves all window lengths. Non-finite values are left out.
+    """
+
+    def __init__(self, columns: Mapping[str, list], keys: Sequence[str], only_names: frozenset[str] = frozenset()):
+        import numpy as np
+
+        self.size = 0
+        if not columns["value"]:
+            return
+        values = np.asarray(columns["value"], dtype=float)
+        keep = np.isfinite(values)
+        if only_names:
+            names, labels = _codes(columns["name"])
+            keep &= np.isin(names, [i for i, name in enumerate(labels) if name in only_names])
+        self.size = int(keep.sum())
+        if not self.size:
+            return
+        whole = bool(keep.all())
+        values = values if whole else values[keep]
+        times = np.asarray(columns["time"], dtype=float)
+        times = times if whole else times[keep]
+        coded = [_codes(columns[name], None if whole else keep) for name in keys]
+        combined = np.zeros(self.size, dtype=np.int64)
+        for codes, labels in coded:
+            combined = combined * len(labels) + codes
+        order = np.lexsort((times, combined))
+        self.values, self.times, self.combined = values[order], times[order], combined[order]
+        self.parts = [(codes[order], labels) for codes, labels in coded]
+        self.newest = float(self.times.max())
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def aggregate(self, size: float):
+        """(key labels, bucket start, count, sum, sum of squares, min, max, time of last, last) per group."""
+        import numpy as np
+
+        buckets = np.floor(self.times / size)
+        change = np.flatnonzero((np.diff(self.combined) != 0) | (np.diff(buckets) != 0)) + 1
+        starts = np.concatenate(([0], change))
+        ends = np.concatenate((change, [self.size])) - 1
+        v = self.values
+        columns = (
+            (buckets[starts] * size).tolist(), np.diff(np.append(starts, self.size)).tolist(),
+            np.add.reduceat(v, starts).tolist(), np.add.reduceat(v * v, starts).tolist(),
+            np.minimum.reduceat(v, starts).tolist(), np.maximum.reduceat(v, starts).tolist(),
+            self.times[ends].tolist(), v[ends].tolist(),
+        )
+        labels = [[names[c] for c in codes[starts].tolist()] for codes, names in self.parts]
+        for index, row in enumerate(zip(*columns)):
+            yield (tuple(part[index] for part in labels), *row)
+
+
+def _codes(column: list, keep: Any = None) -> tuple[Any, list]:
+    """Integer codes of a key column (hashing in C) and the labels they stand for."""
+    import numpy as np
+    import pandas as pd
+
+    array = np.asarray(column, dtype=object)
+    codes, labels = pd.factorize(array if keep is None else array[keep])
+    return codes.astype(np.int64), labels.tolist()

@@ -39,6 +39,7 @@ class Received:
     headers: Mapping[str, str]  # as sent; look up with the exact case, or use header()
     body: bytes
     at: float  # time.monotonic() on arrival
+    wall: float  # time.time() on arrival: compared with event times for latency
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
@@ -94,7 +95,7 @@ class Receiver:
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 reply = receiver._arrived(
-                    Received(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
+                    Received(self.command, self.path, dict(self.headers.items()), body, time.monotonic(), time.time())
                 )
                 time.sleep(reply.delay_s)
                 try:
