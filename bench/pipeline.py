@@ -1,0 +1,254 @@
+"""End-to-end pipeline benchmark, every service co-located on this machine.
+
+producer (agent Publisher) -> Kafka -> `trainmon process` workers -> ClickHouse, plus a local webhook
+receiver for alerts. It starts its own Kafka, ClickHouse and Alertmanager on separate ports under
+.trainmon/bench, drives wide metrics events at a target rate for a while, and reports:
+- sustained ingest: metric values written per second (all values visible / time from first send);
+- visible latency: per row, ClickHouse's ingest time minus the event time (p50/p99);
+- alert latency: a probe run alternates NaN and finite losses; webhook arrival minus the NaN's
+  event time (p50/p99);
+- peak RSS of each worker.
+Everything it starts is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+
+from agent.publisher import Publisher  # noqa: E402
+from deploy import services  # noqa: E402
+from deploy.migrate import migrate  # noqa: E402
+from deploy.topics import create_topics  # noqa: E402
+from stream_processors.config import DEFAULT_PIPELINE  # noqa: E402
+from tests.receivers import Receiver  # noqa: E402
+from trainmon.clickhouse import connect  # noqa: E402
+from trainmon.contract import envelope  # noqa: E402
+from trainmon.settings import Settings, env_name  # noqa: E402
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def bench_settings(partitions: int) -> Settings:
+    return Settings(services_home=str(ROOT / ".trainmon" / "bench"), services_kafka_port=29092,
+                    services_kafka_controller_port=29093, services_clickhouse_http_port=28123,
+                    services_clickhouse_tcp_port=29000, services_alertmanager_port=29094,
+                    kafka_topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", kafka_partitions=partitions,
+                    clickhouse_database="trainmon_bench_pipeline")
+
+
+def pipeline_file(directory: Path, webhook_url: str) -> Path:
+    """The shipped rules and windows, with one route: a local webhook that timestamps arrivals."""
+    config = yaml.safe_load(DEFAULT_PIPELINE.read_text())
+    config["routes"] = [{"name": "bench-webhook", "kind": "webhook", "url": webhook_url,
+                         "params": {"secret": "bench"}, "timeout_s": 2, "retries": 2}]
+    path = directory / "pipeline.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_worker(settings: Settings, pipeline: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.update({env_name(name): str(getattr(settings, name)) for name in settings.__dataclass_fields__})
+    return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),
+                             "--group", "bench", "--loglevel", "warning"],
+                            cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+class RssWatch(threading.Thread):
+    """Peak RSS of each worker process, sampled every 0.5 s."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.peak = {pid: 0 for pid in pids}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            for pid in self.peak:
+                try:
+                    self.peak[pid] = max(self.peak[pid], psutil.Process(pid).memory_info().rss)
+                except psutil.Error:
+                    pass
+
+
+def drive(publisher: Publisher, values_per_s: float, seconds: float, width: int, runs: int) -> tuple[int, int, float]:
+    """Wide metrics events at a steady rate across `runs` runs; a probe run flips NaN/finite every 0.5 s.
+    Returns (load values sent, probe values sent, first send time)."""
+    names = [f"layer_{i:03d}/grad_norm" for i in range(width - 2)] + ["loss", "lr"]
+    events_per_s = values_per_s / width
+    run_ids = [f"load-{i:02d}" for i in range(runs)]
+    sent = step = probes = 0
+    start = time.time()
+    next_probe = start
+    while (now := time.time()) - start < seconds:
+        due = int((now - start) * events_per_s) - sent // width
+        for _ in range(max(due, 0)):
+            run = run_ids[step % runs]
+            values = dict.fromkeys(names, 0.5)
+            values["loss"] = 1.0 / (1 + step // runs)
+            publisher.publish(envelope("metrics", project="bench", run=run, rank=0, host="node-0",
+                                       step=step // runs, time=now, values=values))
+            sent += width
+            step += 1
+        if now >= next_probe:
+            probe_step = int((now - start) * 2)
+            loss = math.nan if probe_step % 2 == 0 else 1.0
+            publisher.publish(envelope("metrics", project="bench", run="alert-probe", rank=0, host="node-0",
+                                       step=probe_step, time=now, values={"loss": loss}))
+            probes += 1
+            next_probe += 0.5
+        time.sleep(0.002)
+    return sent, probes, start
+
+
+def quantiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (math.nan, math.nan)
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return statistics.median(values), cuts[98]
+
+
+def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offered: float) -> dict[str, float]:
+    client = connect(settings)
+    client.command("TRUNCATE TABLE metric_points")
+    with Receiver([200] * 100_000) as receiver:
+        pipeline = pipeline_file(workdir, receiver.url)
+        say(f"starting {args.workers} worker(s)...")
+        workers = [start_worker(settings, pipeline, workdir / f"worker{i}.log") for i in range(args.workers)]
+        rss = RssWatch([w.pid for w in workers])
+        rss.start()
+        try:
+            time.sleep(args.warmup)  # workers join the group
+            publisher = Publisher(settings, spool_dir=workdir / f"spool-{uuid.uuid4().hex[:6]}")
+            say(f"driving {offered:,.0f} values/s in events of {args.width} values for {args.seconds:.0f}s...")
+            sent, probe, start = drive(publisher, offered, args.seconds, args.width, args.runs)
+            publisher.flush(120)
+            publisher.close()
+            expected = sent + probe
+            deadline = time.monotonic() + args.drain_timeout
+            visible = 0
+            while time.monotonic() < deadline:
+                visible = client.query("SELECT count() FROM metric_points").result_rows[0][0]
+                if visible >= expected:
+                    break
+                time.sleep(0.2)
+            last_ingest = client.query("SELECT toUnixTimestamp64Milli(max(ingest_time)) FROM metric_points"
+                                       ).result_rows[0][0] / 1000
+            latency = client.query(
+                "SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(ingest_time) - toUnixTimestamp64Milli(time)) "
+                "FROM metric_points WHERE run != 'alert-probe'").result_rows[0][0]
+            alerts = [(r.wall, r.json()) for r in list(receiver.requests)]
+        finally:
+            rss.done.set()
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+    alert_ms = [(arrived - alert["starts_at"]) * 1000 for arrived, alert in alerts
+                if alert["state"] == "firing" and alert["rule"] == "loss_non_finite"]
+    alert_p50, alert_p99 = quantiles(alert_ms)
+    return {
+        "values_sent": float(sent),
+        "probe_values": float(probe),
+        "values_visible": float(visible),
+        "values_per_s": visible / max(last_ingest - start, 1e-9),
+        "offered_values_per_s": sent / args.seconds,
+        "visible_p50_ms": float(latency[0]),
+        "visible_p99_ms": float(latency[1]),
+        "alerts_received": float(len(alert_ms)),
+        "alert_p50_ms": alert_p50,
+        "alert_p99_ms": alert_p99,
+        "worker_peak_rss_mb": max(rss.peak.values()) / 2**20,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--values-per-s", type=float, default=400_000,
+                        help="offered load of the throughput phase, above capacity (default 400,000)")
+    parser.add_argument("--latency-values-per-s", type=float, default=200_000,
+                        help="offered load of the latency phase: the target rate (default 200,000)")
+    parser.add_argument("--width", type=int, default=64, help="values per metrics event (default 64)")
+    parser.add_argument("--runs", type=int, default=24, help="runs the load is spread over (default 24)")
+    parser.add_argument("--seconds", type=float, default=30, help="length of the load (default 30)")
+    parser.add_argument("--workers", type=int, default=2, help="`trainmon process` workers (default 2)")
+    parser.add_argument("--partitions", type=int, default=6, help="partitions per topic (default 6)")
+    parser.add_argument("--warmup", type=float, default=12, help="seconds for workers to join (default 12)")
+    parser.add_argument("--drain-timeout", type=float, default=120, help="max wait for the backlog (default 120)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs; medians are reported (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    args = parser.parse_args(argv)
+
+    settings = bench_settings(args.partitions)
+    say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
+    services.start_all(settings, progress=say)
+    results: list[dict[str, float]] = []
+    try:
+        create_topics(settings, progress=lambda m: None)
+        migrate(settings, progress=lambda m: None)
+        for repeat in range(args.repeats):
+            say(f"--- run {repeat + 1}/{args.repeats}: throughput phase, then latency phase")
+            with tempfile.TemporaryDirectory() as tmp:
+                saturated = run_once(args, settings, Path(tmp), args.values_per_s)
+            with tempfile.TemporaryDirectory() as tmp:
+                steady = run_once(args, settings, Path(tmp), args.latency_values_per_s)
+            results.append({
+                "values_per_s": saturated["values_per_s"],
+                "saturated_values_lost_or_doubled": saturated["values_visible"] - saturated["values_sent"]
+                - saturated["probe_values"],
+                "latency_phase_offered_values_per_s": steady["offered_values_per_s"],
+                "latency_phase_values_per_s": steady["values_per_s"],
+                **{k: steady[k] for k in ("visible_p50_ms", "visible_p99_ms", "alert_p50_ms", "alert_p99_ms",
+                                          "alerts_received")},
+                "worker_peak_rss_mb": max(saturated["worker_peak_rss_mb"], steady["worker_peak_rss_mb"]),
+            })
+            say(json.dumps({k: round(v, 1) for k, v in results[-1].items()}))
+    finally:
+        connect(settings, database="default").command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        services.stop_all(settings, progress=say)
+
+    figures = {key: statistics.median(r[key] for r in results) for key in results[0]}
+    figures["runs"] = float(len(results))
+    goals = {"values_per_s": (">=", 200_000), "alert_p99_ms": ("<", 1000), "visible_p99_ms": ("<", 3000)}
+    print(f"\n{'figure':<22} {'median':>14} {'min':>14} {'max':>14}  goal")
+    for key in results[0]:
+        column = [r[key] for r in results]
+        goal = goals.get(key)
+        verdict = ""
+        if goal:
+            met = figures[key] >= goal[1] if goal[0] == ">=" else figures[key] < goal[1]
+            verdict = f"{goal[0]} {goal[1]:,} {'met' if met else 'MISSED'}"
+        print(f"{key:<22} {figures[key]:>14,.1f} {min(column):>14,.1f} {max(column):>14,.1f}  {verdict}")
+    print(f"\n{args.repeats} runs x 2 phases of {args.seconds:.0f}s (throughput: {args.values_per_s:,.0f} offered "
+          f"values/s; latency: {args.latency_values_per_s:,.0f}), {args.workers} workers, {args.partitions} "
+          f"partitions, events of {args.width} values, everything on this machine ({os.cpu_count()} CPUs)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
