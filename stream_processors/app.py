@@ -55,8 +55,12 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     metrics_topic, runs_topic, system_topic = topic(Topic.METRICS), topic(Topic.RUNS), topic(Topic.SYSTEM)
     alerts_topic, deadletter_topic = topic(Topic.ALERTS), topic(Topic.DEADLETTER)
-    run_hardware_topic = app.topic(f"{settings.kafka_topic_prefix}run-hardware", internal=True,
-                                   partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
+    def internal(name: str) -> faust.TopicT:  # the processors' own re-keying, co-partitioned with the rest
+        return app.topic(f"{settings.kafka_topic_prefix}{name}", internal=True, partitions=settings.kafka_partitions,
+                         key_type=bytes, value_type=bytes)
+
+    run_hardware_topic = internal("run-hardware")  # GPU busyness per run, for the stall rule
+    host_run_ends_topic = internal("host-run-ends")  # run_end per host, for the node rules
 
     async def in_thread(function, *args) -> Any:
         return await asyncio.get_running_loop().run_in_executor(thread, function, *args)
@@ -68,12 +72,14 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             await alerts_topic.send(key=alert["fingerprint"].encode(), value=encode(alert))
         for summary in outcome.run_hardware:
             await run_hardware_topic.send(key=summary["run"].encode(), value=encode(summary))
+        for event in outcome.host_run_ends:
+            await host_run_ends_topic.send(key=event["host"].encode(), value=encode(event))
 
-    async def consume(stream, internal: bool = False) -> None:
+    async def consume(stream, source: str = "contract") -> None:
         async for events in stream.take_events(batch_events, within=batch_within_s):
             messages = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                                 e.message.value) for e in events]
-            await send(await in_thread(processing.handle, messages, internal))
+            await send(await in_thread(processing.handle, messages, source))
             # leaving the loop body acks the batch: its offsets may now be committed
 
     @app.agent(metrics_topic)
@@ -90,7 +96,11 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     @app.agent(run_hardware_topic)
     async def hardware(stream):
-        await consume(stream, internal=True)
+        await consume(stream, "run_hardware")
+
+    @app.agent(host_run_ends_topic)
+    async def host_run_ends(stream):
+        await consume(stream, "host_run_ends")
 
     @app.timer(interval=1.0)
     async def tick() -> None:

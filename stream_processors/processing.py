@@ -47,7 +47,8 @@ class Outcome:
 
     dead_letters: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
-    run_hardware: list[dict] = field(default_factory=list)
+    run_hardware: list[dict] = field(default_factory=list)  # re-keyed by run, for the stall rule
+    host_run_ends: list[dict] = field(default_factory=list)  # run_end re-keyed by host, for node rules
 
 
 def run_hardware(event: Mapping[str, Any]) -> list[dict]:
@@ -82,11 +83,17 @@ class Processing:
 
     # --- a batch from one topic ---------------------------------------------------------------------
 
-    def handle(self, messages: Iterable[Message], internal: bool = False) -> Outcome:
+    def handle(self, messages: Iterable[Message], source: str = "contract") -> Outcome:
+        """A batch from one topic. source: `contract` (agents' topics), or the processors' own re-keyed
+        internal topics `run_hardware` (by run) and `host_run_ends` (by host): trusted, not written."""
         outcome, batch, now = Outcome(), Batch(), time.time()
+        internal = source != "contract"
         for message in messages:
-            if internal:  # the processors' own re-keyed summaries: trusted, not part of the contract
-                event = _internal(message.value)
+            if source == "host_run_ends":
+                outcome.alerts.extend(self._engine("host", message.partition).on_event(json.loads(message.value), now))
+                continue
+            if internal:
+                event = json.loads(message.value)
             else:
                 try:
                     event = decode(message.value)
@@ -95,8 +102,8 @@ class Processing:
                     self.counts[f"dead_letter.{error.reason.value}"] += 1
                     continue
             self.counts[event["kind"]] += 1
-            written = self.sink.skip(message.topic, message.partition, message.offset) if not internal else True
-            self._route(event, message, batch, outcome, now, write=not written)
+            write = not internal and not self.sink.skip(message.topic, message.partition, message.offset)
+            self._route(event, message, batch, outcome, now, write=write)
         self.windows.add_metrics(batch.metric)
         self.windows.add_system(batch.system)
         self._alert_rows(batch, outcome.alerts)
@@ -118,6 +125,8 @@ class Processing:
                 batch.add_metrics(event, message.topic, partition, message.offset)
             elif write and kind != "heartbeat":
                 batch.add("run_events", [raw_event_row(event)])
+            if kind == "run_end":
+                outcome.host_run_ends.append(event)
         outcome.alerts.extend(self._engine("run", partition).on_event(event, now))
 
     def _alert_rows(self, batch: Batch, alerts: list[dict]) -> None:
@@ -180,6 +189,3 @@ def _dead_letter(message: Message, error: ContractError) -> tuple[bytes | None, 
                (DLQ_OFFSET, str(message.offset).encode())]
     return message.key, message.value, headers
 
-
-def _internal(raw: bytes) -> dict:
-    return json.loads(raw)
