@@ -71,8 +71,26 @@ def stack() -> Iterator[Settings]:
     try:
         yield settings
     finally:
+        _drop_session_data(settings)
         if stop is not None:
             stop()
+
+
+def _drop_session_data(settings: Settings) -> None:
+    """This session's database and topics (prefix-named), so repeated runs do not pile up data."""
+    from confluent_kafka.admin import AdminClient
+
+    from trainmon.clickhouse import connect
+
+    try:
+        connect(settings, database="default").command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.kafka_topic_prefix)]
+        if mine:
+            for future in admin.delete_topics(mine, operation_timeout=30).values():
+                future.result(timeout=30)
+    except Exception as exc:  # cleanup must not hide the tests' own outcome
+        print(f"conftest: could not drop session data: {exc}")
 
 
 @pytest.fixture(scope="session")
