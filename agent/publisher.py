@@ -32,9 +32,13 @@ KIND_CODE = {kind: TOPIC_CODE[topic] for kind, topic in TOPIC_OF_KIND.items()}
 REPLAY_CHUNK = 2000
 # The background thread works in slices this big and then sleeps briefly: a training thread waiting
 # for the GIL gets it within one slice instead of after Python's 5 ms switch interval. (sleep(0)
-# would not hand the GIL over; a real sleep does.)
+# would not hand the GIL over; a real sleep does.) Each pause can cost this thread a whole switch
+# interval when the caller is CPU-bound, so once events back up the pauses stop: keeping memory
+# bounded and data flowing comes first.
 SLICE_EVENTS = 32
 SLICE_PAUSE_S = 50e-6
+PAUSE_BELOW_QUEUED = 2_000
+CYCLE_EVENTS = 20_000  # per cycle at most; the next cycle starts at once while more are queued
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,8 @@ class Publisher:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.options.linger_s)
+            if not self._queue:
+                self._wake.wait(self.options.linger_s)
             self._wake.clear()
             try:
                 self._cycle()
@@ -168,16 +173,20 @@ class Publisher:
         self._advance()
 
     def _spool_queued(self) -> None:
+        """Encode and spool what was queued when the cycle began (at most CYCLE_EVENTS): a caller that
+        keeps publishing must not keep this cycle from ever reaching the spool and Kafka."""
         records = []
         queue = self._queue
-        while queue:
-            for _ in range(min(SLICE_EVENTS, len(queue))):
+        left = min(len(queue), CYCLE_EVENTS)
+        while left:
+            for _ in range(min(SLICE_EVENTS, left)):
                 event = queue.popleft()
+                left -= 1
                 try:
                     records.append((KIND_CODE[event["kind"]], partition_key(event), encode(event)))
                 except (ContractError, KeyError, TypeError, AttributeError) as exc:
                     self._refuse(event, exc)
-            if queue:
+            if left and len(queue) < PAUSE_BELOW_QUEUED:
                 time.sleep(SLICE_PAUSE_S)
         if records:
             first, last = self.spool.append(records)
@@ -209,7 +218,7 @@ class Publisher:
                     self._fresh = batch[index:] if batch[index].seq == self._produced + 1 else []
                     return
                 self._produced = record.seq
-                if index % SLICE_EVENTS == SLICE_EVENTS - 1:
+                if index % SLICE_EVENTS == SLICE_EVENTS - 1 and len(self._queue) < PAUSE_BELOW_QUEUED:
                     time.sleep(SLICE_PAUSE_S)
 
     def _on_delivery(self, seq: int, err: Any, _message: Any) -> None:
