@@ -82,6 +82,46 @@ def _process(args: argparse.Namespace, settings: settings_module.Settings) -> in
     return 0
 
 
+def _dashboard(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    import os
+
+    import dashboard
+
+    app = Path(dashboard.__file__).resolve().parent / "app.py"
+    address = args.address or settings.dashboard_address
+    port = args.port if args.port is not None else settings.dashboard_port
+    command = [sys.executable, "-m", "streamlit", "run", str(app),
+               "--server.address", address, "--server.port", str(port), "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               "--server.runOnSave", "false", "--client.toolbarMode", "viewer"]
+    if args.config:  # the pages load settings themselves: hand them the same file
+        os.environ[settings_module.CONFIG_ENV] = str(Path(args.config).resolve())
+    _progress(f"dashboard: http://{address}:{port}/ (ClickHouse {settings.clickhouse}, "
+              f"user {settings.dashboard_reader.clickhouse_user})")
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # Streamlit takes this process over: signals reach it directly
+
+
+def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from agent.simulator import FaultSpec, SimConfig, describe_faults
+
+    if args.list_faults:
+        print(describe_faults())
+        return 0
+    from agent.daemon import configure_logging
+    from agent.simulator.runner import serve
+
+    configure_logging()
+    config = SimConfig(nodes=args.nodes, gpus=args.gpus, runs=args.runs, world_size=args.world_size,
+                       steps=args.steps, duration=args.duration, step_interval=args.step_interval,
+                       interval=args.interval, heartbeat_s=args.heartbeat, val_every=args.val_every,
+                       metrics_per_event=args.metrics_per_event, max_rate=args.max_rate, project=args.project,
+                       prefix=args.prefix, seed=args.seed, faults=tuple(FaultSpec.parse(f) for f in args.fault))
+    serve(settings, config, spool_dir=Path(args.spool_dir).expanduser() if args.spool_dir else None,
+          rate_report=args.rate_report, progress=_progress)
+    return 0
+
+
 def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -162,6 +202,68 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                          help="log level (default %(default)s)")
     process.set_defaults(handler=_process)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the Streamlit dashboard (127.0.0.1:8501 by default)",
+        description="Runs `streamlit run dashboard/app.py` headless on [dashboard] address and port, "
+        "querying ClickHouse as the read-only [dashboard] clickhouse_user. See docs/dashboard.md.",
+    )
+    dashboard.add_argument("--port", type=int, default=None, metavar="PORT",
+                           help="port to listen on (default: [dashboard] port, 8501)")
+    dashboard.add_argument("--address", default=None, metavar="ADDR",
+                           help="address to listen on (default: [dashboard] address, 127.0.0.1; "
+                           "there is no login, so expose it only behind an authenticating proxy)")
+    dashboard.set_defaults(handler=_dashboard)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="publish a synthetic GPU cluster running training jobs, with optional injected faults",
+        description="N nodes x G GPUs running M runs with realistic training curves and hardware figures, "
+        "published in real time through the agent's publisher (and its spool) like real nodes; named "
+        "faults trip the shipped alert rules. Doubles as the benchmarks' load generator (--max-rate). "
+        "Stops at --duration, when every run has done --steps, or on SIGINT/SIGTERM (runs then end "
+        "'killed'). See docs/simulate.md.",
+    )
+    simulate.add_argument("--nodes", type=int, default=4, metavar="N", help="nodes (default: %(default)s)")
+    simulate.add_argument("--gpus", type=int, default=4, metavar="G", help="GPUs per node (default: %(default)s)")
+    simulate.add_argument("--runs", type=int, default=2, metavar="M", help="concurrent runs (default: %(default)s)")
+    simulate.add_argument("--world-size", type=int, default=None, metavar="RANKS",
+                          help="ranks (GPUs) per run (default: the cluster's GPUs split evenly between the runs)")
+    simulate.add_argument("--steps", type=int, default=None, metavar="N",
+                          help="training steps per run; a run that reaches them ends 'finished' (default: no limit)")
+    simulate.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
+                          help="stop after this long (default: until the runs finish, or SIGINT/SIGTERM)")
+    simulate.add_argument("--step-interval", type=_seconds, default=0.05, metavar="SECONDS",
+                          help="wall-clock seconds per training step, also the logged step_time_s (default: %(default)s)")
+    simulate.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
+                          help="system sample interval per node (default: %(default)s)")
+    simulate.add_argument("--heartbeat", type=_seconds, default=5.0, metavar="SECONDS",
+                          help="heartbeat interval per rank (default: %(default)s)")
+    simulate.add_argument("--val-every", type=int, default=100, metavar="STEPS",
+                          help="steps between validation points, logged by rank 0 (default: %(default)s)")
+    simulate.add_argument("--project", default="simulated", metavar="NAME", help="project of the runs (default: %(default)s)")
+    simulate.add_argument("--prefix", default="sim", metavar="NAME",
+                          help="names hosts <prefix>-node-NN and runs <prefix>-<UTC start>-run-N, and the spool "
+                          "directory (default: %(default)s)")
+    simulate.add_argument("--seed", type=int, default=0, metavar="N",
+                          help="random seed: the same seed gives the same curves, figures and placement (default: %(default)s)")
+    simulate.add_argument("--fault", action="append", default=[], metavar="NAME[@TARGET][:AT]",
+                          help="inject a fault AT seconds after the start (default 10); TARGET is run-N or node-N (or "
+                          "a full id), with /RANK or /GPU where the fault takes one (default: spread over runs and "
+                          "busy nodes); repeatable; see --list-faults")
+    simulate.add_argument("--list-faults", action="store_true", help="list the faults and the rules they trip, and exit")
+    simulate.add_argument("--rate-report", action="store_true",
+                          help="print progress every 5 s: events/s, metric values/s, CPU, publisher delivery")
+    simulate.add_argument("--max-rate", type=float, default=None, metavar="VALUES_PER_S",
+                          help="benchmark mode: step as fast as allowed, at most this many metric values per second "
+                          "(0: no limit), instead of one step per --step-interval")
+    simulate.add_argument("--metrics-per-event", type=int, default=0, metavar="N",
+                          help="add N per-layer gradient norms to every metrics event: wide events for load tests "
+                          "(default: %(default)s)")
+    simulate.add_argument("--spool-dir", default="", metavar="DIR",
+                          help="the publisher's disk spool (default: ~/.cache/trainmon/spool/simulate-<prefix>)")
+    simulate.set_defaults(handler=_simulate)
 
     config = commands.add_parser("config", help="print the effective settings and their environment variables")
     config.set_defaults(handler=_config)

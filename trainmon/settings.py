@@ -46,6 +46,12 @@ class Settings:
     services_clickhouse_tcp_port: int = 9000
     services_alertmanager_port: int = 9094
     services_alertmanager_webhook_url: str = ""  # the local Alertmanager's receiver; empty: discard
+    # [dashboard] — `trainmon dashboard` (Streamlit)
+    dashboard_address: str = "127.0.0.1"  # listen address; loopback unless set on purpose
+    dashboard_port: int = 8501
+    dashboard_clickhouse_user: str = "reader"  # read-only ClickHouse user; empty: [clickhouse] user
+    dashboard_clickhouse_password: str = ""  # with clickhouse_user; unused when that is empty
+    dashboard_refresh_s: int = 10  # default auto-refresh interval of the pages; 0: off
 
     @property
     def bootstrap_servers(self) -> str:
@@ -64,6 +70,14 @@ class Settings:
             return checkout / ".trainmon"
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(state) / "trainmon"
+
+    @property
+    def dashboard_reader(self) -> "Settings":
+        """These settings with the dashboard's ClickHouse user (read-only `reader` by default)."""
+        if not self.dashboard_clickhouse_user:
+            return self
+        return dataclasses.replace(self, clickhouse_user=self.dashboard_clickhouse_user,
+                                   clickhouse_password=self.dashboard_clickhouse_password)
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,16 @@
+"""`trainmon simulate`: a synthetic GPU cluster running training jobs, for demos, alert-rule checks
+and load generation. See docs/simulate.md.
+
+- config.py: what to simulate (SimConfig, FaultSpec)
+- curves.py: training curves (loss, validation, accuracy, learning rate) and the noise table
+- hardware.py: host and GPU figures
+- cluster.py: nodes, GPUs, runs and ranks, and the contract events they send
+- faults.py: the named fault scenarios (FAULTS)
+- runner.py: the schedule, the pure event generator and the real-time, published Simulation
+"""
+
+from agent.simulator.config import FaultSpec, SimConfig, SimulateError
+from agent.simulator.faults import FAULTS, describe_faults
+from agent.simulator.runner import Simulation, Tally, generate
+
+__all__ = ["FAULTS", "FaultSpec", "SimConfig", "SimulateError", "Simulation", "Tally", "describe_faults", "generate"]
