@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup alertmanager test test-unit demo stop bench clean help
 
 help:
-	@echo "make demo   - set up, start the local Kafka + ClickHouse, create topics, migrate, show status"
+	@echo "make demo   - set up and run the whole stack with live data (dashboard, alerts); Ctrl-C stops it"
 	@echo "make test   - set up and run the whole test suite against the real services"
 	@echo "make stop   - stop the local services started by make demo"
 	@echo "make bench  - run the benchmarks in bench/ (figures under bench/results/)"
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@echo "setup: creating $(VENV) and installing trainmon with its server and test extras..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[server,test]"
+	$(BIN)/python -m pip install --quiet -e ".[server,test,demo]"
 	@touch $@
 
 alertmanager:
@@ -31,10 +31,7 @@ test-unit: setup
 	$(BIN)/python -m pytest tests/unit
 
 demo: setup alertmanager
-	$(BIN)/trainmon services start
-	$(BIN)/trainmon topics create
-	$(BIN)/trainmon db migrate
-	$(BIN)/trainmon services status
+	$(BIN)/trainmon demo
 
 stop: setup
 	$(BIN)/trainmon services stop

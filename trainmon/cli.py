@@ -122,6 +122,14 @@ def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> i
     return 0
 
 
+def _demo(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from deploy import demo
+
+    faults = tuple(args.fault) if args.fault else demo.DEFAULT_FAULTS
+    return demo.run(settings, nodes=args.nodes, gpus=args.gpus, faults=faults, epochs=args.epochs,
+                    progress=_progress)
+
+
 def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -264,6 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--spool-dir", default="", metavar="DIR",
                           help="the publisher's disk spool (default: ~/.cache/trainmon/spool/simulate-<prefix>)")
     simulate.set_defaults(handler=_simulate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the whole local stack with live data (what `make demo` runs), until Ctrl-C",
+        description="Starts the services (if needed), topics, migrations, a processors worker, the dashboard, "
+        "this machine's node daemon, a simulated cluster with faults and a real two-rank training job "
+        "(examples/train_digits.py). Ctrl-C stops everything it started.",
+    )
+    demo.add_argument("--nodes", type=int, default=8, help="simulated nodes (default %(default)s)")
+    demo.add_argument("--gpus", type=int, default=8, help="GPUs per simulated node (default %(default)s)")
+    demo.add_argument("--epochs", type=int, default=300, help="epochs of the real training job (default %(default)s)")
+    demo.add_argument("--fault", action="append", metavar="NAME",
+                      help="a simulated fault (repeatable; default: nan, hot_gpu, straggler, stall, dead_node; "
+                      "see `trainmon simulate --list-faults`)")
+    demo.set_defaults(handler=_demo)
 
     config = commands.add_parser("config", help="print the effective settings and their environment variables")
     config.set_defaults(handler=_config)
