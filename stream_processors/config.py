@@ -185,12 +185,9 @@ class _Reader:
         if value is None:
             return default
         try:
-            seconds = parse_duration(value)
+            return parse_duration(value, positive=positive)
         except ValueError as exc:
             raise self.error(path, str(exc)) from None
-        if positive and seconds <= 0:
-            raise self.error(path, f"expected a duration > 0, got {value!r}")
-        return seconds
 
     def url(self, value: Any, path: KeyPath) -> str:
         parts = urlsplit(value) if isinstance(value, str) else None

@@ -15,16 +15,21 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, *, positive: bool = False) -> float:
     """Seconds from a number or a string like '30s', '5m', '1h'; ValueError on anything else."""
+    seconds = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if math.isfinite(value) and value >= 0:
-            return float(value)
+            seconds = float(value)
     elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _UNIT_S[match.group(2)]
-    raise ValueError(f"expected a duration (seconds, or a string like '30s', '5m', '1h'), got {value!r}")
+            seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds is None:
+        raise ValueError(f"expected a duration (seconds, or a string like '30s', '5m', '1h'), got {value!r}")
+    if positive and seconds <= 0:
+        raise ValueError(f"expected a duration > 0, got {value!r}")
+    return seconds
 
 
 def _is_number(value: Any) -> bool:
@@ -82,12 +87,9 @@ class Params:
         if value is None:
             return default
         try:
-            seconds = parse_duration(value)
+            return parse_duration(value, positive=positive)
         except ValueError as exc:
             raise self._error(key, str(exc)) from None
-        if positive and seconds <= 0:
-            raise self._error(key, f"expected a duration > 0, got {value!r}")
-        return seconds
 
     def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
         value = self._take(key)
