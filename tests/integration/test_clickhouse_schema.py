@@ -24,11 +24,11 @@ def points(run: str, steps: range, value=lambda s: 1.0 / (s + 1)):
 def test_migrate_twice_applies_once(migrated, clickhouse):
     assert migrate(migrated, progress=lambda m: None) == []
     versions = clickhouse.query("SELECT version FROM schema_migrations FINAL ORDER BY version").result_rows
-    assert versions == [(1,), (2,)]
+    assert versions == [(1,), (2,), (3,)]
     tables = {r[0] for r in clickhouse.query("SHOW TABLES").result_rows}
     assert {"metric_points", "system_samples", "runs", "run_ranks", "run_events", "window_aggregates", "alerts",
             "alert_deliveries", "gpus", "metric_rollup_1m", "metric_rollup_1h", "system_rollup_1m",
-            "system_rollup_1h", "ingest_offsets"} <= tables
+            "system_rollup_1h", "ingest_offsets", "system_latest"} <= tables
 
 
 def test_an_edited_applied_migration_is_refused(migrated, tmp_path):
