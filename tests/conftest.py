@@ -104,6 +104,21 @@ def migrated(stack: Settings) -> Settings:
     return stack
 
 
+def with_own_topics(settings: Settings) -> Settings:
+    """The stack with fresh topics of its own (under the session prefix, so the session drops them):
+    for tests whose workers read topics from the start, or that put bad bytes on them."""
+    from deploy.topics import create_topics
+
+    own = settings.replace(kafka_topic_prefix=f"{settings.kafka_topic_prefix}{uuid.uuid4().hex[:6]}.")
+    create_topics(own, progress=lambda message: None)
+    return own
+
+
+@pytest.fixture
+def own_topics(migrated: Settings) -> Settings:
+    return with_own_topics(migrated)
+
+
 @pytest.fixture
 def clickhouse(migrated: Settings):
     from trainmon.clickhouse import connect

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -58,13 +59,20 @@ def pipeline_file(directory: Path, webhook_url: str) -> Path:
 
 
 def start_worker(settings: Settings, pipeline: Path, group: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # logs survive a SIGKILL
     env.update({env_name(f.name): str(getattr(settings, f.name)) for f in dataclasses.fields(settings)})
     env["TRAINMON_KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
     env["TRAINMON_CLICKHOUSE_URL"] = settings.clickhouse
     return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),
                              "--group", group, "--loglevel", "info"],
                             cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+def metrics_partitions(log: Path, topic: str) -> set[int]:
+    """The partitions of `topic` in the worker's latest assignment (Faust logs it as a table)."""
+    tables = log.read_text(errors="replace").split("Setting newly assigned partitions")
+    row = re.search(rf"\|\s*{re.escape(topic)}\s*\|\s*\{{([0-9, ]*)\}}", tables[-1]) if len(tables) > 1 else None
+    return {int(p) for p in row[1].split(",") if p.strip()} if row else set()
 
 
 def stop(worker: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -100,13 +108,13 @@ def lifecycle(kind: str, run: str, rank: int, **fields) -> dict:
     return envelope(kind, project="e2e", run=run, rank=rank, host=f"node-{rank}", time=time.time(), **fields)
 
 
-def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(migrated, tmp_path):
+def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(own_topics, tmp_path):
     clean, nan_run = f"clean-{uuid.uuid4().hex[:6]}", f"nan-{uuid.uuid4().hex[:6]}"
     with Receiver([200] * 20) as receiver:
-        worker = start_worker(migrated, pipeline_file(tmp_path, receiver.url), f"e2e-{uuid.uuid4().hex[:6]}",
+        worker = start_worker(own_topics, pipeline_file(tmp_path, receiver.url), f"e2e-{uuid.uuid4().hex[:6]}",
                               tmp_path / "worker.log")
         try:
-            publisher = Publisher(migrated, spool_dir=tmp_path / "spool")
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
             for run in (clean, nan_run):
                 for rank in (0, 1):
                     publisher.publish(lifecycle("run_start", run, rank, world_size=2, config={"lr": 0.1}))
@@ -115,10 +123,10 @@ def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(migrated, tmp_pat
                     publisher.publish(metrics(clean, rank, step, 1.0 / (step + 1)))
                     publisher.publish(metrics(nan_run, rank, step, math.nan if step == 150 and rank == 1
                                               else 1.0 / (step + 1)))
-            raw = Producer({"bootstrap.servers": migrated.bootstrap_servers})
+            raw = Producer({"bootstrap.servers": own_topics.bootstrap_servers})
             bad = [b"\xff\xfe garbage", b'{"v": 1, "kind": "metrics"}', b'{"v": 9, "kind": "metrics"}']
             for value in bad:
-                raw.produce(topic_name(Topic.METRICS, migrated.kafka_topic_prefix), value, key=b"bad")
+                raw.produce(topic_name(Topic.METRICS, own_topics.kafka_topic_prefix), value, key=b"bad")
             raw.flush(10)
             assert publisher.flush(30)
 
@@ -138,7 +146,7 @@ def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(migrated, tmp_pat
             assert received[0].json()["fingerprint"] == alert["fingerprint"]
             assert not [r for r in receiver.requests if r.json()["run"] == clean], "a clean run fires nothing"
 
-            client = connect(migrated)
+            client = connect(own_topics)
             for run in (clean, nan_run):
                 wait_until(lambda: scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}",
                                           r=run) == 300 * 2 * 2, 30, f"rows of {run}")
@@ -158,7 +166,7 @@ def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(migrated, tmp_pat
             wait_until(lambda: scalar(client, "SELECT count() FROM window_aggregates WHERE run = {r:String} "
                                       "AND name = 'loss'", r=clean) > 0, 30, "closed 10 s windows")
 
-            dead = consume(migrated, topic_name(Topic.DEADLETTER, migrated.kafka_topic_prefix), 3, timeout_s=20)
+            dead = consume(own_topics, topic_name(Topic.DEADLETTER, own_topics.kafka_topic_prefix), 3, timeout_s=20)
             reasons = sorted(dict(m.headers())[DLQ_REASON].decode() for m in dead)
             assert reasons == ["malformed", "missing_field", "unknown_version"]
             assert sorted(m.value() for m in dead) == sorted(bad), "the original bytes, untouched"
@@ -167,25 +175,35 @@ def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(migrated, tmp_pat
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
 
-def test_two_workers_one_killed_mid_stream_counts_stay_exact(migrated, tmp_path):
+def test_two_workers_one_killed_mid_stream_counts_stay_exact(own_topics, tmp_path):
     group = f"failover-{uuid.uuid4().hex[:6]}"
     runs = [f"fo-{uuid.uuid4().hex[:6]}-{i}" for i in range(8)]
+    metrics_topic = topic_name(Topic.METRICS, own_topics.kafka_topic_prefix)
     with Receiver([200] * 100) as receiver:
         pipeline = pipeline_file(tmp_path, receiver.url)
-        workers = [start_worker(migrated, pipeline, group, tmp_path / f"worker{i}.log") for i in range(2)]
+        workers = [start_worker(own_topics, pipeline, group, tmp_path / f"worker{i}.log") for i in range(2)]
         try:
-            time.sleep(10)  # both workers join the group and split the partitions
-            publisher = Publisher(migrated, spool_dir=tmp_path / "spool")
-            steps, started = 1500, time.monotonic()
-            for step in range(steps):
-                for run in runs:
-                    publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
-                if workers[0].poll() is None and time.monotonic() - started > 5:
-                    workers[0].send_signal(signal.SIGKILL)  # mid-stream: its last second is written, not committed
-                time.sleep(0.01)
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+            steps = 2000
+
+            def publish() -> None:
+                for step in range(steps):
+                    for run in runs:
+                        publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+                    time.sleep(0.01)
+
+            producer = threading.Thread(target=publish)
+            producer.start()
+            # Kill worker 0 only after it owns metrics partitions and has been writing them for a while,
+            # so it dies with rows written but not yet committed: the survivor must skip exactly those.
+            wait_until(lambda: metrics_partitions(tmp_path / "worker0.log", metrics_topic), 90,
+                       "worker 0 to own metrics partitions")
+            time.sleep(3)
+            workers[0].send_signal(signal.SIGKILL)
+            producer.join()
             assert publisher.flush(60)
             publisher.close()
-            client = connect(migrated)
+            client = connect(own_topics)
             expected = steps * len(runs) * 2  # two values per event
             where = "run IN ({runs:Array(String)})"
             wait_until(lambda: scalar(client, f"SELECT count() FROM metric_points WHERE {where}", runs=runs)

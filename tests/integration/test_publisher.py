@@ -39,7 +39,8 @@ def assert_exact_and_ordered(messages, expected: dict[tuple[str, int], int]) -> 
         assert steps == list(range(expected[key])), f"{key}: out of order or duplicated"
 
 
-def test_published_events_are_delivered_keyed_by_run(migrated, tmp_path):
+def test_published_events_are_delivered_keyed_by_run(own_topics, tmp_path):
+    migrated = own_topics  # only this test's events on these topics
     publisher = Publisher(migrated, spool_dir=tmp_path / "spool")
     for step in range(300):
         for rank in range(2):
@@ -96,7 +97,9 @@ def test_broker_outage_training_keeps_logging_and_every_event_arrives_once_in_or
     total = sum(steps.values())
     messages = consume(settings, topic_name(Topic.METRICS, settings.kafka_topic_prefix), 2 * total, settle_s=2.0)
     assert_exact_and_ordered(messages, {("outage", 0): total, ("outage", 1): total})
-    assert worst[0] < 0.005, f"publish() stalled the training loop for {worst[0] * 1e3:.1f} ms"
+    # Blocking on the dead broker would take seconds (connect and request timeouts); scheduling and GC
+    # on a shared 2-core machine reach ~10 ms. Fine-grained latency is bench/sdk_overhead.py's job.
+    assert worst[0] < 0.1, f"publish() stalled the training loop for {worst[0] * 1e3:.1f} ms"
 
 
 KILLED_WRITER = textwrap.dedent("""

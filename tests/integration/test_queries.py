@@ -159,6 +159,9 @@ def _seed(writer) -> None:
 
 @pytest.fixture(scope="module")
 def writer(stack):
+    global NOW, T0  # "now" is when the data is seeded, not when the module was collected minutes earlier
+    NOW = datetime.now(timezone.utc).replace(microsecond=0)
+    T0 = NOW - timedelta(hours=6)
     migrate(stack, progress=lambda message: None)
     client = connect(stack)
     _seed(client)

@@ -29,7 +29,7 @@ from agent.publisher import Publisher
 from deploy.services.alertmanager import AlertmanagerService, find_binary
 from deploy.services.base import ServiceError, pid_alive
 from stream_processors.routes.webhook import signature
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, with_own_topics
 from tests.integration.test_alertmanager import free_port
 from tests.integration.test_processors import scalar, start_worker, stop, wait_until
 from tests.receivers import Received, Receiver
@@ -501,7 +501,12 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcome(migrated: Settings, tmp_path_factory: pytest.TempPathFactory, webhook: Receiver,
+def module_topics(migrated: Settings) -> Settings:
+    return with_own_topics(migrated)  # the worker reads from the start: only this module's events
+
+
+@pytest.fixture(scope="module")
+def outcome(module_topics: Settings, tmp_path_factory: pytest.TempPathFactory, webhook: Receiver,
             alertmanager: tuple[AlertmanagerService, Receiver]) -> Iterator[Outcome]:
     """One worker for the module; every scenario played against it at once."""
     service, am_receiver = alertmanager
@@ -509,9 +514,9 @@ def outcome(migrated: Settings, tmp_path_factory: pytest.TempPathFactory, webhoo
     pipeline = directory / "pipeline.yml"
     pipeline.write_text(PIPELINE.replace("{webhook}", webhook.url).replace("{alertmanager}", service.address))
     log = directory / "worker.log"
-    worker = start_worker(migrated, pipeline, f"rule-kinds-{TAG}", log)
-    publisher = Publisher(migrated, spool_dir=directory / "spool")
-    stream = Stream(migrated, publisher, Inbox(webhook, webhook_alerts), Inbox(am_receiver, alertmanager_alerts))
+    worker = start_worker(module_topics, pipeline, f"rule-kinds-{TAG}", log)
+    publisher = Publisher(module_topics, spool_dir=directory / "spool")
+    stream = Stream(module_topics, publisher, Inbox(webhook, webhook_alerts), Inbox(am_receiver, alertmanager_alerts))
     try:
         ready(stream, worker, log)
         plays = scenarios()
@@ -527,7 +532,7 @@ def outcome(migrated: Settings, tmp_path_factory: pytest.TempPathFactory, webhoo
 
         with ThreadPoolExecutor(len(plays), thread_name_prefix="scenario") as pool:
             list(pool.map(play, plays))
-        result = Outcome(plays, stream.webhook, stream.alertmanager, migrated, seconds=time.monotonic() - started)
+        result = Outcome(plays, stream.webhook, stream.alertmanager, module_topics, seconds=time.monotonic() - started)
         nan = Expect("loss_non_finite", {"run": f"{TAG}-nan"})
         arrived = [request.at for request, a in result.webhook.items() if nan.fits(a) and a["state"] == "firing"]
         if arrived and "non_finite" in stream.published_at:
