@@ -2,7 +2,8 @@
 and receivers. See docs/routes.md.
 
 A firing alert carries an `endsAt` in the future (param `firing_ttl_s`, default 2 h: twice the default
-repeat interval), as Prometheus sends its own: each repeat notification pushes it further, so the
+repeat interval) counted from when it is sent, as Prometheus sends its own (counting from the event
+time would put it in the past while a backlog is caught up): each repeat notification pushes it further, so the
 alert stays firing between repeats (without it, Alertmanager would resolve it after its
 `resolve_timeout`, 5 min by default) and still resolves by itself if trainmon stops. A resolved
 alert carries the time it resolved, which makes Alertmanager resolve it at once.
@@ -11,6 +12,7 @@ alert carries the time it resolved, which makes Alertmanager resolve it at once.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,7 +66,7 @@ class AlertmanagerRoute(Route):
         if alert["state"] == "resolved":
             entry["endsAt"] = rfc3339(resolved_at(alert))
         else:
-            entry["endsAt"] = rfc3339(alert["time"] + self.firing_ttl_s)
+            entry["endsAt"] = rfc3339(max(alert["time"], time.time()) + self.firing_ttl_s)
         link = dashboard_url(alert)
         if link:
             entry["generatorURL"] = link
