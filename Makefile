@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup alertmanager test test-unit demo stop bench clean help
+.PHONY: setup alertmanager chromium test test-unit demo stop bench clean help
 
 help:
 	@echo "make demo   - set up and run the whole stack with live data (dashboard, alerts); Ctrl-C stops it"
@@ -24,7 +24,13 @@ $(STAMP): pyproject.toml
 alertmanager:
 	./deploy/alertmanager/install.sh
 
-test: setup alertmanager
+# Debian's headless-capable Chromium, for the dashboard's browser tests and page-load benchmark.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (browser tests)..."; \
+	  $$( [ "$$(id -u)" -eq 0 ] || echo sudo ) apt-get update -qq && \
+	  $$( [ "$$(id -u)" -eq 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: setup alertmanager chromium
 	$(BIN)/python -m pytest
 
 test-unit: setup
