@@ -326,7 +326,9 @@ def test_host_page_from_an_alert_link_shows_the_nodes_figures_and_alerts(app) ->
     assert set(titles) == {"GPU utilisation", "GPU memory used", "GPU temperature", "GPU power"}
     temperature = chart_data(at)[titles.index("GPU temperature")]
     assert temperature[temperature["device"] == f"GPU {gpu}"]["max"].max() > 85
-    assert set(at.dataframe[0].value["rule"]) == {seed.FIRING_RULE, seed.FIRING_RUN_RULE}  # firing here
+    firing = "\n".join(m.value for m in at.markdown)
+    assert f"**{seed.FIRING_RULE}**" in firing and f"**{seed.FIRING_RUN_RULE}**" in firing  # firing here
+    assert f"(host?host={host})" in firing and f"(run?project={seed.PROJECT}&run={seed.LIVE_RUN})" in firing
     at.session_state["host_tab"] = "Host"
     at.run()
     assert_clean(at)

@@ -1,0 +1,43 @@
+"""The trainmon dashboard: `trainmon dashboard` runs `streamlit run dashboard/app.py`.
+
+Pages (one module each in dashboard/views/; not `pages/`, which would switch Streamlit to its older
+directory-based navigation for a session's first request) are chosen by URL path; their selections
+live in the URL's query parameters, so links from alerts open the right view: /run?project=P&run=R,
+/host?host=H.
+All reads go through dashboard/queries.py (parameterised, downsampled SQL), cached for a few seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+try:
+    import dashboard  # noqa: F401  (installed with trainmon, or the checkout is on sys.path)
+except ImportError:  # `streamlit run dashboard/app.py` from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dashboard import components  # noqa: E402
+
+st.set_page_config(page_title="trainmon", page_icon="📈", layout="wide",  # emoji: no request to fonts.gstatic.com
+                   initial_sidebar_state="expanded")
+
+pages = [
+    st.Page("views/runs.py", title="Runs", icon=":material/view_list:", url_path="runs", default=True),
+    st.Page("views/run.py", title="Run", icon=":material/show_chart:", url_path="run"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page("views/cluster.py", title="Cluster", icon=":material/grid_view:", url_path="cluster"),
+    st.Page("views/alerts.py", title="Alerts", icon=":material/notifications_active:", url_path="alerts"),
+    st.Page("views/host.py", title="Host", icon=":material/dns:", url_path="host"),
+]
+page = st.navigation(pages, position="sidebar", expanded=True)
+
+with st.sidebar:
+    components.refresh_control()
+    reader = components.settings().dashboard_reader
+    st.caption(f"ClickHouse `{reader.clickhouse}` · database `{reader.clickhouse_database}` · "
+               f"user `{reader.clickhouse_user}` · times in UTC")
+
+page.run()
