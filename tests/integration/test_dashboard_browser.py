@@ -19,6 +19,10 @@ from trainmon.settings import Settings
 
 pytestmark = pytest.mark.integration
 
+# The read-only user the dashboard queries as: the local engine and the Docker image define `reader`;
+# for another server (TRAINMON_TEST_CLICKHOUSE_URL) name its read-only user here.
+READER = os.environ.get("TRAINMON_TEST_DASHBOARD_USER", "reader")
+
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".trainmon" / "screenshots"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -54,7 +58,7 @@ def dashboard(stack: Settings) -> Iterator[Dashboard]:
     seed.seed(client)
     client.close()
     env = {"TRAINMON_CLICKHOUSE_URL": settings.clickhouse, "TRAINMON_CLICKHOUSE_DATABASE": settings.clickhouse_database,
-           "TRAINMON_DASHBOARD_CLICKHOUSE_USER": "reader", "TRAINMON_DASHBOARD_REFRESH_S": "0"}
+           "TRAINMON_DASHBOARD_CLICKHOUSE_USER": READER, "TRAINMON_DASHBOARD_REFRESH_S": "0"}
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         with Dashboard(env, log=SHOTS / "dashboard.log") as running:

@@ -8,6 +8,7 @@ write cannot change the counts asserted here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,10 @@ from tests import dashboard_seed as seed
 from trainmon.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+# The read-only user the dashboard queries as: the local engine and the Docker image define `reader`;
+# for another server (TRAINMON_TEST_CLICKHOUSE_URL) name its read-only user here.
+READER = os.environ.get("TRAINMON_TEST_DASHBOARD_USER", "reader")
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 DB_ERROR = "did not answer"  # the pages' message when ClickHouse refuses a query
@@ -49,7 +54,7 @@ def app(dashboard_db, monkeypatch):
     monkeypatch.delenv("TRAINMON_CONFIG", raising=False)
     monkeypatch.setenv("TRAINMON_CLICKHOUSE_URL", settings.clickhouse)
     monkeypatch.setenv("TRAINMON_CLICKHOUSE_DATABASE", settings.clickhouse_database)
-    monkeypatch.setenv("TRAINMON_DASHBOARD_CLICKHOUSE_USER", "reader")  # read-only: what the dashboard runs as
+    monkeypatch.setenv("TRAINMON_DASHBOARD_CLICKHOUSE_USER", READER)  # read-only: what the dashboard runs as
     monkeypatch.setenv("TRAINMON_DASHBOARD_REFRESH_S", "0")
 
     def open_page(page: str = "runs", **params: str) -> AppTest:
