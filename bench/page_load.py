@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.clickhouse_target import bench_clickhouse  # noqa: E402
 from deploy.migrate import migrate  # noqa: E402
 from tests import dashboard_seed as seed  # noqa: E402
 from tests.headless import Chromium, Dashboard  # noqa: E402
-from trainmon import settings as settings_module  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 
 GOAL_MS = 2000.0
@@ -72,14 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args(argv)
 
-    base = settings_module.load()
-    if args.url:
-        base = base.replace(clickhouse_url=args.url)
-    settings = base.replace(clickhouse_database=args.database)
-    admin = connect(settings, database="default")
-    version = admin.query("SELECT version()").result_rows[0][0]
-    say(f"ClickHouse {version} at {settings.clickhouse}, database {args.database}; {os.cpu_count()} CPUs "
-        f"({platform.processor() or platform.machine()}), load average {os.getloadavg()[0]:.1f}")
+    settings, admin, described = bench_clickhouse(args.url, args.database)
+    say(f"{described}, load average {os.getloadavg()[0]:.1f}")
     seeded = not args.no_seed
     if seeded:
         admin.command(f"DROP DATABASE IF EXISTS {args.database} SYNC")

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -47,9 +46,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.clickhouse_target import bench_clickhouse  # noqa: E402
 from dashboard.queries import Queries  # noqa: E402
 from deploy.migrate import migrate  # noqa: E402
-from trainmon import settings as settings_module  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 
 GOAL_MS = 300.0
@@ -369,14 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = parser.parse_args(argv)
 
-    base = settings_module.load()
-    if args.url:
-        base = base.replace(clickhouse_url=args.url)
-    settings = base.replace(clickhouse_database=args.database)
-    admin = connect(settings, database="default")
-    version = admin.query("SELECT version()").result_rows[0][0]
-    say(f"ClickHouse {version} at {settings.clickhouse}, database {args.database}; "
-        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
+    settings, admin, described = bench_clickhouse(args.url, args.database)
+    say(described)
     history_host, history_gpu = "node-0007", 3
     figures: dict = {}
     try:
