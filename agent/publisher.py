@@ -32,12 +32,12 @@ KIND_CODE = {kind: TOPIC_CODE[topic] for kind, topic in TOPIC_OF_KIND.items()}
 REPLAY_CHUNK = 2000
 # The background thread works in slices this big and then sleeps briefly: a training thread waiting
 # for the GIL gets it within one slice instead of after Python's 5 ms switch interval. (sleep(0)
-# would not hand the GIL over; a real sleep does.) Each pause can cost this thread a whole switch
-# interval when the caller is CPU-bound, so once events back up the pauses stop: keeping memory
-# bounded and data flowing comes first.
+# would not hand the GIL over; a real sleep does.) Each slice is also one spool write, so nothing in
+# a cycle (encode, frame, write, produce) holds the GIL for more than one slice. The pauses cost
+# this thread throughput while the caller is CPU-bound; only when the memory queue is half full do
+# they stop, because keeping memory bounded and nothing dropped comes first then.
 SLICE_EVENTS = 32
 SLICE_PAUSE_S = 50e-6
-PAUSE_BELOW_QUEUED = 2_000
 CYCLE_EVENTS = 20_000  # per cycle at most; the next cycle starts at once while more are queued
 
 
@@ -77,6 +77,7 @@ class Publisher:
             **(producer_config or {}),
         })
         self._queue: deque[dict] = deque()
+        self._pause_below = self.options.max_queue_events // 2
         self._handled = 0  # events taken off the queue (spooled or refused)
         self._cycles = 0  # completed background cycles (flush waits on them)
         self._produced = self.spool.acked  # highest seq handed to librdkafka
@@ -175,10 +176,10 @@ class Publisher:
     def _spool_queued(self) -> None:
         """Encode and spool what was queued when the cycle began (at most CYCLE_EVENTS): a caller that
         keeps publishing must not keep this cycle from ever reaching the spool and Kafka."""
-        records = []
         queue = self._queue
         left = min(len(queue), CYCLE_EVENTS)
         while left:
+            records = []
             for _ in range(min(SLICE_EVENTS, left)):
                 event = queue.popleft()
                 left -= 1
@@ -186,13 +187,19 @@ class Publisher:
                     records.append((KIND_CODE[event["kind"]], partition_key(event), encode(event)))
                 except (ContractError, KeyError, TypeError, AttributeError) as exc:
                     self._refuse(event, exc)
-            if left and len(queue) < PAUSE_BELOW_QUEUED:
-                time.sleep(SLICE_PAUSE_S)
-        if records:
-            first, last = self.spool.append(records)
-            if self._produced == first - 1 and not self._fresh:
-                self._fresh = [Record(seq, *record) for seq, record in zip(range(first, last + 1), records)]
-        self._handled += len(records)
+            if records:
+                first, last = self.spool.append(records)
+                fresh = self._fresh
+                if (fresh[-1].seq if fresh else self._produced) == first - 1:
+                    fresh.extend(Record(seq, *record) for seq, record in zip(range(first, last + 1), records))
+                self._handled += len(records)
+            if left:
+                self._pause()
+
+    def _pause(self) -> None:
+        """Hand the GIL to the training thread between slices, unless memory is at stake."""
+        if len(self._queue) < self._pause_below:
+            time.sleep(SLICE_PAUSE_S)
 
     def _refuse(self, event: Any, exc: Exception) -> None:
         self._counts["refused"] += 1
@@ -218,8 +225,8 @@ class Publisher:
                     self._fresh = batch[index:] if batch[index].seq == self._produced + 1 else []
                     return
                 self._produced = record.seq
-                if index % SLICE_EVENTS == SLICE_EVENTS - 1 and len(self._queue) < PAUSE_BELOW_QUEUED:
-                    time.sleep(SLICE_PAUSE_S)
+                if index % SLICE_EVENTS == SLICE_EVENTS - 1:
+                    self._pause()
 
     def _on_delivery(self, seq: int, err: Any, _message: Any) -> None:
         if err is not None:  # message.timeout.ms=0: only permanent errors get here

@@ -36,6 +36,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         web_host="127.0.0.1",
         web_port=web_port or 6066,
         store="memory://",
+        datadir=str(settings.home / "processors" / "{conf.name}-data"),  # not the current directory
         table_standby_replicas=0,
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.kafka_replication_factor,
