@@ -91,6 +91,31 @@ class RssWatch(threading.Thread):
                     pass
 
 
+class CpuShare:
+    """CPU seconds each part of the pipeline used over a phase: where the machine's cores went."""
+
+    def __init__(self, parts: dict[str, list[int]]) -> None:
+        self.parts = {name: [psutil.Process(pid) for pid in pids] for name, pids in parts.items()}
+        self.start = {name: self._seconds(procs) for name, procs in self.parts.items()}
+
+    @staticmethod
+    def _seconds(procs: list[psutil.Process]) -> float:
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+                for child in proc.children(recursive=True):
+                    child_times = child.cpu_times()
+                    total += child_times.user + child_times.system
+            except psutil.Error:
+                pass
+        return total
+
+    def used(self) -> dict[str, float]:
+        return {name: self._seconds(procs) - self.start[name] for name, procs in self.parts.items()}
+
+
 def drive(publisher: Publisher, values_per_s: float, seconds: float, width: int, runs: int) -> tuple[int, int, float]:
     """Wide metrics events at a steady rate across `runs` runs; a probe run flips NaN/finite every 0.5 s.
     Returns (load values sent, probe values sent, first send time)."""
@@ -140,6 +165,9 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
         try:
             time.sleep(args.warmup)  # workers join the group
             publisher = Publisher(settings, spool_dir=workdir / f"spool-{uuid.uuid4().hex[:6]}")
+            cpu = CpuShare({"producer": [os.getpid()], "workers": [w.pid for w in workers],
+                            **{s.name: [s.pid()] for s in services.services(settings) if s.pid()}})
+            phase_start = time.monotonic()
             say(f"driving {offered:,.0f} values/s in events of {args.width} values for {args.seconds:.0f}s...")
             sent, probe, start = drive(publisher, offered, args.seconds, args.width, args.runs)
             publisher.flush(120)
@@ -152,6 +180,7 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
                 if visible >= expected:
                     break
                 time.sleep(0.2)
+            cpu_s, phase_s = cpu.used(), time.monotonic() - phase_start
             last_ingest = client.query("SELECT toUnixTimestamp64Milli(max(ingest_time)) FROM metric_points"
                                        ).result_rows[0][0] / 1000
             latency = client.query(
@@ -182,6 +211,7 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
         "alert_p50_ms": alert_p50,
         "alert_p99_ms": alert_p99,
         "worker_peak_rss_mb": max(rss.peak.values()) / 2**20,
+        **{f"cpu_{name}_pct": 100 * seconds / phase_s for name, seconds in cpu_s.items()},
     }
 
 
@@ -224,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                 **{k: steady[k] for k in ("visible_p50_ms", "visible_p99_ms", "alert_p50_ms", "alert_p99_ms",
                                           "alerts_received")},
                 "worker_peak_rss_mb": max(saturated["worker_peak_rss_mb"], steady["worker_peak_rss_mb"]),
+                # % of one core over the throughput phase (send + drain), per part of the pipeline
+                **{k: v for k, v in saturated.items() if k.startswith("cpu_")},
             })
             say(json.dumps({k: round(v, 1) for k, v in results[-1].items()}))
     finally:

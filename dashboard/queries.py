@@ -23,6 +23,7 @@ import math
 from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from trainmon.contract import MAX_TEXT_LEN
@@ -391,12 +392,17 @@ class Queries:
         """`metric` of each run, at most `points` buckets per run: min / max / mean of finite values,
         `last` (value at the bucket's highest step), `count` (all values) and `non_finite`.
 
-        x: "step" (x = first step of the bucket) or "time" (x = bucket start, UTC). rank: one rank, or
-        None (or negative) for all ranks pooled. start / end: optional x range. source: "auto" (see the module
+        x: "step" (x = first step of the bucket), "time" (x = bucket start, UTC) or "epoch" (the step
+        buckets, x = the epoch logged at the bucket's first step, interpolated between logged epochs; runs
+        or steps without an epoch are left out). rank: one rank, or None (or negative) for all ranks
+        pooled. start / end: optional x range (in steps for x="epoch"). source: "auto" (see the module
         constants), or force "raw", "1m" or "1h". df.attrs["sources"] says which table fed each run.
         """
-        if x not in ("step", "time"):
-            raise ValueError(f"x must be 'step' or 'time'; got {x!r}")
+        if x not in ("step", "time", "epoch"):
+            raise ValueError(f"x must be 'step', 'time' or 'epoch'; got {x!r}")
+        if x == "epoch":
+            return self._by_epoch(project, runs, metric, points=points, rank=rank, start=start, end=end,
+                                  source=source)
         if source not in ("auto", "raw", "1m", "1h"):
             raise ValueError(f"source must be auto, raw, 1m or 1h; got {source!r}")
         runs = list(dict.fromkeys(_strings(runs) or []))[:MAX_SERIES_RUNS]
@@ -424,6 +430,50 @@ class Queries:
             f"FROM ({' UNION ALL '.join(parts)}) ORDER BY run, x", q)
         frame.attrs["sources"] = {run: p[0] for run, p in plan.items()}
         return frame
+
+    def _by_epoch(self, project: str, runs: str | Iterable[str], metric: str, **options: Any) -> pd.DataFrame:
+        """The step series with x mapped to epochs: a run's epoch grows with its step, so a downsampled
+        step -> epoch map (one point per step bucket) converts any bucket, raw or rollup, exactly where
+        an epoch was logged and linearly in between."""
+        frame = self.series(project, runs, metric, x="step", **options)
+        if frame.empty:
+            return frame
+        epochs = self.epoch_map(project, list(frame["run"].unique()), metric, points=options["points"])
+        parts = []
+        for run, part in frame.groupby("run", sort=False):
+            known = epochs[epochs["run"] == run]
+            if known.empty:
+                continue
+            steps = pd.to_numeric(part["x"]).to_numpy(dtype="float64")
+            mapped = np.interp(steps, known["step"].to_numpy(dtype="float64"), known["epoch"].to_numpy(),
+                               left=np.nan)
+            parts.append(part.assign(x=mapped).dropna(subset=["x"]))
+        result = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
+        result.attrs = frame.attrs
+        return result
+
+    def epoch_map(self, project: str, runs: Sequence[str], metric: str, *, points: int = 1000) -> pd.DataFrame:
+        """Per run, at most `points` (step, epoch) pairs where `metric` was logged with a finite epoch:
+        the epoch at the first step of each step bucket."""
+        runs = list(dict.fromkeys(_strings(runs) or []))[:MAX_SERIES_RUNS]
+        empty = pd.DataFrame({"run": pd.Series(dtype="object"), "step": pd.Series(dtype="float64"),
+                              "epoch": pd.Series(dtype="float64")})
+        if not runs:
+            return empty
+        plan, _ = self._metric_plan(project, runs, metric, x="step", points=_points(points), rank=None,
+                                    start=None, end=None, source="raw")
+        if not plan:
+            return empty
+        q = _Sql()
+        names = q.texts(list(plan))
+        lo = f"transform(run, {names}, {q.bind([p[1] for p in plan.values()], 'Array(UInt64)')}, toUInt64(0))"
+        width = f"transform(run, {names}, {q.bind([p[3] for p in plan.values()], 'Array(UInt64)')}, toUInt64(1))"
+        conditions = [f"project = {q.text(project)}", f"run IN {names}", f"name = {q.text(metric)}",
+                      "isFinite(epoch)"]
+        return self._frame(  # aliases differ from the columns: ClickHouse would resolve WHERE's to them
+            "SELECT run, toFloat64(min(step)) AS first_step, argMin(epoch, step) AS first_epoch "
+            f"FROM metric_points {q.where(conditions)} GROUP BY run, intDiv(step - {lo}, {width}) "
+            "ORDER BY run, first_step", q).rename(columns={"first_step": "step", "first_epoch": "epoch"})
 
     def _series_part(self, q: _Sql, table: str, project: str, runs: list[str], metric: str, x: str,
                      rank: int | None, plan: Mapping[str, tuple[str, int, int, int]]) -> str:

@@ -48,7 +48,7 @@ def overlay(project: str, runs: list[str]) -> None:
     row = st.columns([2, 1, 2, 1])
     default = next((n for n in ("val_loss", "loss") if n in names), names[0])
     metrics = row[0].multiselect("Metrics", names, default=[default], key="cmp_metrics")
-    x = row[1].segmented_control("X axis", ["step", "time"], default="step", key="cmp_x", required=True)
+    x = row[1].segmented_control("X axis", ["step", "epoch", "time"], default="step", key="cmp_x", required=True)
     smoothing = row[2].slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="cmp_smoothing")
     points = row[3].selectbox("Points per line", [250, 500, 1000, 2000], index=1, key="cmp_points")
     c.live(overlay_charts, project, runs, metrics, x, smoothing, points)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -82,8 +83,9 @@ def header(project: str, run: str) -> None:
         st.markdown(f":material/dns: Hosts: {shown}{more}")
 
 
-def alert_marks(alerts: pd.DataFrame, x: str) -> pd.DataFrame | None:
-    """Alert starts as chart rules: by time, or by the step the alert reported (values['step'])."""
+def alert_marks(alerts: pd.DataFrame, x: str, epochs: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Alert starts as chart rules: by time, or by the step the alert reported (values['step']),
+    mapped through the run's step -> epoch map for the epoch axis."""
     if alerts is None or alerts.empty:
         return None
     rows = []
@@ -94,9 +96,17 @@ def alert_marks(alerts: pd.DataFrame, x: str) -> pd.DataFrame | None:
         else:
             values = alert.get("values") if isinstance(alert.get("values"), dict) else {}
             at = values.get("step")
+            if x == "epoch" and at is not None:
+                at = _epoch_at(float(at), epochs)
         if at is not None:
             rows.append({"x": at, "rule": alert.get("rule"), "severity": alert.get("severity"), "summary": summary})
     return pd.DataFrame(rows) if rows else None
+
+
+def _epoch_at(step: float, epochs: pd.DataFrame | None) -> float | None:
+    if epochs is None or epochs.empty or step < epochs["step"].iloc[0]:
+        return None
+    return float(np.interp(step, epochs["step"], epochs["epoch"]))
 
 
 def metrics_tab(project: str, run: str) -> None:
@@ -105,7 +115,8 @@ def metrics_tab(project: str, run: str) -> None:
         c.empty("This run has logged no metrics yet.")
         return
     row = st.columns([1, 2, 1, 1])
-    x = row[0].segmented_control("X axis", ["step", "time"], default="step", key="x", required=True)
+    x = row[0].segmented_control("X axis", ["step", "epoch", "time"], default="step", key="x", required=True,
+                                 help="Epoch: the epoch logged with each step (runs that log none show no lines).")
     smoothing = row[1].slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
                               help="Exponential moving average of each line; the band behind it shows the raw values "
                               "(each bucket's min..max).")
@@ -130,7 +141,8 @@ def metrics_panels(project: str, run: str, chosen: list[str], x: str, smoothing:
     if not chosen:
         c.empty("Pick one or more metrics.")
         return
-    marks = alert_marks(c.fetch("alerts", project=project, run=run), x)
+    epochs = c.fetch("epoch_map", project, [run], chosen[0]) if x == "epoch" else None
+    marks = alert_marks(c.fetch("alerts", project=project, run=run), x, epochs)
     panels = c.group_metrics(chosen)
     columns = st.columns(2)
     wanted = [name for names in panels.values() for name in names]

@@ -196,6 +196,14 @@ def test_run_page_from_an_alert_link_shows_the_run_curves_and_header(app) -> Non
     assert loss["value"].notna().all()
 
 
+def test_run_page_plots_against_epoch(app) -> None:
+    at = app("run", project=seed.PROJECT, run=seed.LIVE_RUN)
+    at.segmented_control(key="x").set_value("epoch").run()
+    assert_clean(at)
+    loss = chart_data(at)[chart_titles(at).index("Loss")]
+    assert loss["x"].min() >= 0 and loss["x"].max() == pytest.approx(10.0, abs=0.1)  # the seed: epoch = step / 100
+
+
 def test_run_page_with_only_the_run_in_the_link_finds_its_project(app) -> None:
     at = app("run", run=seed.OTHER_RUN)
     assert at.selectbox(key="project").value == seed.OTHER_PROJECT

@@ -310,6 +310,25 @@ def test_series_by_time(q):
     assert frame["max"].max() == 100.0
 
 
+def test_series_by_epoch(q, writer):
+    frame = q.series(P, ["r-a", "r-b"], "loss", x="epoch", points=100, rank=0)
+    a, b = frame[frame["run"] == "r-a"], frame[frame["run"] == "r-b"]
+    assert len(a) == 100 and len(b) == 100  # the step buckets, x converted
+    assert list(a["x"]) == pytest.approx([s / 1000 for s in range(0, 10_000, 100)])
+    assert a["count"].sum() == 10_000 and a["max"].max() == 100.0  # the spike survives
+    by_step = q.series(P, "r-long", "loss", points=1_000)
+    long = q.series(P, "r-long", "loss", x="epoch", points=1_000)
+    assert long.attrs["sources"] == {"r-long": "1m"}  # rollup buckets are mapped too
+    assert list(long["x"]) == pytest.approx(list(by_step["x"] / 1000)) and long["count"].sum() == LONG_STEPS
+    # A run that never logged an epoch has no epoch axis: left out, not plotted at epoch 0.
+    writer.insert("metric_points", [[OTHER, "r-noepoch", 0, H1, "loss", s, math.nan, 1.0, T0] for s in range(50)],
+                  column_names=POINT_COLUMNS, settings=NO_SETTINGS)
+    assert not q.series(OTHER, "r-noepoch", "loss", x="step").empty
+    assert q.series(OTHER, "r-noepoch", "loss", x="epoch").empty
+    with pytest.raises(ValueError, match="epoch"):
+        q.series(P, "r-a", "loss", x="wallclock")
+
+
 def test_long_runs_read_the_rollup_and_keep_peaks(q):
     auto = q.series(P, "r-long", "loss", points=1_000)
     assert auto.attrs["sources"] == {"r-long": "1m"}
