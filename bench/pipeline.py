@@ -164,6 +164,11 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
         rss.start()
         try:
             time.sleep(args.warmup)  # workers join the group
+            for index, worker in enumerate(workers):
+                if worker.poll() is not None:
+                    tail = (workdir / f"worker{index}.log").read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"worker {index} exited with {worker.returncode} before the load; "
+                                     f"its log ends:\n{tail}")
             publisher = Publisher(settings, spool_dir=workdir / f"spool-{uuid.uuid4().hex[:6]}")
             cpu = CpuShare({"producer": [os.getpid()], "workers": [w.pid for w in workers],
                             **{s.name: [s.pid()] for s in services.services(settings) if s.pid()}})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -22,6 +23,13 @@ from trainmon.contract import Topic, encode, topic_name
 from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.processors")
+
+
+def _data_parent(settings: Settings) -> Path:
+    """Faust makes its (here empty: tables are in memory) data directory but not its parents."""
+    parent = settings.home / "processors"
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
 
 
 def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, group_id: str = "trainmon-processors",
@@ -36,7 +44,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         web_host="127.0.0.1",
         web_port=web_port or 6066,
         store="memory://",
-        datadir=str(settings.home / "processors" / "{conf.name}-data"),  # not the current directory
+        datadir=str(_data_parent(settings) / "{conf.name}-data"),  # not the current directory
         table_standby_replicas=0,
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.kafka_replication_factor,
