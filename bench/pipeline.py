@@ -92,22 +92,23 @@ class RssWatch(threading.Thread):
 
 
 class CpuShare:
-    """CPU seconds each part of the pipeline used over a phase: where the machine's cores went."""
+    """CPU seconds each part of the pipeline used over a phase: where the machine's cores went.
+
+    A part's processes count with their children (a service's wrapper and its server), except this
+    process ("producer"), whose children are the workers and services themselves."""
 
     def __init__(self, parts: dict[str, list[int]]) -> None:
-        self.parts = {name: [psutil.Process(pid) for pid in pids] for name, pids in parts.items()}
+        own = os.getpid()
+        self.parts = {name: [(psutil.Process(pid), pid != own) for pid in pids] for name, pids in parts.items()}
         self.start = {name: self._seconds(procs) for name, procs in self.parts.items()}
 
     @staticmethod
-    def _seconds(procs: list[psutil.Process]) -> float:
+    def _seconds(procs: list[tuple[psutil.Process, bool]]) -> float:
         total = 0.0
-        for proc in procs:
+        for proc, with_children in procs:
             try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-                for child in proc.children(recursive=True):
-                    child_times = child.cpu_times()
-                    total += child_times.user + child_times.system
+                tree = [proc] + (proc.children(recursive=True) if with_children else [])
+                total += sum(p.cpu_times().user + p.cpu_times().system for p in tree)
             except psutil.Error:
                 pass
         return total
