@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,6 +50,26 @@ PAGES = [  # name, path and query, text the rendered page shows (seeded data), c
 ]
 UNSEEDED = {"runs": ["Runs"], "run": ["Metrics"], "compare": ["Compare runs"], "cluster": ["Cluster"],
             "alerts": ["Firing now"], "host": ["Host"]}
+
+
+def unseeded_pages(client: Any) -> list[tuple[str, str, list[str], int]]:
+    """Pages on a database the benchmark did not seed (bench/queries.py --keep): the run and compare
+    pages open its runs with the most metric points, the host page its first node."""
+    biggest = client.query("SELECT project, run FROM metric_rollup_1m GROUP BY project, run "
+                           "ORDER BY sum(count) DESC LIMIT 3").result_rows
+    hosts = client.query("SELECT host FROM system_latest ORDER BY host LIMIT 1").result_rows
+    pages = [(name, path.split("?")[0], UNSEEDED[name], 0) for name, path, _, _ in PAGES]
+    by_name = {page[0]: page for page in pages}
+    if biggest:
+        project, run = biggest[0]
+        by_name["run"] = ("run", f"run?{urlencode({'project': project, 'run': run})}", ["Loss"], 1)
+        same = [r for p, r in biggest if p == project]
+        by_name["compare"] = ("compare", f"compare?{urlencode({'project': project, 'runs': ','.join(same)})}",
+                              ["Compare runs"], 1)
+    if hosts:
+        host = hosts[0][0]
+        by_name["host"] = ("host", f"host?{urlencode({'host': host})}", [f"Host {host}"], 4)
+    return [by_name[name] for name, *_ in pages]
 
 
 def say(message: str) -> None:
@@ -81,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         seed.seed(client)
         client.close()
         say("seeded: 4 runs, 4 nodes x 4 GPUs (30 min), 4 alerts")
-    pages = PAGES if seeded else [(name, path.split("?")[0], UNSEEDED[name], 0) for name, path, _, _ in PAGES]
+    pages = PAGES if seeded else unseeded_pages(connect(settings))
     wanted = set(args.pages.split(","))
     pages = [page for page in pages if page[0] in wanted]
     env = {"TRAINMON_CLICKHOUSE_URL": settings.clickhouse, "TRAINMON_CLICKHOUSE_DATABASE": args.database,
@@ -122,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"({os.cpu_count()} CPUs; Chromium, the dashboard and ClickHouse share them with whatever else runs here)")
     if args.json:
         figures = {"goal_ms": GOAL_MS, "loads": args.loads, "warm_cache": args.warm_cache, "seeded": seeded,
-                   "clickhouse_version": version, "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
+                   "clickhouse_version": admin.server_version, "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
                    **{f"{name}_median_ms": round(r["median_ms"], 1) for name, r in results.items()},
                    "pages": results}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{name:<26}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['rows']:>8}{r['points_per_line'] or '-':>10}  "
             f"{r['source'] or '-':<8}{met}")
     figures = {
-        "clickhouse_version": version, "cpus": os.cpu_count(), "read_user": read_user, "repeat": args.repeat,
+        "clickhouse_version": admin.server_version, "cpus": os.cpu_count(), "read_user": read_user, "repeat": args.repeat,
         "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
         "goal_p50_ms": GOAL_MS, "rows": counts, "generation": generated,
         "max_points_per_line": max(r["points_per_line"] for r in results.values()),
