@@ -66,11 +66,11 @@ def pipeline_file(directory: Path, webhook_url: str) -> Path:
     return path
 
 
-def start_worker(settings: Settings, pipeline: Path, log: Path) -> subprocess.Popen:
+def start_worker(settings: Settings, pipeline: Path, log: Path, batch_events: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.update({env_name(name): str(getattr(settings, name)) for name in settings.__dataclass_fields__})
     return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),
-                             "--group", "bench", "--loglevel", "warning"],
+                             "--group", "bench", "--batch-events", str(batch_events), "--loglevel", "warning"],
                             cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
@@ -160,7 +160,7 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
     with Receiver([200] * 100_000) as receiver:
         pipeline = pipeline_file(workdir, receiver.url)
         say(f"starting {args.workers} worker(s)...")
-        workers = [start_worker(settings, pipeline, workdir / f"worker{i}.log") for i in range(args.workers)]
+        workers = [start_worker(settings, pipeline, workdir / f"worker{i}.log", args.batch_events) for i in range(args.workers)]
         rss = RssWatch([w.pid for w in workers])
         rss.start()
         try:
@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=24, help="runs the load is spread over (default 24)")
     parser.add_argument("--seconds", type=float, default=30, help="length of the load (default 30)")
     parser.add_argument("--workers", type=int, default=2, help="`trainmon process` workers (default 2)")
+    parser.add_argument("--batch-events", type=int, default=5000,
+                        help="each worker's `trainmon process --batch-events` (default 5000)")
     parser.add_argument("--partitions", type=int, default=6, help="partitions per topic (default 6)")
     parser.add_argument("--warmup", type=float, default=12, help="seconds for workers to join (default 12)")
     parser.add_argument("--drain-timeout", type=float, default=120, help="max wait for the backlog (default 120)")
@@ -281,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f"{goal[0]} {goal[1]:,} {'met' if met else 'MISSED'}"
         print(f"{key:<22} {figures[key]:>14,.1f} {min(column):>14,.1f} {max(column):>14,.1f}  {verdict}")
     print(f"\n{args.repeats} runs x 2 phases of {args.seconds:.0f}s (throughput: {args.values_per_s:,.0f} offered "
-          f"values/s; latency: {args.latency_values_per_s:,.0f}), {args.workers} workers, {args.partitions} "
+          f"values/s; latency: {args.latency_values_per_s:,.0f}), {args.workers} workers (batches of up to "
+          f"{args.batch_events:,} events), {args.partitions} "
           f"partitions, events of {args.width} values, everything on this machine ({os.cpu_count()} CPUs)")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -33,7 +33,7 @@ def _data_parent(settings: Settings) -> Path:
 
 
 def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, group_id: str = "trainmon-processors",
-               batch_events: int = 2000, batch_within_s: float = 0.1, web_port: int | None = None) -> faust.App:
+               batch_events: int = 5000, batch_within_s: float = 0.1, web_port: int | None = None) -> faust.App:
     app = faust.App(
         group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],

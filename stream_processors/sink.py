@@ -12,6 +12,7 @@ is lost, nothing is counted twice.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -23,9 +24,8 @@ from trainmon.settings import Settings
 log = logging.getLogger("trainmon.processors")
 
 INSERT_SETTINGS = {"async_insert": 0}  # we batch ourselves and must know the write happened
-METRIC_COLUMNS = ("project", "run", "rank", "host", "name", "step", "epoch", "value", "time",
-                  "src_topic", "src_partition", "src_offset")
-SYSTEM_COLUMNS = ("host", "gpu", "gpu_uuid", "name", "value", "time", "src_topic", "src_partition", "src_offset")
+METRIC_GROUP = ("project", "run", "rank", "host", "step", "epoch", "time", "src_topic", "src_partition", "src_offset")
+SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition", "src_offset")
 PRIMARY = ("metric_points", "system_samples")  # their INSERT moves the offset watermark: written last
 
 
@@ -33,12 +33,78 @@ def utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+class Columns:
+    """Rows of a long-form table (one row per name and value) as `name` and `value` columns plus the
+    columns shared by a group of rows (an event's project, run, step, ...) stored once per group with
+    the group's row count: a 64-value event costs two extends and one append per shared column, and
+    the per-row arrays are made in numpy or Arrow only when needed."""
+
+    def __init__(self, shared: tuple[str, ...]) -> None:
+        self.shared = {name: [] for name in shared}
+        self._shared_lists = list(self.shared.values())
+        self.names: list[str] = []
+        self.values: list[float] = []
+        self.counts: list[int] = []
+
+    def add(self, figures: Mapping[str, float], shared: tuple) -> None:
+        if not figures:
+            return
+        self.names.extend(figures.keys())
+        self.values.extend(figures.values())
+        for column, value in zip(self._shared_lists, shared):
+            column.append(value)
+        self.counts.append(len(figures))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def column(self, name: str) -> Any:
+        """One column, a value per row, as a numpy array (floats for value and time)."""
+        import numpy as np
+
+        if name == "value":
+            return np.asarray(self.values, dtype=float)
+        if name == "name":
+            return np.asarray(self.names, dtype=object)
+        kind = float if name in ("time", "epoch") else object
+        return np.repeat(np.asarray(self.shared[name], dtype=kind), self.counts)
+
+    def codes(self, name: str) -> tuple[Any, list]:
+        """Integer codes of a column, a code per row, and the labels they stand for (hashed in C, and
+        for a shared column once per group, not once per row)."""
+        import numpy as np
+        import pandas as pd
+
+        if name == "name":
+            codes, labels = pd.factorize(np.asarray(self.names, dtype=object))
+            return codes.astype(np.int64), labels.tolist()
+        codes, labels = pd.factorize(np.asarray(self.shared[name], dtype=object))
+        return np.repeat(codes.astype(np.int64), self.counts), labels.tolist()
+
+    def arrow(self, types: Mapping[str, Any]):
+        """An Arrow table for insert_arrow; shared columns are converted once per group and repeated in C."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        rows = np.repeat(np.arange(len(self.counts)), self.counts)
+        arrays = {"name": pa.array(self.names, pa.string()), "value": pa.array(self.values, pa.float64())}
+        for name, values in self.shared.items():
+            if name == "time":
+                micros = pc.cast(pc.multiply(pa.array(values, pa.float64()), 1e6), pa.int64(), safe=False)
+                group = micros.cast(pa.timestamp("us", tz="UTC"))
+            else:
+                group = pa.array(values, types[name])
+            arrays[name] = group.take(rows)
+        return pa.table(arrays)
+
+
 class Batch:
-    """Rows for each table, built column-wise for the hot tables (one list extend per event)."""
+    """Rows for each table: the hot long-form tables as Columns, the others as row dicts."""
 
     def __init__(self) -> None:
-        self.metric = {name: [] for name in METRIC_COLUMNS}
-        self.system = {name: [] for name in SYSTEM_COLUMNS}
+        self.metric = Columns(METRIC_GROUP)
+        self.system = Columns(SYSTEM_GROUP)
         self.rows: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         self.offsets: dict[tuple[str, int], int] = {}  # highest source offset per partition in the batch
         self.values = 0
@@ -49,59 +115,29 @@ class Batch:
 
     def add_metrics(self, event: Mapping[str, Any], topic: str, partition: int, offset: int) -> None:
         values = event["values"]
-        n = len(values)
-        columns = self.metric
-        columns["name"].extend(values.keys())
-        columns["value"].extend(values.values())
         epoch = event.get("epoch")
-        for name, constant in (("project", event["project"]), ("run", event["run"]), ("rank", event["rank"]),
-                               ("host", event["host"]), ("step", event["step"]),
-                               ("epoch", float("nan") if epoch is None else float(epoch)), ("time", event["time"]),
-                               ("src_topic", topic), ("src_partition", partition), ("src_offset", offset)):
-            columns[name].extend([constant] * n)
-        self.values += n
+        self.metric.add(values, (event["project"], event["run"], event["rank"], event["host"], event["step"],
+                                 math.nan if epoch is None else float(epoch), event["time"], topic, partition, offset))
+        self.values += len(values)
         self._source(topic, partition, offset)
 
     def add_system(self, event: Mapping[str, Any], topic: str, partition: int, offset: int) -> None:
         host, when = event["host"], event["time"]
-        self._system_figures(host, -1, "", event["figures"], when, topic, partition, offset)
+        self.system.add(event["figures"], (host, -1, "", when, topic, partition, offset))
+        self.values += len(event["figures"])
         for gpu in event.get("gpus") or ():
-            self._system_figures(host, gpu["index"], gpu["uuid"], gpu["figures"], when, topic, partition, offset)
+            self.system.add(gpu["figures"], (host, gpu["index"], gpu["uuid"], when, topic, partition, offset))
+            self.values += len(gpu["figures"])
             self.rows["gpus"].append({"host": host, "gpu": gpu["index"], "gpu_uuid": gpu["uuid"],
                                       "gpu_name": gpu.get("name") or "", "last_error": gpu.get("error") or "",
                                       "last_seen": utc(when)})
         self._source(topic, partition, offset)
 
-    def _system_figures(self, host: str, gpu: int, uuid: str, figures: Mapping[str, float], when: float,
-                        topic: str, partition: int, offset: int) -> None:
-        n = len(figures)
-        columns = self.system
-        columns["name"].extend(figures.keys())
-        columns["value"].extend(figures.values())
-        for name, constant in (("host", host), ("gpu", gpu), ("gpu_uuid", uuid), ("time", when),
-                               ("src_topic", topic), ("src_partition", partition), ("src_offset", offset)):
-            columns[name].extend([constant] * n)
-        self.values += n
-
     def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
         self.rows[table].extend(rows)
 
     def __bool__(self) -> bool:
-        return bool(self.metric["value"] or self.system["value"] or any(self.rows.values()))
-
-
-def _arrow(columns: Mapping[str, list], types: Mapping[str, Any]):
-    import pyarrow as pa
-
-    arrays = {}
-    for name, values in columns.items():
-        if name == "time":
-            seconds = pa.array(values, pa.float64())
-            micros = pa.compute.cast(pa.compute.multiply(seconds, 1e6), pa.int64(), safe=False)
-            arrays[name] = micros.cast(pa.timestamp("us", tz="UTC"))
-        else:
-            arrays[name] = pa.array(values, types[name])
-    return pa.table(arrays)
+        return bool(len(self.metric) or len(self.system) or any(self.rows.values()))
 
 
 def _types() -> dict[str, Any]:
@@ -166,8 +202,8 @@ class ClickHouseSink:
                 self._retry(lambda: self.client.insert(table, data, column_names=columns, settings=INSERT_SETTINGS),
                             f"insert {len(data)} rows into {table}")
         for table, columns in (("metric_points", batch.metric), ("system_samples", batch.system)):
-            if columns["value"]:
-                arrow = _arrow(columns, self._types)
+            if len(columns):
+                arrow = columns.arrow(self._types)
                 self._retry(lambda: self.client.insert_arrow(table, arrow, settings=INSERT_SETTINGS),
                             f"insert {arrow.num_rows} rows into {table}")
         for key, offset in batch.offsets.items():  # a stream restarted in place must skip these too

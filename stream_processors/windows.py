@@ -1,6 +1,6 @@
 """Tumbling event-time windows (default 10 s, 1 min, 5 min), aggregated a batch at a time.
 
-The sink's column buffers already hold every value of a batch; one vectorised group-by per window
+The sink's columns (sink.Columns) already hold every value of a batch; one vectorised group-by per window
 size turns them into a few partial aggregates, merged into the open windows. That is the
 "aggregate whole events at once" design: per-value Python work is nil, per-group work is small.
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import statistics
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-from stream_processors.sink import utc
+from stream_processors.sink import Columns, utc
 
 RANK_SPREAD_METRICS = frozenset({"step_time_s", "samples_per_s", "tokens_per_s"})
 Key = tuple  # (scope, window label, project, run, rank, host, gpu, name, bucket start)
@@ -39,7 +39,7 @@ class Windows:
 
     # --- adding a batch ---------------------------------------------------------------------------
 
-    def add_metrics(self, columns: Mapping[str, list]) -> None:
+    def add_metrics(self, columns: Columns) -> None:
         groups = _Grouping(columns, ("project", "run", "name"))
         if not groups:
             return
@@ -58,7 +58,7 @@ class Windows:
                 acc[0] += count
                 acc[1] += total
 
-    def add_system(self, columns: Mapping[str, list]) -> None:
+    def add_system(self, columns: Columns) -> None:
         groups = _Grouping(columns, ("host", "gpu", "name"))
         if not groups:
             return
@@ -131,25 +131,27 @@ class _Grouping:
     orders every bucket size, so one sort serves all window lengths. Non-finite values are left out.
     """
 
-    def __init__(self, columns: Mapping[str, list], keys: Sequence[str], only_names: frozenset[str] = frozenset()):
+    def __init__(self, columns: Columns, keys: Sequence[str], only_names: frozenset[str] = frozenset()):
         import numpy as np
 
         self.size = 0
-        if not columns["value"]:
+        if not len(columns):
             return
-        values = np.asarray(columns["value"], dtype=float)
+        values = columns.column("value")
         keep = np.isfinite(values)
+        coded = {"name": columns.codes("name")}
         if only_names:
-            names, labels = _codes(columns["name"])
+            names, labels = coded["name"]
             keep &= np.isin(names, [i for i, name in enumerate(labels) if name in only_names])
         self.size = int(keep.sum())
         if not self.size:
             return
+        coded = {name: coded.get(name) or columns.codes(name) for name in keys}
         whole = bool(keep.all())
         values = values if whole else values[keep]
-        times = np.asarray(columns["time"], dtype=float)
+        times = columns.column("time")
         times = times if whole else times[keep]
-        coded = [_codes(columns[name], None if whole else keep) for name in keys]
+        coded = [(codes if whole else codes[keep], labels) for codes, labels in coded.values()]
         combined = np.zeros(self.size, dtype=np.int64)
         for codes, labels in coded:
             combined = combined * len(labels) + codes
@@ -179,13 +181,3 @@ class _Grouping:
         labels = [[names[c] for c in codes[starts].tolist()] for codes, names in self.parts]
         for index, row in enumerate(zip(*columns)):
             yield (tuple(part[index] for part in labels), *row)
-
-
-def _codes(column: list, keep: Any = None) -> tuple[Any, list]:
-    """Integer codes of a key column (hashing in C) and the labels they stand for."""
-    import numpy as np
-    import pandas as pd
-
-    array = np.asarray(column, dtype=object)
-    codes, labels = pd.factorize(array if keep is None else array[keep])
-    return codes.astype(np.int64), labels.tolist()

@@ -10,7 +10,7 @@ from trainmon.settings import Settings
 
 
 def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str = "trainmon-processors",
-        web_port: int | None = None, loglevel: str = "info") -> None:
+        web_port: int | None = None, batch_events: int = 5000, loglevel: str = "info") -> None:
     import faust
 
     from stream_processors.app import create_app
@@ -22,7 +22,7 @@ def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str 
     pipeline = load_pipeline(pipeline_path)  # fails fast, naming file, line and key
     deliveries: deque = deque()
     dispatcher = Dispatcher([build_route(spec) for spec in pipeline.routes], deliveries.append)
-    app = create_app(settings, pipeline, dispatcher, group_id=group_id, web_port=web_port)
+    app = create_app(settings, pipeline, dispatcher, group_id=group_id, batch_events=batch_events, web_port=web_port)
     app.processing.deliveries = deliveries
     logging.getLogger("trainmon").setLevel(loglevel.upper())
     logging.getLogger("trainmon.processors").info(
