@@ -180,9 +180,11 @@ class Publisher:
         left = min(len(queue), CYCLE_EVENTS)
         while left:
             records = []
-            for _ in range(min(SLICE_EVENTS, left)):
+            size = min(SLICE_EVENTS, left)
+            left -= size
+            for _ in range(size):
                 event = queue.popleft()
-                left -= 1
+                self._handled += 1  # right after the pop: stats' published = handled + queued stays exact
                 try:
                     records.append((KIND_CODE[event["kind"]], partition_key(event), encode(event)))
                 except (ContractError, KeyError, TypeError, AttributeError) as exc:
@@ -192,7 +194,6 @@ class Publisher:
                 fresh = self._fresh
                 if (fresh[-1].seq if fresh else self._produced) == first - 1:
                     fresh.extend(Record(seq, *record) for seq, record in zip(range(first, last + 1), records))
-                self._handled += len(records)
             if left:
                 self._pause()
 
@@ -203,7 +204,6 @@ class Publisher:
 
     def _refuse(self, event: Any, exc: Exception) -> None:
         self._counts["refused"] += 1
-        self._handled += 1
         if self._counts["refused"] <= 10 or self._counts["refused"] % 1000 == 0:
             log.warning("trainmon: event refused (%s), %d so far: %.200r", exc, self._counts["refused"], event)
 
