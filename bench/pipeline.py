@@ -7,7 +7,9 @@ receiver for alerts. It starts its own Kafka, ClickHouse and Alertmanager on sep
 - visible latency: per row, ClickHouse's ingest time minus the event time (p50/p99);
 - alert latency: a probe run alternates NaN and finite losses; webhook arrival minus the NaN's
   event time (p50/p99);
-- peak RSS of each worker.
+- peak RSS of each worker;
+- where the CPU went: % of one core used by the producer, the workers, Kafka and ClickHouse over the
+  throughput phase.
 Everything it starts is stopped by PID at the end.
 """
 
