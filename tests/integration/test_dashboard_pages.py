@@ -271,6 +271,10 @@ def test_compare_shows_only_differing_config_keys_and_parallel_coordinates(app) 
     data = chart_data(at)
     assert set(data[0]["run"]) == set(runs)  # the overlay
     assert set(data[-1]["key"]) >= {"batch_size", "lr", "val_loss"}  # parallel coordinates
+    at.segmented_control(key="cmp_x").set_value("epoch").run()
+    assert_clean(at)
+    overlay = chart_data(at)[0]
+    assert set(overlay["run"]) == set(runs) and overlay["x"].max() <= 10.0  # the seed: epoch = step / 100
 
 
 # ---------------------------------------------------------------- cluster
