@@ -323,6 +323,7 @@ def time_views(q: Queries, repeat: int, history_host: str, history_gpu: int, day
         "runs_search_best": (lambda: q.runs(project="proj-3", search="seed 3", metric="loss", order_by="best",
                                             descending=False), []),
         "overlay_20x1M": (lambda: q.series(OVERLAY_PROJECT, overlay, "loss", points=1000), ["run"]),
+        "overlay_20x1M_epoch": (lambda: q.series(OVERLAY_PROJECT, overlay, "loss", x="epoch", points=1000), ["run"]),
     }
     if cluster_history:
         views["cluster_heatmap_rollup1m"] = (lambda: cluster_from_rollup(q, 15), [])

@@ -453,27 +453,41 @@ class Queries:
         return result
 
     def epoch_map(self, project: str, runs: Sequence[str], metric: str, *, points: int = 1000) -> pd.DataFrame:
-        """Per run, at most `points` (step, epoch) pairs where `metric` was logged with a finite epoch:
-        the epoch at the first step of each step bucket."""
+        """Per run, at most `points` (step, epoch) pairs, the epoch at the first step of each step bucket.
+
+        Runs whose `metric` series reads raw points (see `series`) get an exact map from
+        `metric_points`; longer runs one from `metric_epochs_1m` (the first point of each minute),
+        which costs rows per minute of the run, not per point."""
         runs = list(dict.fromkeys(_strings(runs) or []))[:MAX_SERIES_RUNS]
         empty = pd.DataFrame({"run": pd.Series(dtype="object"), "step": pd.Series(dtype="float64"),
                               "epoch": pd.Series(dtype="float64")})
         if not runs:
             return empty
         plan, _ = self._metric_plan(project, runs, metric, x="step", points=_points(points), rank=None,
-                                    start=None, end=None, source="raw")
+                                    start=None, end=None, source="auto")
         if not plan:
             return empty
         q = _Sql()
-        names = q.texts(list(plan))
-        lo = f"transform(run, {names}, {q.bind([p[1] for p in plan.values()], 'Array(UInt64)')}, toUInt64(0))"
-        width = f"transform(run, {names}, {q.bind([p[3] for p in plan.values()], 'Array(UInt64)')}, toUInt64(1))"
-        conditions = [f"project = {q.text(project)}", f"run IN {names}", f"name = {q.text(metric)}",
-                      "isFinite(epoch)"]
-        return self._frame(  # aliases differ from the columns: ClickHouse would resolve WHERE's to them
-            "SELECT run, toFloat64(min(step)) AS first_step, argMin(epoch, step) AS first_epoch "
-            f"FROM metric_points {q.where(conditions)} GROUP BY run, intDiv(step - {lo}, {width}) "
-            "ORDER BY run, first_step", q).rename(columns={"first_step": "step", "first_epoch": "epoch"})
+        parts = []
+        for table in ("raw", "rollup"):
+            group = {run: p for run, p in plan.items() if (p[0] == "raw") == (table == "raw")}
+            if not group:
+                continue
+            names = q.texts(list(group))
+            lo = f"transform(run, {names}, {q.bind([p[1] for p in group.values()], 'Array(UInt64)')}, toUInt64(0))"
+            width = f"transform(run, {names}, {q.bind([p[3] for p in group.values()], 'Array(UInt64)')}, toUInt64(1))"
+            conditions = [f"project = {q.text(project)}", f"run IN {names}"]
+            if table == "raw":  # aliases differ from the columns: ClickHouse would resolve WHERE's to them
+                conditions += [f"name = {q.text(metric)}", "isFinite(epoch)"]
+                parts.append("SELECT run, toFloat64(min(step)) AS first, argMin(epoch, step) AS at "
+                             f"FROM metric_points {q.where(conditions)} GROUP BY run, intDiv(step - {lo}, {width})")
+            else:
+                parts.append("SELECT run, toFloat64(min(s)) AS first, argMin(e, s) AS at FROM ("
+                             "SELECT run, bucket, min(first_step) AS s, argMinMerge(first_epoch) AS e "
+                             f"FROM metric_epochs_1m {q.where(conditions)} GROUP BY run, bucket) "
+                             f"GROUP BY run, intDiv(s - {lo}, {width})")
+        return self._frame(f"SELECT run, first, at FROM ({' UNION ALL '.join(parts)}) ORDER BY run, first", q
+                           ).rename(columns={"first": "step", "at": "epoch"})
 
     def _series_part(self, q: _Sql, table: str, project: str, runs: list[str], metric: str, x: str,
                      rank: int | None, plan: Mapping[str, tuple[str, int, int, int]]) -> str:

@@ -24,11 +24,11 @@ def points(run: str, steps: range, value=lambda s: 1.0 / (s + 1)):
 def test_migrate_twice_applies_once(migrated, clickhouse):
     assert migrate(migrated, progress=lambda m: None) == []
     versions = clickhouse.query("SELECT version FROM schema_migrations FINAL ORDER BY version").result_rows
-    assert versions == [(1,), (2,), (3,)]
+    assert versions == [(1,), (2,), (3,), (4,)]
     tables = {r[0] for r in clickhouse.query("SHOW TABLES").result_rows}
     assert {"metric_points", "system_samples", "runs", "run_ranks", "run_events", "window_aggregates", "alerts",
             "alert_deliveries", "gpus", "metric_rollup_1m", "metric_rollup_1h", "system_rollup_1m",
-            "system_rollup_1h", "ingest_offsets", "system_latest"} <= tables
+            "system_rollup_1h", "ingest_offsets", "system_latest", "metric_epochs_1m"} <= tables
 
 
 def test_an_edited_applied_migration_is_refused(migrated, tmp_path):
@@ -81,3 +81,27 @@ def test_system_samples_roll_up_per_minute_and_hour(clickhouse):
     hours = clickhouse.query(
         "SELECT sum(count), argMaxMerge(last) FROM system_rollup_1h WHERE host = 'node-9' AND gpu = 0").result_rows
     assert hours == [(180, 79.0)]
+
+
+def test_the_epoch_map_is_backfilled_for_points_written_before_its_migration(migrated, tmp_path):
+    from deploy.migrate import MIGRATIONS_DIR
+    from trainmon.clickhouse import connect
+
+    older = tmp_path / "older"
+    older.mkdir()
+    for source in sorted(MIGRATIONS_DIR.glob("*.sql"))[:3]:  # the schema before 0004
+        (older / source.name).write_text(source.read_text())
+    settings = migrated.replace(clickhouse_database=migrated.clickhouse_database + "_backfill")
+    try:
+        migrate(settings, progress=lambda m: None, directory=older)
+        client = connect(settings)
+        rows = [["p", "old", 0, "node-1", "loss", s, s / 120, 1.0, T0 + timedelta(seconds=s)] for s in range(180)]
+        rows += [["p", "old", 0, "node-1", "loss", 1000, math.nan, 1.0, T0 + timedelta(minutes=5)]]
+        client.insert("metric_points", rows, column_names=POINT_COLUMNS, settings=SINK_INSERT)
+        assert [m.version for m in migrate(settings, progress=lambda m: None)] == [4]
+        backfilled = client.query(
+            "SELECT bucket, min(first_step), argMinMerge(first_epoch) FROM metric_epochs_1m WHERE run = 'old' "
+            "GROUP BY bucket ORDER BY bucket").result_rows
+        assert [(step, epoch) for _, step, epoch in backfilled] == [(0, 0.0), (60, 0.5), (120, 1.0)]  # no NaN minute
+    finally:
+        connect(settings, database="default").command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
