@@ -93,9 +93,23 @@ class _Sql:
             self.void = True
         return self.bind(kept, "Array(String)")
 
+    def per_run(self, names: str, values: Sequence[Any], type_: str, default: str) -> str:
+        """An expression worth values[i] on rows of the i-th run in `names` (a bound run array)."""
+        return f"transform(run, {names}, {self.bind(list(values), f'Array({type_})')}, {default})"
+
     def where(self, conditions: Sequence[str]) -> str:
         conditions = [*conditions, "0"] if self.void else list(conditions)
         return ("WHERE " + " AND ".join(conditions)) if conditions else ""
+
+
+def epochs_at(epochs: pd.DataFrame, steps: Any) -> np.ndarray:
+    """Steps mapped through one run's (step, epoch) map: exact at its points, linear between them,
+    NaN before its first point (where no epoch was logged yet)."""
+    steps = pd.to_numeric(pd.Series(steps)).to_numpy(dtype="float64")
+    if epochs.empty:
+        return np.full(len(steps), np.nan)
+    return np.interp(steps, epochs["step"].to_numpy(dtype="float64"), epochs["epoch"].to_numpy(dtype="float64"),
+                     left=np.nan)
 
 
 def _strings(value: str | Iterable[str] | None) -> list[str] | None:
@@ -444,10 +458,7 @@ class Queries:
             known = epochs[epochs["run"] == run]
             if known.empty:
                 continue
-            steps = pd.to_numeric(part["x"]).to_numpy(dtype="float64")
-            mapped = np.interp(steps, known["step"].to_numpy(dtype="float64"), known["epoch"].to_numpy(),
-                               left=np.nan)
-            parts.append(part.assign(x=mapped).dropna(subset=["x"]))
+            parts.append(part.assign(x=epochs_at(known, part["x"])).dropna(subset=["x"]))
         result = pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
         result.attrs = frame.attrs
         return result
@@ -474,8 +485,8 @@ class Queries:
             if not group:
                 continue
             names = q.texts(list(group))
-            lo = f"transform(run, {names}, {q.bind([p[1] for p in group.values()], 'Array(UInt64)')}, toUInt64(0))"
-            width = f"transform(run, {names}, {q.bind([p[3] for p in group.values()], 'Array(UInt64)')}, toUInt64(1))"
+            lo = q.per_run(names, [p[1] for p in group.values()], "UInt64", "toUInt64(0)")
+            width = q.per_run(names, [p[3] for p in group.values()], "UInt64", "toUInt64(1)")
             conditions = [f"project = {q.text(project)}", f"run IN {names}"]
             if table == "raw":  # aliases differ from the columns: ClickHouse would resolve WHERE's to them
                 conditions += [f"name = {q.text(metric)}", "isFinite(epoch)"]
@@ -493,9 +504,9 @@ class Queries:
                      rank: int | None, plan: Mapping[str, tuple[str, int, int, int]]) -> str:
         names = q.texts(runs)
         lo_type, lo_default = ("UInt64", "toUInt64(0)") if x == "step" else ("Int64", "toInt64(0)")
-        lo = f"transform(run, {names}, {q.bind([plan[r][1] for r in runs], f'Array({lo_type})')}, {lo_default})"
-        hi = f"transform(run, {names}, {q.bind([plan[r][2] for r in runs], f'Array({lo_type})')}, {lo_default})"
-        width = f"transform(run, {names}, {q.bind([plan[r][3] for r in runs], 'Array(UInt64)')}, toUInt64(1))"
+        lo = q.per_run(names, [plan[r][1] for r in runs], lo_type, lo_default)
+        hi = q.per_run(names, [plan[r][2] for r in runs], lo_type, lo_default)
+        width = q.per_run(names, [plan[r][3] for r in runs], "UInt64", "toUInt64(1)")
         conditions = [f"project = {q.text(project)}", f"run IN {names}", f"name = {q.text(metric)}"]
         if rank is not None:
             conditions.append(f"rank = {q.bind(int(rank), 'UInt32')}")

@@ -139,19 +139,18 @@ class _Grouping:
             return
         values = columns.column("value")
         keep = np.isfinite(values)
-        coded = {"name": columns.codes("name")}
+        names = columns.codes("name")  # first: the filter needs it, and a batch it empties needs no more
         if only_names:
-            names, labels = coded["name"]
-            keep &= np.isin(names, [i for i, name in enumerate(labels) if name in only_names])
+            keep &= np.isin(names[0], [i for i, name in enumerate(names[1]) if name in only_names])
         self.size = int(keep.sum())
         if not self.size:
             return
-        coded = {name: coded.get(name) or columns.codes(name) for name in keys}
         whole = bool(keep.all())
         values = values if whole else values[keep]
         times = columns.column("time")
         times = times if whole else times[keep]
-        coded = [(codes if whole else codes[keep], labels) for codes, labels in coded.values()]
+        coded = [names if key == "name" else columns.codes(key) for key in keys]
+        coded = coded if whole else [(codes[keep], labels) for codes, labels in coded]
         combined = np.zeros(self.size, dtype=np.int64)
         for codes, labels in coded:
             combined = combined * len(labels) + codes

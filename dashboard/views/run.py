@@ -6,13 +6,14 @@ Opened from alerts as /run?project=P&run=R (project may be missing: the run is t
 from __future__ import annotations
 
 import json
+import math
 
 import altair as alt
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from dashboard import components as c
+from dashboard.queries import epochs_at
 
 HOST_POINTS = 300  # per line: a 600-pixel-wide panel shows no more
 
@@ -97,16 +98,11 @@ def alert_marks(alerts: pd.DataFrame, x: str, epochs: pd.DataFrame | None = None
             values = alert.get("values") if isinstance(alert.get("values"), dict) else {}
             at = values.get("step")
             if x == "epoch" and at is not None:
-                at = _epoch_at(float(at), epochs)
+                at = float(epochs_at(epochs, [at])[0]) if epochs is not None else math.nan
+                at = None if math.isnan(at) else at
         if at is not None:
             rows.append({"x": at, "rule": alert.get("rule"), "severity": alert.get("severity"), "summary": summary})
     return pd.DataFrame(rows) if rows else None
-
-
-def _epoch_at(step: float, epochs: pd.DataFrame | None) -> float | None:
-    if epochs is None or epochs.empty or step < epochs["step"].iloc[0]:
-        return None
-    return float(np.interp(step, epochs["step"], epochs["epoch"]))
 
 
 def metrics_tab(project: str, run: str) -> None:
