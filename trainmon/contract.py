@@ -23,6 +23,12 @@ MAX_VALUES = 4096  # name -> value pairs in one metrics event or one sample sect
 MAX_NAME_LEN = 128
 MAX_TEXT_LEN = 256  # identifiers: project, run, host, rule, label values ...
 MAX_GPUS = 64
+# Integers are bounded by the ClickHouse columns that hold them (step, offsets, bytes: Int64-safe;
+# rank, world size, pid: UInt32; GPU index: Int16), so a valid event can always be written.
+MAX_COUNT = 2**63 - 1
+MAX_RANK = 2**32 - 1
+MAX_GPU_INDEX = 2**15 - 1
+EXACT_INT = 2**53  # larger integer values are converted to the nearest float (values are Float64)
 
 
 # --- topics and keys: part of the contract -----------------------------------------------------
@@ -110,12 +116,20 @@ def text(value: Any, field: str) -> str:
     return value
 
 
-def count(value: Any, field: str) -> int:
-    if type(value) is not int:
-        raise _wrong(field, "integer", value)
-    if value < 0:
-        raise ContractError(Reason.INVALID_VALUE, "must be >= 0", field)
-    return value
+def bounded(maximum: int) -> Check:
+    def check(value: Any, field: str) -> int:
+        if type(value) is not int:
+            raise _wrong(field, "integer", value)
+        if not 0 <= value <= maximum:
+            raise ContractError(Reason.INVALID_VALUE, f"must be 0..{maximum}", field)
+        return value
+
+    return check
+
+
+count = bounded(MAX_COUNT)
+rank_number = bounded(MAX_RANK)
+gpu_index = bounded(MAX_GPU_INDEX)
 
 
 def finite(value: Any, field: str) -> float | int:
@@ -125,10 +139,18 @@ def finite(value: Any, field: str) -> float | int:
             raise ContractError(Reason.NON_FINITE, "must be a finite number", field)
         return value
     if t is int:
-        return value
+        return value if -EXACT_INT <= value <= EXACT_INT else _as_float(value, field)
     if t is str and value in _NON_FINITE_IN:
         raise ContractError(Reason.NON_FINITE, "must be a finite number", field)
     raise _wrong(field, "number", value)
+
+
+def _as_float(value: int, field: str) -> float:
+    """An integer past 2**53 as the nearest float; past the float range it is no number we can store."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ContractError(Reason.INVALID_VALUE, "integer beyond the float range", field) from None
 
 
 def timestamp(value: Any, field: str) -> float:
@@ -200,7 +222,11 @@ def _value_map(value: Any, field: str, allow_non_finite: bool) -> dict[str, floa
         if t is float:
             if item - item != 0.0:
                 raise ContractError(Reason.NON_FINITE, "must be a finite number", f"{field}.{key}")
-        elif t is not int:
+        elif t is int:
+            if not -EXACT_INT <= item <= EXACT_INT:
+                converted = converted or {}
+                converted[key] = _as_float(item, f"{field}.{key}")
+        else:
             if allow_non_finite and t is str and item in _NON_FINITE_IN:
                 converted = converted or {}
                 converted[key] = _NON_FINITE_IN[item]
@@ -252,9 +278,13 @@ SEVERITIES = ("info", "warning", "critical")
 _RUN_IDENTITY = {
     "project": (text, True),
     "run": (text, True),
-    "rank": (count, True),
+    "rank": (rank_number, True),
     "host": (text, True),
     "time": (timestamp, True),
+    # Who sent it: one id per SDK process incarnation and a per-process sequence number, so a
+    # re-sent event (spool replay after a crash) is recognised whatever its Kafka offset.
+    "producer": (optional(text), False),
+    "seq": (optional(count), False),
 }
 _RUN_META = {
     "config": (obj, False),  # hyperparameters and any nested config
@@ -262,13 +292,13 @@ _RUN_META = {
     "datasets": (_records({"name": (text, True), "version": (text, True)}, 256), False),
     "model": (obj, False),  # architecture summary, parameter counts
 }
-_PROCESS = {"pid": (count, True), "run": (optional(text), False), "figures": (figures, True)}
+_PROCESS = {"pid": (rank_number, True), "run": (optional(text), False), "figures": (figures, True)}
 _GPU = {
-    "index": (count, True),
+    "index": (gpu_index, True),
     "uuid": (text, True),
     "name": (optional(text), False),
     "figures": (figures, True),  # util_percent, mem_used_bytes, temperature_c, power_w, ...
-    "processes": (_records({"pid": (count, True), "mem_used_bytes": (count, True)}, 1024), False),
+    "processes": (_records({"pid": (rank_number, True), "mem_used_bytes": (count, True)}, 1024), False),
     "error": (optional(text), False),  # NVML failed for this GPU (e.g. fallen off the bus)
 }
 
@@ -282,15 +312,16 @@ SPECS: dict[str, dict[str, tuple[Check, bool]]] = {
     "run_start": {
         **_RUN_IDENTITY,
         "name": (optional(text), False),
-        "world_size": (count, True),
-        "local_rank": (optional(count), False),
+        "world_size": (rank_number, True),
+        "local_rank": (optional(rank_number), False),
         "user": (optional(text), False),
         **_RUN_META,
         "code": (obj, False),  # git commit, dirty flag, command line
         "environment": (obj, False),  # python, packages, CPU/GPU model, driver, CUDA
     },
     "run_meta": {**_RUN_IDENTITY, **_RUN_META},
-    "heartbeat": {**_RUN_IDENTITY, "step": (optional(count), False), "world_size": (optional(count), False)},
+    "heartbeat": {**_RUN_IDENTITY, "step": (optional(count), False),
+                  "world_size": (optional(rank_number), False), "dropped": (optional(count), False)},
     "run_end": {**_RUN_IDENTITY, "status": (one_of(*RUN_STATUSES), True), "step": (optional(count), False)},
     "system": {
         "host": (text, True),
@@ -356,6 +387,8 @@ def decode(raw: bytes | bytearray | memoryview) -> dict:
         raise ContractError(Reason.MALFORMED, f"not JSON ({exc.msg} at char {exc.pos})") from None
     except RecursionError:
         raise ContractError(Reason.MALFORMED, "nested too deeply") from None
+    except ValueError as exc:  # an integer literal past Python's digit limit, and the like
+        raise ContractError(Reason.MALFORMED, f"not decodable ({str(exc)[:120]})") from None
     return validate(event)
 
 
