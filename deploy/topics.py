@@ -1,7 +1,13 @@
-"""`trainmon topics create`: the contract's topics with explicit partition counts (auto-create is off).
+"""`trainmon topics create`: the contract's topics and the processors' internal ones, with explicit
+partition counts (auto-create is off).
 
 Kafka is the buffer, ClickHouse the record: data topics keep a few days so a processor outage can be
 caught up; the dead-letter topic keeps two weeks so bad input can be inspected and replayed.
+
+The processors' internal topics (stream_processors/internal_topics.py) are made here too, with the
+same partition count: a worker that joins before they exist runs with partitions unassigned, then
+rebalances and drops its rule state. The state-snapshot topic is compacted (the latest snapshot of
+each source partition is all that matters) and takes large messages, as one partition's snapshot can be.
 """
 
 from __future__ import annotations
@@ -9,12 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
 from trainmon.contract import Topic, topic_name
 from trainmon.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
 RETENTION_MS = {Topic.DEADLETTER: 14 * DAY_MS, Topic.ALERTS: 14 * DAY_MS}
 DEFAULT_RETENTION_MS = 3 * DAY_MS
+COMPACTED_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(10 * 60 * 1000),  # roll often: only closed segments are compacted
+    "min.cleanable.dirty.ratio": "0.1",  # compact soon, so a restore reads few stale snapshots
+    "max.message.bytes": str(64 << 20),  # one partition's snapshot can be large
+    "compression.type": "producer",
+}
 
 
 @dataclass(frozen=True)
@@ -31,32 +45,40 @@ def _admin(settings: Settings):
     return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
 
 
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic name -> the config `create_topics` gives it: the contract's topics, then the internal ones."""
+    prefix = settings.kafka_topic_prefix
+    configs = {topic_name(topic, prefix): {"retention.ms": str(RETENTION_MS.get(topic, DEFAULT_RETENTION_MS)),
+                                           "compression.type": "producer"} for topic in Topic}
+    for which in INTERNAL:
+        configs[internal_topic_name(which, prefix)] = dict(COMPACTED_CONFIG) if which in COMPACTED else {
+            "retention.ms": str(DEFAULT_RETENTION_MS), "compression.type": "producer"}
+    return configs
+
+
 def create_topics(settings: Settings, progress: Callable[[str], None] = print, timeout_s: float = 30.0) -> list[TopicState]:
-    """Create every topic of the contract that is missing; report existing ones that differ."""
+    """Create every topic of the contract and of the processors that is missing; report existing ones
+    that differ (partition count; cleanup policy of the compacted ones). Existing topics are not altered."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
     admin = _admin(settings)
     existing = admin.list_topics(timeout=timeout_s).topics
-    wanted = {
-        topic_name(topic, settings.kafka_topic_prefix): NewTopic(
-            topic_name(topic, settings.kafka_topic_prefix),
-            num_partitions=settings.kafka_partitions,
-            replication_factor=settings.kafka_replication_factor,
-            config={
-                "retention.ms": str(RETENTION_MS.get(topic, DEFAULT_RETENTION_MS)),
-                "compression.type": "producer",
-            },
-        )
-        for topic in Topic
-    }
+    wanted = {name: NewTopic(name, num_partitions=settings.kafka_partitions,
+                             replication_factor=settings.kafka_replication_factor, config=config)
+              for name, config in topic_configs(settings).items()}
     states = []
     missing = [spec for name, spec in wanted.items() if name not in existing]
-    for name, spec in wanted.items():
-        if name in existing:
-            have = len(existing[name].partitions)
-            note = "" if have == spec.num_partitions else f"has {have} partitions, settings say {spec.num_partitions}"
-            states.append(TopicState(name, have, False, note))
+    present = [name for name in wanted if name in existing]
+    policies = _cleanup_policies(admin, [n for n in present if wanted[n].config.get("cleanup.policy")], timeout_s)
+    for name in present:
+        spec = wanted[name]
+        have = len(existing[name].partitions)
+        notes = [] if have == spec.num_partitions else [f"has {have} partitions, settings say {spec.num_partitions}"]
+        want_policy = spec.config.get("cleanup.policy")
+        if want_policy and policies.get(name, want_policy) != want_policy:
+            notes.append(f"has cleanup.policy={policies[name]}, should be {want_policy}")
+        states.append(TopicState(name, have, False, "; ".join(notes)))
     if missing:
         for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
             try:
@@ -70,3 +92,22 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
         verb = "created" if state.created else "exists"
         progress(f"topics: {state.name} {verb}, {state.partitions} partitions {state.note}".rstrip())
     return states
+
+
+def _cleanup_policies(admin, names: list[str], timeout_s: float) -> dict[str, str]:
+    """cleanup.policy of existing topics (those the broker would not describe are left out)."""
+    if not names:
+        return {}
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    policies = {}
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        try:
+            entry = future.result(timeout=timeout_s).get("cleanup.policy")
+        except KafkaException:
+            continue
+        if entry is not None and entry.value is not None:
+            policies[resource.name] = entry.value
+    return policies

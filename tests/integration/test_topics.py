@@ -1,0 +1,83 @@
+"""`trainmon topics create` over the real broker: every contract and internal topic, co-partitioned,
+the state snapshots compacted; a second call changes nothing; existing topics that differ are reported."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from deploy.topics import create_topics
+from stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
+from trainmon.contract import Topic, topic_name
+
+pytestmark = pytest.mark.integration
+
+
+def fresh(stack):
+    """Settings with a prefix of their own, under the session's (which the session drops)."""
+    return stack.replace(kafka_topic_prefix=f"{stack.kafka_topic_prefix}{uuid.uuid4().hex[:6]}.")
+
+
+def configs(admin: AdminClient, name: str) -> dict[str, str]:
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    entries = admin.describe_configs([resource], request_timeout=30)[resource].result(timeout=30)
+    return {key: entry.value for key, entry in entries.items()}
+
+
+def test_creates_contract_and_internal_topics_idempotently(stack):
+    settings = fresh(stack)
+    prefix = settings.kafka_topic_prefix
+    contract = {topic_name(topic, prefix) for topic in Topic}
+    internal = {internal_topic_name(which, prefix) for which in INTERNAL}
+    compacted = {internal_topic_name(which, prefix) for which in COMPACTED}
+    assert compacted and compacted < internal and not internal & contract
+
+    messages: list[str] = []
+    states = create_topics(settings, progress=messages.append)
+    assert {s.name for s in states if s.created} == contract | internal
+    assert len(messages) == len(contract | internal)
+
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    topics = admin.list_topics(timeout=10).topics
+    for name in contract | internal:
+        assert name in topics, name
+        assert len(topics[name].partitions) == settings.kafka_partitions, name
+    for name in compacted:
+        config = configs(admin, name)
+        assert config["cleanup.policy"] == "compact", name
+        assert config["max.message.bytes"] == str(64 << 20)
+        assert float(config["min.cleanable.dirty.ratio"]) == pytest.approx(0.1)
+        assert int(config["segment.ms"]) <= 60 * 60 * 1000
+    for name in (internal - compacted) | {topic_name(Topic.METRICS, prefix)}:
+        config = configs(admin, name)
+        assert config["cleanup.policy"] == "delete", name
+        assert config["retention.ms"] == str(3 * 24 * 3600 * 1000), name
+    assert configs(admin, topic_name(Topic.DEADLETTER, prefix))["retention.ms"] == str(14 * 24 * 3600 * 1000)
+
+    again = create_topics(settings, progress=lambda message: None)
+    assert {s.name for s in again} == contract | internal
+    assert not any(s.created for s in again)
+    assert all(s.note == "" and s.partitions == settings.kafka_partitions for s in again), again
+
+
+def test_existing_topics_that_differ_are_reported_not_changed(stack):
+    settings = fresh(stack)
+    prefix = settings.kafka_topic_prefix
+    metrics = topic_name(Topic.METRICS, prefix)
+    state = internal_topic_name(next(iter(COMPACTED)), prefix)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    made = admin.create_topics([NewTopic(metrics, num_partitions=settings.kafka_partitions + 1, replication_factor=1),
+                                NewTopic(state, num_partitions=settings.kafka_partitions, replication_factor=1)])
+    for future in made.values():
+        future.result(timeout=30)
+
+    messages: list[str] = []
+    states = {s.name: s for s in create_topics(settings, progress=messages.append)}
+    assert not states[metrics].created and states[metrics].partitions == settings.kafka_partitions + 1
+    assert f"settings say {settings.kafka_partitions}" in states[metrics].note
+    assert not states[state].created and "cleanup.policy=delete, should be compact" in states[state].note
+    assert any(metrics in m and "partitions, settings say" in m for m in messages), messages
+    assert sum(s.created for s in states.values()) == len(Topic) + len(INTERNAL) - 2
+    assert len(admin.list_topics(timeout=10).topics[metrics].partitions) == settings.kafka_partitions + 1
