@@ -2,7 +2,8 @@
 
 Rules only say whether a condition holds for a subject; this book turns that into contract `alert`
 events. A condition that becomes active is pending until it has held for the rule's `for` (measured
-in event time), then fires once; while it stays active the same alert (same fingerprint and
+in event time: a later verdict must confirm it, so one sample followed by silence never fires), then
+fires once; while it stays active the same alert (same fingerprint and
 `starts_at`) is sent again every `repeat_interval_s`, so a lost notification is not lost for good;
 when the condition clears it is resolved once. A pending condition that clears sends nothing. The
 fingerprint is a stable hash of the rule name, the subject and the rule's labels, so receivers
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
@@ -75,6 +76,7 @@ class _Alert:
     firing: bool = False
     sent_at: float = 0.0  # when the last firing notification went out
     fingerprint: str = ""
+    confirmed_at: float = 0.0  # event time of the latest verdict that it still holds
 
 
 class AlertBook:
@@ -100,20 +102,31 @@ class AlertBook:
             alert = self._alerts[key] = _Alert(spec, condition.subject, condition.at, condition.values)
         elif condition.values:
             alert.values = condition.values
+        alert.confirmed_at = max(alert.confirmed_at, condition.at)
         if not alert.firing:
-            return self._fire(alert, now) if condition.at - alert.starts_at >= spec.for_s else []
+            return self._fire(alert, now) if alert.confirmed_at - alert.starts_at >= spec.for_s else []
         if now - alert.sent_at >= self.repeat_interval_s:
             return self._fire(alert, now)
         return []
 
     def tick(self, now: float) -> list[dict[str, Any]]:
-        """Fire conditions that have now held for `for` without new events, and repeats that are due."""
+        """Repeats of firing alerts that are due (pending ones fire only on a confirming verdict)."""
         out: list[dict[str, Any]] = []
         for alert in self._alerts.values():
-            due = alert.sent_at + self.repeat_interval_s if alert.firing else alert.starts_at + alert.spec.for_s
-            if now >= due:
+            if alert.firing and now >= alert.sent_at + self.repeat_interval_s:
                 out.extend(self._fire(alert, now))
         return out
+
+    def state(self) -> dict[Key, _Alert]:
+        """Every pending and firing alert, without its rule spec (restored from the running config)."""
+        return {key: replace(alert, spec=None) for key, alert in self._alerts.items()}  # type: ignore[arg-type]
+
+    def restore(self, state: Mapping[Key, _Alert], specs: Mapping[str, RuleSpec]) -> None:
+        """Alerts of a snapshot; those of rules no longer configured are dropped."""
+        self._alerts = {key: replace(alert, spec=specs[key[0]]) for key, alert in state.items() if key[0] in specs}
+
+    def __len__(self) -> int:
+        return len(self._alerts)
 
     def resolve_run(self, run: str, now: float) -> list[dict[str, Any]]:
         """The run ended: resolve its firing alerts, drop its pending ones."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-ENDED_MEMORY_S = 3600.0  # how long an ended run's end time is kept to drop its stragglers
-
 from stream_processors.alerts import AlertBook
 from stream_processors.rules.base import Rule
+
+ENDED_MEMORY_S = 3600.0  # how long an ended run's end time is kept to drop its stragglers
 
 
 class Engine:
@@ -36,11 +36,7 @@ class Engine:
         out: list[dict[str, Any]] = []
         run = event.get("run")
         if kind == "run_end":
-            self._ended[run] = max(event["time"], self._ended.get(run, 0.0))
-            for rule in self.rules:
-                rule.forget(run)
-            out.extend(self.book.resolve_run(run, now))
-            return out
+            return self.end_run(run, event["time"], now)
         if run is not None and run in self._ended:
             if event["time"] <= self._ended[run]:
                 return out  # sent before the run ended, read after: nothing to watch
@@ -54,11 +50,20 @@ class Engine:
                 out.extend(update(rule.spec, condition, now))
         return out
 
-    def on_tick(self, now: float) -> list[dict[str, Any]]:
-        """Alert events of time-based rules, `for` promotions and repeats; call about once a second."""
+    def end_run(self, run: str, at: float, now: float) -> list[dict[str, Any]]:
+        """The run ended (or was given up as lost): every rule forgets it, its alerts are resolved."""
+        self._ended[run] = max(at, self._ended.get(run, 0.0))
+        for rule in self.rules:
+            rule.forget(run)
+        return self.book.resolve_run(run, now)
+
+    def on_tick(self, now: float, live: bool = True) -> list[dict[str, Any]]:
+        """Alert events of time-based rules and repeats; call about once a second. While the partition
+        is not live (catching up on a backlog) time-based verdicts are held: silence is not judged on
+        data that has not been read yet."""
         out: list[dict[str, Any]] = []
         update = self.book.update
-        for rule in self.rules:
+        for rule in self.rules if live else ():
             for condition in rule.on_tick(now):
                 out.extend(update(rule.spec, condition, now))
         out.extend(self.book.tick(now))
@@ -66,3 +71,24 @@ class Engine:
             for run in [r for r, ended in self._ended.items() if now - ended > ENDED_MEMORY_S]:
                 del self._ended[run]
         return out
+
+    # --- durable state -------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What this engine remembers, as plain data: each rule's own `_`-named fields, keyed by rule
+        name and kind, the alert book and the ended runs. The rules' parameters come from the config."""
+        rules = {rule.spec.name: (rule.kind, {k: v for k, v in vars(rule).items() if k.startswith("_")})
+                 for rule in self.rules}
+        return {"rules": rules, "alerts": self.book.state(), "ended": dict(self._ended)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        for rule in self.rules:
+            kind, fields = state["rules"].get(rule.spec.name, (None, None))
+            if kind == rule.kind:  # a rule whose kind changed starts afresh
+                vars(rule).update(fields)
+        self.book.restore(state["alerts"], {rule.spec.name: rule.spec for rule in self.rules})
+        self._ended = dict(state["ended"])
+
+    def size(self) -> int:
+        """Remembered alerts and ended runs (for the bounded-memory checks)."""
+        return len(self.book) + len(self._ended)

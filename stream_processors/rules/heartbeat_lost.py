@@ -3,9 +3,10 @@
 Scope `rank`: any run event of a rank (run_start, run_meta, heartbeat, metrics) counts as a sign of
 life; subject project, run, rank, host. A run's ranks are forgotten when it ends. Scope `node`: a
 system sample counts; only nodes whose latest sample listed active runs are watched (a node shut
-down after its job is not lost); subject host. Checked on each tick, against event times, so keep
-the nodes' clocks synchronised; the first `timeout_s` after the processors start report nothing
-while they catch up on the backlog. A sign of life clears it at once.
+down after its job is not lost); subject host. Checked on each tick, against the partition's clock
+(stream_processors/clock.py: event time while catching up, when these verdicts are held, the wall
+clock once live), so keep the nodes' clocks synchronised. A lost subject is reported on every tick
+while it stays silent (so a `for` can be confirmed); a sign of life clears it at once.
 
 | selector | default | meaning |
 |---|---|---|
@@ -52,7 +53,6 @@ class HeartbeatLost(Rule):
         self._seen: dict[tuple[Any, ...], _Seen] = {}  # (run, rank) or (host,)
         self._runs_of: dict[str, tuple[str, ...]] = {}  # node scope: host -> runs of its latest sample
         self._lost: set[tuple[Any, ...]] = set()
-        self._started: float | None = None
 
     def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
         at = event["time"]
@@ -87,13 +87,9 @@ class HeartbeatLost(Rule):
         return (Condition(seen.subject, False, at),)
 
     def on_tick(self, now: float) -> Iterable[Condition]:
-        if self._started is None:
-            self._started = now
-        if now - self._started < self.timeout_s:
-            return ()
         out: list[Condition] = []
         for key, seen in self._seen.items():
-            if now - seen.last > self.timeout_s and key not in self._lost:
+            if now - seen.last > self.timeout_s:
                 self._lost.add(key)
                 out.append(Condition(seen.subject, True, now, {"silent_s": now - seen.last}))
         return out

@@ -74,8 +74,8 @@ class Driver:
             out += self._keep(self.engine.on_event(event, event["time"] if now is None else now))
         return out
 
-    def tick(self, now: float) -> list[dict]:
-        return self._keep(self.engine.on_tick(now))
+    def tick(self, now: float, live: bool = True) -> list[dict]:
+        return self._keep(self.engine.on_tick(now, live))
 
     def states(self) -> list[tuple[str, str]]:
         """(rule, state) of every alert so far, in order."""

@@ -55,18 +55,26 @@ def test_pending_that_clears_sends_nothing() -> None:
     assert book.tick(T0 + 1000) == []
 
 
-def test_for_is_promoted_by_tick() -> None:
+def test_one_sample_then_silence_never_fires() -> None:
+    """`for: 1m` needs a verdict a minute later that the condition still holds; the clock alone
+    (a sample read late, or followed by silence) must not promote it."""
     book = AlertBook()
     book.update(HOT, hot(T0), T0)
-    assert book.tick(T0 + 59.9) == []
-    assert [a["state"] for a in valid(book.tick(T0 + 60))] == ["firing"]
-    assert book.tick(T0 + 61) == []
+    assert book.tick(T0 + 60) == [] and book.tick(T0 + 3600) == []
+
+
+def test_for_fires_on_the_confirming_verdict() -> None:
+    book = AlertBook()
+    book.update(HOT, hot(T0), T0)
+    assert book.update(HOT, hot(T0 + 59.9), T0 + 59.9) == []
+    assert [a["state"] for a in valid(book.update(HOT, hot(T0 + 60), T0 + 60))] == ["firing"]
+    assert book.update(HOT, hot(T0 + 61), T0 + 61) == [] and book.tick(T0 + 62) == []
 
 
 def test_repeat_interval_resends_with_same_fingerprint_and_start() -> None:
     book = AlertBook(repeat_interval_s=600)
     book.update(HOT, hot(T0), T0)
-    [first] = book.tick(T0 + 60)
+    [first] = book.update(HOT, hot(T0 + 60), T0 + 60)
     assert book.tick(T0 + 659) == []
     [repeat] = valid(book.tick(T0 + 660))
     assert (repeat["state"], repeat["fingerprint"], repeat["starts_at"], repeat["time"]) == (
@@ -79,7 +87,7 @@ def test_repeat_interval_resends_with_same_fingerprint_and_start() -> None:
 def test_resolve_once_with_ends_at() -> None:
     book = AlertBook()
     book.update(HOT, hot(T0), T0)
-    [fired] = book.tick(T0 + 60)
+    [fired] = book.update(HOT, hot(T0 + 60), T0 + 60)
     [resolved] = valid(book.update(HOT, hot(T0 + 90, active=False), T0 + 90.2))
     assert (resolved["state"], resolved["fingerprint"], resolved["starts_at"], resolved["ends_at"],
             resolved["time"]) == ("resolved", fired["fingerprint"], T0, T0 + 90, T0 + 90.2)

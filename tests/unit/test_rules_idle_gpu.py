@@ -34,8 +34,7 @@ def test_idle_node_without_a_job_fires_nothing() -> None:
 
 def test_job_ending_clears_the_condition() -> None:
     d = Driver(IDLE)
-    d.send(sample(T0, [0.0]))
-    d.tick(T0 + 400)
+    d.send(sample(T0, [0.0]), sample(T0 + 400, [0.0]))
     d.send(sample(T0 + 401, [0.0], runs=()))
     assert d.states() == [("gpu_idle", "firing"), ("gpu_idle", "resolved")]
 

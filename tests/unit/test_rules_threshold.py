@@ -35,11 +35,12 @@ def test_gpu_memory_ratio_fires_after_for_and_resolves() -> None:
     assert [(a["state"], a["ends_at"]) for a in resolved] == [("resolved", T0 + 62)]
 
 
-def test_for_is_promoted_on_tick_without_new_events() -> None:
+def test_for_needs_a_confirming_sample_not_just_time() -> None:
     d = Driver(GPU_MEMORY)
     d.send(node(T0, 79))
-    assert d.tick(T0 + 59) == []
-    assert [a["state"] for a in d.tick(T0 + 60)] == ["firing"]
+    assert d.tick(T0 + 59) == [] and d.tick(T0 + 600) == []
+    d.send(node(T0 + 601, 79))
+    assert [a["state"] for a in d.alerts] == ["firing"]
 
 
 def test_clean_stream_fires_nothing() -> None:

@@ -1,0 +1,57 @@
+"""State snapshots as bytes: what a worker writes to the `processor-state` topic and reads back.
+
+Pickle, because the state is plain dataclasses, dicts, sets and deques of this package; but read back
+through an unpickler that resolves only those (dataclasses of stream_processors, a few builtins and
+containers), so a forged message on the topic cannot name any other callable. zlib-compressed; a header names the format, the consumer
+group and the partition, so a snapshot is never applied to the wrong place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+import zlib
+from typing import Any
+
+MAGIC = b"TMS1"
+_BUILTINS = frozenset({"set", "frozenset", "dict", "list", "tuple", "float", "int", "str", "bytes", "bool",
+                       "complex", "slice", "range"})
+_ALLOWED = {("collections", "deque"), ("collections", "OrderedDict"), ("collections", "Counter"),
+            ("collections", "defaultdict")}
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be used: wrong format, group or partition, or a forbidden type."""
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module == "builtins" and name in _BUILTINS) or (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        if module.startswith("stream_processors."):
+            found = super().find_class(module, name)
+            if isinstance(found, type) and dataclasses.is_dataclass(found):
+                return found
+        raise SnapshotError(f"snapshot names {module}.{name}, which is not processor state")
+
+
+def dumps(group: str, partition: int, version: int, state: Any) -> bytes:
+    body = pickle.dumps({"group": group, "partition": partition, "version": version, "state": state},
+                        protocol=pickle.HIGHEST_PROTOCOL)
+    return MAGIC + zlib.compress(body, 1)
+
+
+def loads(data: bytes, group: str, partition: int) -> tuple[int, Any]:
+    """(version, state) of a snapshot written for this group and partition, else SnapshotError."""
+    if not data.startswith(MAGIC):
+        raise SnapshotError("not a trainmon state snapshot (bad magic)")
+    try:
+        record = _Unpickler(io.BytesIO(zlib.decompress(data[len(MAGIC):]))).load()
+    except SnapshotError:
+        raise
+    except Exception as exc:  # truncated, corrupt: unusable, never fatal
+        raise SnapshotError(f"unreadable snapshot ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(record, dict) or record.get("group") != group or record.get("partition") != partition:
+        raise SnapshotError("snapshot of another group or partition")
+    return int(record["version"]), record["state"]
