@@ -4,7 +4,10 @@ Everything is validated when the processors start, and an error names the file, 
 e.g. `pipeline.yml:42: rules[3].params.patience: expected a positive integer, got -1`. Line numbers
 come from PyYAML's node tree, walked alongside the data. `${NAME}` in any string value is replaced by
 the environment variable NAME, so secrets (Slack webhook URLs, PagerDuty routing keys) stay out of
-the file.
+the file; `${NAME:-default}` falls back to `default` when NAME is unset or empty, as in the shell.
+A few names are the trainmon settings rather than the environment (SETTINGS_VARIABLES):
+`${TRAINMON_ALERTMANAGER_URL}` is the Alertmanager the settings point at, so the shipped file follows
+`[alertmanager] url` and `[services] alertmanager_port` wherever they are set.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from stream_processors.rules.params import parse_duration
 from stream_processors.routes.base import RouteSpec
 from trainmon.contract import SEVERITIES
 from trainmon.errors import TrainmonError
+from trainmon.settings import Settings
 
 DEFAULT_PIPELINE = Path(__file__).with_name("pipeline.yml")
 DEFAULT_WINDOWS_S = (10.0, 60.0, 300.0)
@@ -37,7 +41,13 @@ _RULE_KEYS = ("name", "kind", "severity", "selector", "params", "for", "labels",
 _ROUTE_KEYS = ("name", "kind", "url", "match", "params", "timeout_s", "retries", "backoff_s")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # Prometheus label names: Alertmanager takes no others
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_REFERENCE = re.compile(r"\$\{(?P<body>[^}]*)(?P<close>\}?)")  # every `${...`, well-formed or not
+_VARIABLE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?$", re.DOTALL)
+# Variables the settings define (trainmon.settings.load reads the file and TRAINMON_* variables);
+# the settings win over a variable of the same name the loader is handed.
+SETTINGS_VARIABLES: dict[str, Callable[[Settings], str]] = {
+    "TRAINMON_ALERTMANAGER_URL": lambda settings: settings.alertmanager,
+}
 
 KeyPath = tuple[str | int, ...]
 
@@ -57,8 +67,11 @@ class PipelineConfig:
 
 
 def load_pipeline(path: str | os.PathLike[str] = DEFAULT_PIPELINE,
-                  environ: Mapping[str, str] | None = None) -> PipelineConfig:
-    """Read and validate the pipeline file; PipelineConfigError on the first problem."""
+                  environ: Mapping[str, str] | None = None, settings: Settings | None = None) -> PipelineConfig:
+    """Read and validate the pipeline file; PipelineConfigError on the first problem.
+
+    `settings` fill the SETTINGS_VARIABLES; without them, and only if the file uses one, they are
+    loaded from `environ` ($TRAINMON_CONFIG or ./trainmon.toml, then TRAINMON_* variables)."""
     name = str(path)
     try:
         text = Path(path).read_text()
@@ -75,7 +88,7 @@ def load_pipeline(path: str | os.PathLike[str] = DEFAULT_PIPELINE,
         raise PipelineConfigError(f"{where}: not valid YAML: {problem}") from None
     finally:
         loader.dispose()
-    return _Reader(name, node, os.environ if environ is None else environ).pipeline(data)
+    return _Reader(name, node, os.environ if environ is None else environ, settings).pipeline(data)
 
 
 def _key_path(path: KeyPath) -> str:
@@ -93,8 +106,9 @@ def _type_name(value: Any) -> str:
 class _Reader:
     """Turns the parsed document into specs, raising errors that point into the file."""
 
-    def __init__(self, name: str, root: yaml.Node | None, environ: Mapping[str, str]) -> None:
-        self.name, self.root, self.environ = name, root, environ
+    def __init__(self, name: str, root: yaml.Node | None, environ: Mapping[str, str],
+                 settings: Settings | None = None) -> None:
+        self.name, self.root, self.environ, self._settings = name, root, environ, settings
         if root is not None:
             self._no_duplicate_keys(root, ())
 
@@ -163,18 +177,39 @@ class _Reader:
         return value
 
     def substitute(self, value: Any, path: KeyPath) -> Any:
-        """`${NAME}` in strings, recursively, from the environment."""
+        """`${NAME}` and `${NAME:-default}` in strings, recursively, from the environment (or settings)."""
         if isinstance(value, str) and "${" in value:
             def env(match: re.Match[str]) -> str:
-                if match.group(1) not in self.environ:
-                    raise self.error(path, f"environment variable {match.group(1)} is not set")
-                return self.environ[match.group(1)]
-            return _ENV.sub(env, value)
+                variable = _VARIABLE.match(match["body"])
+                if variable is None or not match["close"] or "${" in (variable["default"] or ""):
+                    raise self.error(path, f"bad variable reference {match[0]!r}: write ${{NAME}} or "
+                                           "${NAME:-default} (NAME: letters, digits and _; no nesting)")
+                name, default = variable["name"], variable["default"]
+                found = self.variable(name)
+                if default is not None and not found:
+                    return default
+                if found is None:
+                    raise self.error(path, f"environment variable {name} is not set "
+                                           f"(write ${{{name}:-default}} to give it a default)")
+                return found
+            return _REFERENCE.sub(env, value)
         if isinstance(value, list):
             return [self.substitute(item, path + (index,)) for index, item in enumerate(value)]
         if isinstance(value, dict):
             return {key: self.substitute(item, path + (key,)) for key, item in value.items()}
         return value
+
+    def variable(self, name: str) -> str | None:
+        if name in SETTINGS_VARIABLES:
+            if self._settings is None:
+                from trainmon import settings as settings_module
+
+                try:
+                    self._settings = settings_module.load(environ=self.environ)
+                except settings_module.SettingsError as exc:
+                    raise PipelineConfigError(f"{self.name}: ${{{name}}} comes from the settings: {exc}") from None
+            return SETTINGS_VARIABLES[name](self._settings)
+        return self.environ.get(name)
 
     def text(self, value: Any, path: KeyPath, pattern: re.Pattern[str] | None = None, what: str = "a string") -> str:
         if not isinstance(value, str) or not value or (pattern is not None and not pattern.match(value)):

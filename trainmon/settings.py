@@ -46,6 +46,8 @@ class Settings:
     services_clickhouse_tcp_port: int = 9000
     services_alertmanager_port: int = 9094
     services_alertmanager_webhook_url: str = ""  # the local Alertmanager's receiver; empty: discard
+    # [alertmanager] — where the processors' shipped pipeline sends alerts (${TRAINMON_ALERTMANAGER_URL})
+    alertmanager_url: str = ""  # empty: the local one, http://127.0.0.1:<services.alertmanager_port>
     # [dashboard] — `trainmon dashboard` (Streamlit)
     dashboard_address: str = "127.0.0.1"  # listen address; loopback unless set on purpose
     dashboard_port: int = 8501
@@ -60,6 +62,10 @@ class Settings:
     @property
     def clickhouse(self) -> str:
         return self.clickhouse_url or f"http://127.0.0.1:{self.services_clickhouse_http_port}"
+
+    @property
+    def alertmanager(self) -> str:
+        return (self.alertmanager_url or f"http://127.0.0.1:{self.services_alertmanager_port}").rstrip("/")
 
     @property
     def home(self) -> Path:
@@ -108,9 +114,14 @@ def _coerce(value: Any, field: str, where: str) -> Any:
     return value
 
 
-def _line_of(text: str, key: str) -> int | None:
+def _line_of(text: str, section: str, key: str) -> int | None:
+    """The line of `key = ...` in [section] (two sections may have the same key, e.g. `url`)."""
+    current = None
     for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip().startswith(key) and "=" in line:
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped[1:].split("]", 1)[0].strip()
+        elif current == section and stripped.partition("=")[0].strip() == key and "=" in stripped:
             return number
     return None
 
@@ -129,7 +140,7 @@ def _from_file(path: Path) -> dict[str, Any]:
             raise SettingsError(f"{path}: unknown section [{section}] (known: {', '.join(_SECTIONS)})")
         for key, value in table.items():
             field = f"{section}_{key}"
-            line = _line_of(text, key)
+            line = _line_of(text, section, key)
             where = f"{path}:{line}: [{section}] {key}" if line else f"{path}: [{section}] {key}"
             if field not in _FIELDS:
                 known = sorted(n.split("_", 1)[1] for n in _FIELDS if n.startswith(section + "_"))

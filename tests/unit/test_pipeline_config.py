@@ -12,6 +12,7 @@ import pytest
 from stream_processors.config import DEFAULT_PIPELINE, PipelineConfigError, load_pipeline
 from stream_processors.rules import RULE_KINDS, build_rule
 from trainmon.errors import TrainmonError
+from trainmon.settings import Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -21,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_file_loads_with_every_rule_kind() -> None:
-    config = load_pipeline()
+    config = load_pipeline(settings=Settings())
     assert config.path == str(DEFAULT_PIPELINE)
     assert {rule.kind for rule in config.rules} == set(RULE_KINDS)
     assert config.windows_s == [10.0, 60.0, 300.0]
@@ -117,6 +118,15 @@ ERRORS = [
     ("    url: http://127.0.0.1:9094\n", "    url: http://127.0.0.1:9094\n    match: {severity: []}\n", 16,
      "routes[0].match.severity", "expected a non-empty string or a non-empty list"),
     ("url: http://127.0.0.1:9094", "url: ${AM_URL}", 15, "routes[0].url", "environment variable AM_URL is not set"),
+    ("url: http://127.0.0.1:9094", "url: ${AM_URL}", 15, "routes[0].url", "(write ${AM_URL:-default} to give"),
+    ("url: http://127.0.0.1:9094", "url: ${AM_URL:http://127.0.0.1:9094}", 15, "routes[0].url",
+     "bad variable reference '${AM_URL:http://127.0.0.1:9094}': write ${NAME} or ${NAME:-default}"),
+    ("url: http://127.0.0.1:9094", "url: http://${AM_HOST:-127.0.0.1:9094", 15, "routes[0].url",
+     "bad variable reference '${AM_HOST:-127.0.0.1:9094'"),
+    ("url: http://127.0.0.1:9094", "url: ${AM_URL:-${FALLBACK}}", 15, "routes[0].url", "no nesting"),
+    ("url: http://127.0.0.1:9094", "url: ${9AM}", 15, "routes[0].url", "bad variable reference '${9AM}'"),
+    ("      value: 85\n", "      value: 85\n    labels: {team: '${TEAM}'}\n", 12, "rules[1].labels.team",
+     "environment variable TEAM is not set"),
     ("rules:\n", "windows: [10s, fast]\nrules:\n", 1, "windows[1]", "expected a duration"),
     ("rules:\n", "alerting:\n  dashboard_url: 127.0.0.1:8501\nrules:\n", 2, "alerting.dashboard_url",
      "expected an http:// or https:// URL"),
@@ -143,3 +153,61 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_base_document_is_valid(tmp_path: Path) -> None:
     assert [r.name for r in load_pipeline(write(tmp_path, BASE)).rules] == ["loss_plateau", "gpu_hot"]
+
+
+def test_variable_defaults_are_shell_like(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        alerting: {dashboard_url: "${DASH:-http://127.0.0.1:8501/}"}
+        rules:
+          - name: nan
+            kind: non_finite
+            labels: {team: "${TEAM:-ml}", env: "${ENV:-}", owner: "${USER_A}-${USER_B:-b}", note: "a:-b ${X:-x y}"}
+    """)
+
+    def labels(**environ: str) -> dict[str, str]:
+        return load_pipeline(path, environ={"USER_A": "a", **environ}).rules[0].labels
+
+    assert labels() == {"team": "ml", "env": "", "owner": "a-b", "note": "a:-b x y"}
+    assert labels(TEAM="infra", ENV="prod", USER_B="c", X="z") == {"team": "infra", "env": "prod", "owner": "a-c",
+                                                                  "note": "a:-b z"}
+    assert labels(TEAM="", X="")["team"] == "ml"  # set but empty: the default, as ${TEAM:-ml} in the shell
+    assert load_pipeline(path, environ={"USER_A": ""}).rules[0].labels["owner"] == "-b"  # ${NAME}: empty is a value
+    assert load_pipeline(path, environ={"USER_A": "a", "DASH": "https://dash.example"}).dashboard_url == \
+        "https://dash.example"
+    with pytest.raises(PipelineConfigError) as caught:
+        load_pipeline(path, environ={})
+    assert str(caught.value).startswith(f"{path}:5: rules[0].labels.owner: environment variable USER_A is not set")
+
+
+def alertmanager_url(**kwargs) -> str:
+    (route,) = load_pipeline(**kwargs).routes
+    assert route.kind == "alertmanager"
+    return route.url
+
+
+def test_shipped_file_follows_the_settings_alertmanager(tmp_path: Path) -> None:
+    assert alertmanager_url(environ={}) == "http://127.0.0.1:9094"
+    assert alertmanager_url(settings=Settings(services_alertmanager_port=19094)) == "http://127.0.0.1:19094"
+    assert alertmanager_url(settings=Settings(alertmanager_url="https://am.example:9093/")) == "https://am.example:9093"
+    # Without settings handed in, they are loaded from the environment handed in: file, then variables.
+    assert alertmanager_url(environ={"TRAINMON_SERVICES_ALERTMANAGER_PORT": "29094"}) == "http://127.0.0.1:29094"
+    assert alertmanager_url(environ={"TRAINMON_ALERTMANAGER_URL": "http://am.internal:9093"}) == \
+        "http://am.internal:9093"
+    config = tmp_path / "trainmon.toml"
+    config.write_text("[services]\nalertmanager_port = 39094\n")
+    assert alertmanager_url(environ={"TRAINMON_CONFIG": str(config)}) == "http://127.0.0.1:39094"
+    config.write_text("[services]\nalertmanager_port = 39094\n[alertmanager]\nurl = \"https://am.example\"\n")
+    assert alertmanager_url(environ={"TRAINMON_CONFIG": str(config)}) == "https://am.example"
+    # Settings handed in win over a variable of the same name (they already include the environment).
+    assert alertmanager_url(settings=Settings(services_alertmanager_port=19094),
+                            environ={"TRAINMON_ALERTMANAGER_URL": "http://elsewhere:1"}) == "http://127.0.0.1:19094"
+
+
+def test_settings_are_loaded_only_when_the_file_uses_them(tmp_path: Path) -> None:
+    missing = {"TRAINMON_CONFIG": str(tmp_path / "absent.toml")}
+    assert [r.url for r in load_pipeline(write(tmp_path, BASE), environ=missing).routes] == ["http://127.0.0.1:9094"]
+    with pytest.raises(PipelineConfigError) as caught:
+        load_pipeline(environ=missing)
+    message = str(caught.value)
+    assert message.startswith(f"{DEFAULT_PIPELINE}: ${{TRAINMON_ALERTMANAGER_URL}} comes from the settings: ")
+    assert "config file not found" in message
