@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import pytest
 
+from agent import spool as spool_module
 from agent.spool import HEADER, Spool, SpoolLocked
 
 
@@ -50,6 +52,8 @@ def test_acked_segments_are_deleted_and_a_fully_delivered_spool_leaves_nothing(t
     segments = len(list(tmp_path.glob("*.seg")))
     assert segments > 3
     spool.ack(100)
+    assert len(list(tmp_path.glob("*.seg"))) == segments  # not before the watermark is durable
+    spool.write_acked()
     assert len(list(tmp_path.glob("*.seg"))) == 1  # the active one stays while open
     spool.close()
     assert not list(tmp_path.glob("*.seg")) and not (tmp_path / "acked").exists()
@@ -91,3 +95,153 @@ def test_one_process_owns_a_spool(tmp_path):
         open_spool(tmp_path)
     spool.close()
     open_spool(tmp_path).close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def abandon(spool: Spool) -> None:
+    """What SIGKILL leaves: no close(), no last watermark write; the kernel drops the fd and the lock."""
+    spool._close_fd()
+    spool._lock.close()
+
+
+def acked_on_disk(path) -> int:
+    return int((path / "acked").read_text())
+
+
+def test_the_watermark_is_made_durable_on_its_own_timer_while_data_keeps_being_written(tmp_path):
+    clock = Clock()
+    spool = open_spool(tmp_path, segment_bytes=2000, clock=clock)
+    for start in range(0, 500, 10):  # training logs all the time: a data fsync every second
+        clock.now += 0.1
+        spool.append(records(10, start))
+        spool.ack(start + 5)
+    assert acked_on_disk(tmp_path) >= 485, "written at least once a second while it moves"
+    assert spool.durable == acked_on_disk(tmp_path)
+    assert all(segment.last > spool.durable for segment in spool.segments[:-1])  # delivered ones are gone
+    abandon(spool)
+
+
+def test_after_sigkill_exactly_the_undelivered_replay_and_a_second_reopen_replays_nothing(tmp_path):
+    clock = Clock()
+    spool = open_spool(tmp_path, segment_bytes=2000, clock=clock)
+    for start in range(0, 100, 10):
+        spool.append(records(10, start))
+    spool.ack(60)
+    clock.now += 1.5
+    spool.maintain()  # the timer fired: 60 is durable
+    abandon(spool)
+
+    again = open_spool(tmp_path, segment_bytes=2000)
+    assert again.acked == 60 and again.pending == 40
+    replay = again.read(again.acked + 1, 1000)
+    assert [r.seq for r in replay] == list(range(61, 101))
+    assert replay[0].value.startswith(b"value-60")
+    again.ack(replay[-1].seq)
+    assert again.pending == 0  # flush() would now be True
+    again.close()
+
+    third = open_spool(tmp_path, segment_bytes=2000)
+    assert third.pending == 0 and third.read(third.acked + 1, 1000) == []
+    third.close()
+    assert not list(tmp_path.glob("*.seg"))
+
+
+def test_delivered_segments_stay_until_the_watermark_is_durable_so_a_kill_loses_nothing(tmp_path):
+    clock = Clock()
+    spool = open_spool(tmp_path, segment_bytes=2000, clock=clock)
+    for start in range(0, 100, 10):
+        spool.append(records(10, start))
+    spool.ack(30)
+    clock.now += 1.5
+    spool.maintain()
+    spool.ack(90)  # delivered, but killed before the timer writes it
+    abandon(spool)
+
+    again = open_spool(tmp_path, segment_bytes=2000)
+    assert again.acked == 30
+    assert [r.seq for r in again.read(31, 1000)] == list(range(31, 101))  # 31..90 re-sent, nothing lost
+    again.ack(100)
+    assert again.pending == 0
+    again.close()
+
+
+def test_a_watermark_pointing_into_a_missing_segment_is_reconciled_on_open(tmp_path, caplog):
+    """The spool an earlier version left after SIGKILL: delivered segments unlinked, `acked` stale."""
+    spool = open_spool(tmp_path, segment_bytes=2000)
+    for start in range(0, 100, 10):
+        spool.append(records(10, start))
+    abandon(spool)
+    (tmp_path / "acked").write_text("5\n")
+    segments = sorted(tmp_path.glob("*.seg"))
+    for path in segments[:3]:  # seqs 1..first of the 4th segment - 1 are gone
+        path.unlink()
+    first_left = int(segments[3].stem)
+
+    with caplog.at_level(logging.INFO, logger="trainmon.agent"):
+        again = open_spool(tmp_path, segment_bytes=2000)
+    assert "no longer on disk" in caplog.text
+    assert again.acked == first_left - 1 and acked_on_disk(tmp_path) == first_left - 1
+    assert again.pending == 100 - first_left + 1
+    got = again.read(again.acked + 1, 1000)
+    assert [r.seq for r in got] == list(range(first_left, 101))
+    again.ack(100)
+    assert again.pending == 0
+    assert again.append(records(1)) == (101, 101)
+    again.close()
+
+
+def test_a_gap_between_segments_is_skipped_not_awaited(tmp_path):
+    spool = open_spool(tmp_path, segment_bytes=2000)
+    for start in range(0, 100, 10):
+        spool.append(records(10, start))
+    abandon(spool)
+    segments = sorted(tmp_path.glob("*.seg"))
+    missing = segments[2]
+    lost = int(segments[3].stem) - int(missing.stem)
+    missing.unlink()  # lost with a power cut, say
+    again = open_spool(tmp_path, segment_bytes=2000)
+    assert again.pending == 100 - lost
+    present = [r.seq for r in again.read(1, 1000)]
+    assert len(present) == 100 - lost and present == sorted(present)
+    again.ack(present[-1])
+    assert again.pending == 0
+    again.close()
+
+
+def test_a_failed_write_leaves_the_spool_intact_and_raises(tmp_path, monkeypatch):
+    spool = open_spool(tmp_path)
+    spool.append(records(10))
+    real_write = spool_module.os.write
+
+    def half_then_enospc(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))  # a short write first, as a filling disk gives
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "write", half_then_enospc)
+    with pytest.raises(OSError):
+        spool.append(records(10, 10))
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+    assert spool.last_seq == 10 and spool.pending == 10
+    assert spool.append(records(5, 10)) == (11, 15)
+    assert [r.seq for r in spool.read(1, 100)] == list(range(1, 16))
+    abandon(spool)
+    again = open_spool(tmp_path)
+    assert [r.seq for r in again.read(1, 100)] == list(range(1, 16))
+    again.close()
+
+
+def test_the_cap_counts_as_lost_only_what_was_never_handed_to_kafka(tmp_path):
+    spool = open_spool(tmp_path, max_bytes=10_000, segment_bytes=2_000)
+    spool.handed = 25  # the publisher gave seqs 1..25 to librdkafka already
+    for start in range(0, 500, 10):
+        spool.append(records(10, start))
+    assert spool.dropped > 25 and spool.lost == spool.dropped - 25
+    assert acked_on_disk(tmp_path) == spool.acked  # a reopen does not wait for what the cap removed
+    spool.close()
