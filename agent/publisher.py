@@ -6,14 +6,27 @@ watermark from delivery reports. While Kafka is unreachable, librdkafka holds wh
 (bounded) and retries forever (`message.timeout.ms=0`, so nothing is dropped on a timer and per-key
 order holds); the rest waits on disk and is produced when there is room again. Shared by the SDK and
 the node daemon.
+
+Run-side events that carry a `producer` id get their `seq` here, on this thread, in queue order and
+before they are encoded: so seq grows in the order events reach the spool and Kafka, and a record the
+spool re-sends after a crash carries the same producer and seq bytes as the original.
+
+What cannot be kept is counted, never silent: events refused at a full memory queue (warned once,
+then at most once a minute), events the spool's size cap removed before they were sent, permanent
+Kafka errors, and what was still only in memory at close. `dropped` is their sum. If the spool
+cannot be written (disk full, I/O error), events are produced to Kafka directly instead, in order
+after what was spooled before (counted as `unspooled`, warned); they are then only in memory until
+Kafka acknowledges them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +53,8 @@ SLICE_EVENTS = 32  # encoded and spooled per slice (~10 µs each)
 PRODUCE_SLICE_EVENTS = 128  # handed to librdkafka per slice (~3 µs each): slices of similar length
 SLICE_PAUSE_S = 50e-6
 CYCLE_EVENTS = 20_000  # per cycle at most; the next cycle starts at once while more are queued
+FRESH_MAX_EVENTS = 2 * CYCLE_EVENTS  # spooled records kept in memory for producing; beyond, read back from disk
+WARN_EVERY_S = 60.0  # repeated trouble (drops, spool write failures) is logged at most this often
 
 
 @dataclass(frozen=True)
@@ -78,13 +93,24 @@ class Publisher:
             **(producer_config or {}),
         })
         self._queue: deque[dict] = deque()
+        self._max_queue = self.options.max_queue_events
         self._pause_below = self.options.max_queue_events // 2
         self._handled = 0  # events taken off the queue (spooled or refused)
         self._cycles = 0  # completed background cycles (flush waits on them)
         self._produced = self.spool.acked  # highest seq handed to librdkafka
-        self._delivered: set[int] = set()  # delivered seqs above the watermark (partitions ack out of order)
+        # Spooled seqs handed to librdkafka and not yet retired, in order, and those of them delivered
+        # (partitions acknowledge out of order). The watermark is the last of a delivered prefix, so
+        # both stay as small as what librdkafka holds, and seqs the spool no longer has are never awaited.
+        self._inflight: deque[int] = deque()
+        self._delivered: set[int] = set()
         self._fresh: list[Record] = []  # just spooled, not yet produced: spares a read back from disk
-        self._counts = {"dropped": 0, "refused": 0, "delivered": 0, "replayed": 0}
+        self._unspooled: deque[tuple[int, bytes, bytes]] = deque()  # the spool failed: produced from memory
+        self._direct_inflight = 0  # of those, handed to librdkafka and not yet reported
+        self._seqs: dict[str, Any] = {}  # producer id -> itertools.count
+        self._counts = {"queue_dropped": 0, "kafka_refused": 0, "abandoned": 0, "refused": 0, "delivered": 0,
+                        "replayed": 0, "unspooled": 0}
+        self._warned_at: dict[str, float] = {}
+        self._warn_counts: dict[str, int] = {}
         self._kafka_down = False
         self._closing = False
         self._close_deadline = 0.0
@@ -108,12 +134,57 @@ class Publisher:
 
     # --- the caller's side: cheap, never raises ---------------------------------------------------
 
+    assigns_seq = True  # events with a `producer` get their `seq` on this publisher's thread, in order
+
     def publish(self, event: dict) -> bool:
-        if self._closing or len(self._queue) >= self.options.max_queue_events:
-            self._counts["dropped"] += 1
+        if self._closing or len(self._queue) >= self._max_queue:
+            self._drop_published()
             return False
         self._queue.append(event)
         return True
+
+    def _drop_published(self) -> None:
+        """An event refused at a full memory queue (or after close): counted, warned once, then at
+        most once a minute with the count."""
+        self._counts["queue_dropped"] += 1
+        if self._closing:
+            return
+        now = time.monotonic()
+        if now < self._warned_at.get("queue", -WARN_EVERY_S) + WARN_EVERY_S:
+            return
+        first = "queue" not in self._warned_at
+        self._warned_at["queue"] = now
+        message = (f"trainmon: the publisher's memory queue is full ({self._max_queue} events: the spool and "
+                   f"Kafka cannot keep up); events are being dropped, {self._counts['queue_dropped']} so far "
+                   f"(the count is in every heartbeat as `dropped`)")
+        log.warning(message)
+        if first:
+            try:
+                from trainmon import TrainmonWarning
+
+                warnings.warn(message, TrainmonWarning, stacklevel=4)
+            except Exception:
+                pass
+
+    def _warn_limited(self, kind: str, message: str, *args: Any) -> None:
+        """Once, then at most once a minute, with how often it happened since."""
+        self._warn_counts[kind] = self._warn_counts.get(kind, 0) + 1
+        now = time.monotonic()
+        if now < self._warned_at.get(kind, -WARN_EVERY_S) + WARN_EVERY_S:
+            return
+        self._warned_at[kind] = now
+        log.warning(message + " (%d times in the last minute)", *args, self._warn_counts.pop(kind))
+
+    @property
+    def dropped(self) -> int:
+        """Events lost for good so far, whatever the cause: refused at a full memory queue, removed by
+        the spool's size cap before they were sent, refused by Kafka for good, left in memory at close."""
+        counts = self._counts
+        return counts["queue_dropped"] + counts["kafka_refused"] + counts["abandoned"] + self.spool.lost
+
+    def _idle(self) -> bool:
+        """Everything taken in so far is delivered."""
+        return not self._queue and self.spool.pending == 0 and not self._unspooled and self._direct_inflight == 0
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything published before this call is delivered to Kafka.
@@ -124,10 +195,10 @@ class Publisher:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self._thread.is_alive():
             self._wake.set()
-            if self._cycles >= start + 2 and not self._queue and self.spool.pending == 0:
+            if self._cycles >= start + 2 and self._idle():
                 return True
             time.sleep(0.005)
-        return not self._queue and self.spool.pending == 0
+        return self._idle()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what can be delivered within timeout_s; the rest stays spooled for the next process."""
@@ -145,8 +216,10 @@ class Publisher:
             "queued": len(self._queue),
             "spooled_events": self.spool.pending,
             "spooled_bytes": self.spool.size,
-            "spool_dropped": self.spool.dropped,
+            "spool_dropped": self.spool.lost,
+            "in_flight": len(self._inflight) + self._direct_inflight,
             **self._counts,
+            "dropped": self.dropped,
         }
 
     # --- the background thread ---------------------------------------------------------------------
@@ -163,7 +236,7 @@ class Publisher:
                 time.sleep(self.options.linger_s)
             self._cycles += 1
             if self._closing:
-                if (not self._queue and self.spool.pending == 0) or time.monotonic() >= self._close_deadline:
+                if self._idle() or time.monotonic() >= self._close_deadline:
                     break
                 self._producer.flush(0.05)
         self._shutdown()
@@ -178,8 +251,11 @@ class Publisher:
         """Encode and spool what was queued when the cycle began (at most CYCLE_EVENTS): a caller that
         keeps publishing must not keep this cycle from ever reaching the spool and Kafka."""
         queue = self._queue
+        seqs = self._seqs
         left = min(len(queue), CYCLE_EVENTS)
         while left:
+            if len(self._unspooled) >= self._max_queue:  # the spool fails and Kafka is slow: memory is full,
+                return                                   # so the queue fills and publish() counts the drops
             records = []
             size = min(SLICE_EVENTS, left)
             left -= size
@@ -187,16 +263,40 @@ class Publisher:
                 event = queue.popleft()
                 self._handled += 1  # right after the pop: stats' published = handled + queued stays exact
                 try:
+                    producer = event.get("producer")
+                    if producer is not None and "seq" not in event:  # before encoding: a re-send is identical
+                        counter = seqs.get(producer)
+                        if counter is None:
+                            counter = seqs[producer] = itertools.count()
+                        event["seq"] = next(counter)
                     records.append((KIND_CODE[event["kind"]], partition_key(event), encode(event)))
                 except (ContractError, KeyError, TypeError, AttributeError) as exc:
                     self._refuse(event, exc)
             if records:
-                first, last = self.spool.append(records)
-                fresh = self._fresh
-                if (fresh[-1].seq if fresh else self._produced) == first - 1:
-                    fresh.extend(Record(seq, *record) for seq, record in zip(range(first, last + 1), records))
+                self._write(records)
             if left:
                 self._pause()
+
+    def _write(self, records: list[tuple[int, bytes, bytes]]) -> None:
+        """Spool the records; if the spool cannot be written, keep them in memory to be produced
+        directly, in order after everything spooled before them."""
+        if not self._unspooled:
+            try:
+                first, last = self.spool.append(records)
+            except OSError as exc:
+                self._warn_limited("spool", "trainmon: cannot write the spool %s (%s): events go to Kafka "
+                                   "directly, without the disk's protection; %d so far", self.spool.dir, exc,
+                                   self._counts["unspooled"] + len(records))
+            else:
+                fresh = self._fresh
+                if (fresh[-1].seq if fresh else self._produced) == first - 1:
+                    if len(fresh) + len(records) <= FRESH_MAX_EVENTS:
+                        fresh.extend(Record(seq, *record) for seq, record in zip(range(first, last + 1), records))
+                    else:  # Kafka is behind: the rest is read back from disk instead of held twice
+                        self._fresh = []
+                return
+        self._counts["unspooled"] += len(records)
+        self._unspooled.extend(records)
 
     def _pause(self) -> None:
         """Hand the GIL to the training thread between slices, unless memory is at stake."""
@@ -209,15 +309,18 @@ class Publisher:
             log.warning("trainmon: event refused (%s), %d so far: %.200r", exc, self._counts["refused"], event)
 
     def _produce(self) -> None:
-        if self._produced < self.spool.acked:  # the size cap dropped what we had not produced yet
-            self._produced = self.spool.acked
+        spool = self.spool
+        if self._produced < spool.acked:  # the size cap dropped what we had not produced yet
+            self._produced = spool.handed = spool.acked
             self._fresh = []
-        while self._produced < self.spool.last_seq:
-            batch = self._fresh if self._fresh and self._fresh[0].seq == self._produced + 1 else \
-                self.spool.read(self._produced + 1, REPLAY_CHUNK)
+        inflight = self._inflight
+        while self._produced < spool.last_seq:
+            fresh = self._fresh
+            batch = fresh if fresh and fresh[0].seq == self._produced + 1 else spool.read(self._produced + 1, REPLAY_CHUNK)
             self._fresh = []
             if not batch:
-                return
+                self._produced = spool.handed = spool.last_seq  # nothing on disk past here (seqs skipped at open)
+                break
             for index, record in enumerate(batch):
                 try:
                     self._producer.produce(self._names[record.topic], record.value, record.key,
@@ -225,20 +328,41 @@ class Publisher:
                 except BufferError:  # librdkafka's bounded queue is full (Kafka slow or down): wait on disk
                     self._fresh = batch[index:] if batch[index].seq == self._produced + 1 else []
                     return
-                self._produced = record.seq
+                inflight.append(record.seq)
+                self._produced = spool.handed = record.seq
                 if index % PRODUCE_SLICE_EVENTS == PRODUCE_SLICE_EVENTS - 1:
                     self._pause()
+        unspooled = self._unspooled
+        produced = 0
+        while unspooled:  # only once everything spooled before them is handed over: order holds
+            topic, key, value = unspooled[0]
+            try:
+                self._producer.produce(self._names[topic], value, key, on_delivery=self._on_direct_delivery)
+            except BufferError:
+                return
+            unspooled.popleft()
+            self._direct_inflight += 1
+            produced += 1
+            if produced % PRODUCE_SLICE_EVENTS == 0:
+                self._pause()
 
     def _on_delivery(self, seq: int, err: Any, _message: Any) -> None:
+        self._report(err)
+        self._delivered.add(seq)
+
+    def _on_direct_delivery(self, err: Any, _message: Any) -> None:
+        self._direct_inflight -= 1
+        self._report(err)
+
+    def _report(self, err: Any) -> None:
         if err is not None:  # message.timeout.ms=0: only permanent errors get here
-            self._counts["dropped"] += 1
+            self._counts["kafka_refused"] += 1
             log.error("trainmon: Kafka refused an event for good (%s); it is dropped", err.str())
         else:
             self._counts["delivered"] += 1
             if self._kafka_down:
                 self._kafka_down = False
                 log.warning("trainmon: Kafka reachable again; replaying %d spooled events", self.spool.pending)
-        self._delivered.add(seq)
 
     def _on_error(self, err: Any) -> None:
         if not self._kafka_down and err.code() in _DOWN_CODES:
@@ -247,24 +371,36 @@ class Publisher:
                         err.str(), self.spool.dir)
 
     def _advance(self) -> None:
-        acked, delivered = self.spool.acked, self._delivered
-        start = acked
-        while acked + 1 in delivered:
-            acked += 1
-        if acked != start:
-            delivered.difference_update(range(start + 1, acked + 1))
+        """Retire the delivered prefix of what is in flight and move the watermark to its end; the
+        spool makes the watermark durable on its own timer."""
+        inflight, delivered = self._inflight, self._delivered
+        acked = None
+        while inflight and inflight[0] in delivered:
+            acked = inflight.popleft()
+            delivered.discard(acked)
+        if acked is not None:
             self.spool.ack(acked)
-        elif delivered and min(delivered) <= acked:
-            delivered.difference_update([s for s in delivered if s <= acked])
+        else:
+            self.spool.maintain()
 
     def _shutdown(self) -> None:
         try:
-            self._spool_queued()  # whatever is still queued is at least on disk for the next process
+            while self._queue and len(self._unspooled) < self._max_queue:  # publish() refuses by now
+                self._spool_queued()  # whatever is still queued is at least on disk for the next process
             self._producer.poll(0)
             self._advance()
         except Exception:
             log.exception("trainmon: publisher shutdown failed; undelivered events stay spooled")
         finally:
+            # What only memory holds is lost now: records never spooled, and records librdkafka holds
+            # whose segment the size cap removed (the spool can no longer re-send them).
+            acked = self.spool.acked
+            abandoned = len(self._unspooled) + max(0, self._direct_inflight) + len(self._queue) + sum(
+                1 for seq in self._inflight if seq <= acked and seq not in self._delivered)
+            if abandoned:
+                self._counts["abandoned"] += abandoned
+                log.warning("trainmon: %d events held only in memory were not delivered before close and are "
+                            "lost (%d dropped in all)", abandoned, self.dropped)
             self.spool.close()
             if self.spool.pending:
                 log.warning("trainmon: %d events not delivered yet stay in %s for the next start",
