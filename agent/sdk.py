@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
+import itertools
 import logging
 import math
 import operator
@@ -48,6 +49,8 @@ _now = time.time
 
 class _NullPublisher:
     """Stands in when the real publisher could not start: the run goes on, its events go nowhere."""
+
+    assigns_seq = True  # nothing is sent: no need to number events
 
     @property
     def stats(self) -> dict[str, int]:
@@ -221,6 +224,15 @@ class Run:
         self._step: int | None = None
         # The envelope every event of this rank shares, unpacked once for the hot path.
         self._project, self._run, self._rank, self._host = identity.project, identity.run, identity.rank, identity.host
+        # Who sent it: one producer id per run incarnation (128 random bits) and a seq counting this
+        # run's events from 0. The real publisher numbers events with a `producer` on its own thread,
+        # in queue order, before encoding; any other publisher gets them numbered here, under a lock
+        # so that seq order is publish order even with several threads logging.
+        self.producer = os.urandom(16).hex()
+        if not getattr(publisher, "assigns_seq", False):
+            self._seq = itertools.count()
+            self._seq_lock = threading.Lock()
+            self._publish = self._publish_numbered
 
     # identity, for the user's own logging
     @property
@@ -297,12 +309,18 @@ class Run:
                 self._log_split(values, step, epoch)
                 return
             event = {"v": SCHEMA_VERSION, "kind": "metrics", "project": self._project, "run": self._run,
-                     "rank": self._rank, "host": self._host, "time": _now(), "step": step, "values": values}
+                     "rank": self._rank, "host": self._host, "time": _now(), "producer": self.producer,
+                     "step": step, "values": values}
             if epoch is not None:
                 event["epoch"] = epoch
             self._publish(event)
         except Exception as exc:  # a bug here must not stop training
             self._internal_error("log", exc)
+
+    def _publish_numbered(self, event: dict[str, Any]) -> Any:
+        with self._seq_lock:
+            event["seq"] = next(self._seq)
+            return self._publisher.publish(event)
 
     def _checked(self, values: Mapping[Any, Any]) -> dict[str, float | int]:
         """The slow path: a copy with each bad entry dropped (and warned about once)."""
@@ -349,25 +367,35 @@ class Run:
                                         "sent as several events (costly; consider fewer names per call)")
         for start in range(0, len(items), MAX_VALUES):
             self._publish(envelope("metrics", project=self._project, run=self._run, rank=self._rank,
-                                   host=self._host, time=_now(), step=step, epoch=epoch,
+                                   host=self._host, time=_now(), producer=self.producer, step=step, epoch=epoch,
                                    values=dict(items[start:start + MAX_VALUES])))
 
     # --- metadata -------------------------------------------------------------------------------
 
-    def log_config(self, config: Any = None, **items: Any) -> None:
-        """Add or change config / hyperparameters (merged key by key with the run's config)."""
+    def _meta_here(self, all_ranks: Any) -> bool:
+        """Run metadata is one fact per run: sent from rank 0 only, unless all_ranks=True."""
+        return self._rank == 0 or all_ranks is True
+
+    def log_config(self, config: Any = None, *, all_ranks: bool = False, **items: Any) -> None:
+        """Add or change config / hyperparameters (merged key by key with the run's config).
+        Sent from rank 0 only unless all_ranks=True (a config key named all_ranks: pass it in `config`)."""
         if self._done:
             self._ignored("log_config")
+            return
+        if not self._meta_here(all_ranks):
             return
         merged = _config(config, self._warn_once) or {}
         merged.update(jsonable(items))
         if merged:
             self._meta(config=merged)
 
-    def log_dataset(self, name: str, version: Any, **extra: Any) -> None:
-        """Record a dataset and its version (a tag, hash or snapshot id); extra keys are kept."""
+    def log_dataset(self, name: str, version: Any, *, all_ranks: bool = False, **extra: Any) -> None:
+        """Record a dataset and its version (a tag, hash or snapshot id); extra keys are kept.
+        Sent from rank 0 only unless all_ranks=True (e.g. a per-rank shard)."""
         if self._done:
             self._ignored("log_dataset")
+            return
+        if not self._meta_here(all_ranks):
             return
         dataset_name, dataset_version = _text(name), _text(version)
         if dataset_name is None or dataset_version is None:
@@ -376,11 +404,14 @@ class Run:
         self._meta(datasets=[{**jsonable(extra), "name": dataset_name, "version": dataset_version}])
 
     def log_model(self, model: Any = None, *, summary: str | None = None, parameters: int | None = None,
-                  **extra: Any) -> None:
+                  all_ranks: bool = False, **extra: Any) -> None:
         """Record the model: parameter counts and architecture from a torch/Keras-like object, or
-        the explicit summary / parameter count; extra keys are kept."""
+        the explicit summary / parameter count; extra keys are kept. Sent from rank 0 only unless
+        all_ranks=True."""
         if self._done:
             self._ignored("log_model")
+            return
+        if not self._meta_here(all_ranks):
             return
         info: dict[str, Any] = {}
         if model is not None:
@@ -409,7 +440,7 @@ class Run:
 
     def _envelope(self, kind: str, **fields: Any) -> dict[str, Any]:
         return envelope(kind, project=self._project, run=self._run, rank=self._rank, host=self._host,
-                        time=_now(), **fields)
+                        time=_now(), producer=self.producer, **fields)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -433,7 +464,9 @@ class Run:
         wait, world = self._stop.wait, self.identity.world_size
         while not wait(self._heartbeat_s):
             try:
-                self._publish(self._envelope("heartbeat", step=self._step, world_size=world))
+                dropped = getattr(self._publisher, "dropped", None)  # events lost so far, all causes
+                self._publish(self._envelope("heartbeat", step=self._step, world_size=world,
+                                             dropped=dropped if type(dropped) is int else None))
             except Exception as exc:
                 log.debug("heartbeat not sent: %s", exc)
 

@@ -446,3 +446,76 @@ def test_facade_exports() -> None:
     assert callable(trainmon.classification_metrics)
     with pytest.raises(AttributeError):
         trainmon.nothing_here  # noqa: B018
+
+
+# --- producer identity, dropped count, metadata from rank 0 -------------------------------------
+
+
+def test_every_event_carries_the_runs_producer_and_consecutive_seqs(publisher: FakePublisher) -> None:
+    run = start(publisher, heartbeat_s=0.05)
+    run.log({"loss": 1.0})
+    run.log_config({"batch": 32})
+    with pytest.warns(TrainmonWarning, match="several events"):
+        run.log({"x": 1.0} | {f"v{i}": 1.0 for i in range(sdk.MAX_VALUES + 1)})  # split into two events
+    time.sleep(0.2)
+    run.finish()
+    events = publisher.events
+    assert {e["kind"] for e in events} >= {"run_start", "metrics", "run_meta", "heartbeat", "run_end"}
+    assert {e["producer"] for e in events} == {run.producer} and len(run.producer) == 32
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    for event in events:
+        assert valid(event)["seq"] == event["seq"]
+    other = start(FakePublisher())
+    assert other.producer != run.producer
+
+
+def test_seq_order_is_publish_order_with_several_threads(publisher: FakePublisher) -> None:
+    run = start(publisher)
+
+    def work() -> None:
+        for step in range(2000):
+            run.log({"loss": 1.0}, step=step)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seqs = [e["seq"] for e in publisher.events]
+    assert seqs == list(range(len(seqs))) and len(seqs) == 8001
+
+
+def test_the_real_publisher_numbers_events_itself(publisher: FakePublisher) -> None:
+    publisher.assigns_seq = True
+    run = start(publisher)
+    run.log({"loss": 1.0})
+    assert all("seq" not in e and e["producer"] == run.producer for e in publisher.events)
+
+
+def test_heartbeats_carry_the_publishers_dropped_count(publisher: FakePublisher) -> None:
+    publisher.dropped = 7
+    run = start(publisher, heartbeat_s=0.05)
+    time.sleep(0.2)
+    run.finish()
+    beats = publisher.kinds("heartbeat")
+    assert beats and all(valid(beat)["dropped"] == 7 for beat in beats)
+
+
+def test_run_metadata_is_sent_from_rank_zero_only_unless_asked(publisher: FakePublisher) -> None:
+    run = start(publisher, rank=3, world_size=512, run_id="big-job")
+    run.log_config({"batch": 32})
+    run.log_dataset("c4", "2024-01")
+    run.log_model(summary="tiny", parameters=10)
+    assert publisher.kinds("run_meta") == []
+    run.log_dataset("c4", "2024-01", shard=3, all_ranks=True)
+    run.log_model(summary="tiny", all_ranks=True)
+    run.log_config({"local_batch": 4}, all_ranks=True)
+    metas = publisher.kinds("run_meta")
+    assert [valid(m)["rank"] for m in metas] == [3, 3, 3]
+    assert metas[0]["datasets"] == [{"shard": 3, "name": "c4", "version": "2024-01"}]
+    assert "all_ranks" not in metas[2]["config"]
+
+    zero = FakePublisher()
+    first = start(zero, rank=0, world_size=512, run_id="big-job-2")
+    first.log_dataset("c4", "2024-01")
+    assert len(zero.kinds("run_meta")) == 1
