@@ -138,6 +138,10 @@ class AlertBook:
                 out.append(self._event(alert, "resolved", now, ends_at=max(now, alert.starts_at)))
         return out
 
+    def once(self, spec: RuleSpec, condition: Condition, now: float) -> dict[str, Any]:
+        """A firing alert that is not kept (a final verdict, such as a run given up as lost)."""
+        return self._event(_Alert(spec, condition.subject, condition.at, condition.values), "firing", now)
+
     def firing(self) -> list[dict[str, Any]]:
         """The firing alerts as of their last notification (for inspection and tests)."""
         return [self._event(alert, "firing", alert.sent_at) for alert in self._alerts.values() if alert.firing]

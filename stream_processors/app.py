@@ -1,9 +1,19 @@
-"""The trainmon stream processors as a Faust app, top to bottom: topics, agents, timer.
+"""The trainmon stream processors as a Faust app, top to bottom: topics, agents, checkpoints, timer.
 
 One consumer group; run more workers (`trainmon process` on more machines) to split the partitions.
-Each agent takes a batch of events (`take_events`), hands it to the processing thread, sends what it
-produced (dead letters, alerts, run-hardware summaries) and only then lets Faust ack the batch, so
-offsets are committed after ClickHouse accepted the rows.
+Each agent takes a batch of events (`noack_take`) and hands it to the processing thread, which owns
+all state, per source partition. Offsets are committed only behind a durable state snapshot:
+
+1. a batch is processed (ClickHouse written, rules evaluated) and its events join the pending list;
+2. a checkpoint (every `checkpoint_interval_s`, and at once after a batch that raised alerts) turns
+   the changed partitions' state into snapshots, sends them to the compacted state topic and waits
+   for Kafka to acknowledge them;
+3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
+   the alerts topic and the routes.
+
+A worker that dies loses at most what came after its last checkpoint; whoever takes its partitions
+over restores the snapshot and re-reads from the committed offset, which the snapshot covers, so
+every event is applied to the state exactly once and every alert is sent once.
 """
 
 from __future__ import annotations
@@ -17,23 +27,27 @@ from typing import Any
 import faust
 
 from stream_processors.config import PipelineConfig
+from stream_processors.internal_topics import HOST_RUN_ENDS, RUN_HARDWARE, STATE, internal_topic_name
 from stream_processors.processing import Message, Outcome, Processing
 from stream_processors.sink import ClickHouseSink
+from stream_processors.state_topic import latest_snapshots
 from trainmon.contract import Topic, encode, topic_name
 from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.processors")
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # the state topic's max.message.bytes (deploy/topics.py)
 
 
 def _data_parent(settings: Settings) -> Path:
-    """Faust makes its (here empty: tables are in memory) data directory but not its parents."""
+    """Faust makes its (here empty: no Faust tables) data directory but not its parents."""
     parent = settings.home / "processors"
     parent.mkdir(parents=True, exist_ok=True)
     return parent
 
 
 def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, group_id: str = "trainmon-processors",
-               batch_events: int = 5000, batch_within_s: float = 0.1, web_port: int | None = None) -> faust.App:
+               batch_events: int = 5000, batch_within_s: float = 0.1, web_port: int | None = None,
+               checkpoint_interval_s: float = 1.0, lost_after_s: float = 900.0) -> faust.App:
     app = faust.App(
         group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -54,9 +68,14 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, batch_events * 2),
+        stream_wait_empty=False,  # pending events are acked by our own checkpoint, also on revoke
         producer_compression_type="lz4",
+        producer_max_request_size=MAX_SNAPSHOT_BYTES,
     )
-    processing = Processing(pipeline, ClickHouseSink(settings), dispatcher)
+    state_topic_name = internal_topic_name(STATE, settings.kafka_topic_prefix)
+    processing = Processing(
+        pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,
+        snapshot_loader=lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-processing")  # owns all state
 
     def topic(which: Topic) -> faust.TopicT:
@@ -64,32 +83,73 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     metrics_topic, runs_topic, system_topic = topic(Topic.METRICS), topic(Topic.RUNS), topic(Topic.SYSTEM)
     alerts_topic, deadletter_topic = topic(Topic.ALERTS), topic(Topic.DEADLETTER)
-    def internal(name: str) -> faust.TopicT:  # the processors' own re-keying, co-partitioned with the rest
-        return app.topic(f"{settings.kafka_topic_prefix}{name}", internal=True, partitions=settings.kafka_partitions,
-                         key_type=bytes, value_type=bytes)
 
-    run_hardware_topic = internal("run-hardware")  # GPU busyness per run, for the stall rule
-    host_run_ends_topic = internal("host-run-ends")  # run_end per host, for the node rules
+    def internal(name: str) -> faust.TopicT:  # the processors' own topics, co-partitioned with the rest
+        return app.topic(internal_topic_name(name, settings.kafka_topic_prefix), internal=True,
+                         partitions=settings.kafka_partitions, key_type=bytes, value_type=bytes)
+
+    run_hardware_topic = internal(RUN_HARDWARE)  # GPU busyness per run, for the stall rule
+    host_run_ends_topic = internal(HOST_RUN_ENDS)  # run_end per host, for the node rules
+
+    pending_events: list[tuple[Any, Any]] = []  # (stream, event) processed, not yet behind a snapshot
+    pending_alerts: list[dict] = []
+    checkpoint_lock = asyncio.Lock()
 
     async def in_thread(function, *args) -> Any:
         return await asyncio.get_running_loop().run_in_executor(thread, function, *args)
 
     async def send(outcome: Outcome) -> None:
+        """What may go out before the checkpoint: re-keyed events (replays of them are recognised by
+        offset) and dead letters."""
         for key, value, headers in outcome.dead_letters:
             await deadletter_topic.send(key=key, value=value, headers=headers)
-        for alert in outcome.alerts:
-            await alerts_topic.send(key=alert["fingerprint"].encode(), value=encode(alert))
         for summary in outcome.run_hardware:
             await run_hardware_topic.send(key=summary["run"].encode(), value=encode(summary))
         for event in outcome.host_run_ends:
             await host_run_ends_topic.send(key=event["host"].encode(), value=encode(event))
+        pending_alerts.extend(outcome.alerts)
+
+    async def write_snapshots(snapshots: dict[int, bytes]) -> None:
+        for partition, data in snapshots.items():
+            if len(data) > MAX_SNAPSHOT_BYTES:
+                log.error("partition %d: state snapshot of %d bytes is over %d; not written, offsets held",
+                          partition, len(data), MAX_SNAPSHOT_BYTES)
+                raise RuntimeError("state snapshot too large")
+            await app.producer.send_and_wait(state_topic_name, group_id.encode(), data, partition, None, None)
+
+    async def checkpoint(revoked: list[int] | None = None) -> None:
+        """Snapshots of changed state made durable, then acks and alerts released (see module doc)."""
+        async with checkpoint_lock:
+            events, alerts = list(pending_events), list(pending_alerts)
+            pending_events.clear()
+            pending_alerts.clear()
+            if revoked is None:
+                snapshots = await in_thread(processing.snapshot)
+            else:
+                snapshots = await in_thread(processing.revoke, revoked)
+            try:
+                await write_snapshots(snapshots)
+            except Exception as exc:  # Kafka unreachable: keep everything pending, try again next time
+                log.warning("state snapshot not written (%s); offsets and alerts held", exc)
+                pending_events[:0], pending_alerts[:0] = events, alerts
+                for state in processing.partitions.values():
+                    state.dirty = True
+                return
+            for stream, event in events:
+                await stream.ack(event)
+            for alert in alerts:
+                await alerts_topic.send(key=alert["fingerprint"].encode(), value=encode(alert))
+            processing.dispatch(alerts)
 
     async def consume(stream, source: str = "contract") -> None:
-        async for events in stream.take_events(batch_events, within=batch_within_s):
+        async for events in stream.noack_take(batch_events, within=batch_within_s):
             messages = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                                 e.message.value) for e in events]
-            await send(await in_thread(processing.handle, messages, source))
-            # leaving the loop body acks the batch: its offsets may now be committed
+            outcome = await in_thread(processing.handle, messages, source)
+            await send(outcome)
+            pending_events.extend((stream, e) for e in events if e.message.partition not in outcome.unowned)
+            if outcome.alerts:
+                await checkpoint()  # alerts leave as soon as the state that made them is durable
 
     @app.agent(metrics_topic)
     async def metrics(stream):
@@ -115,18 +175,36 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     async def tick() -> None:
         await send(await in_thread(processing.tick))
 
+    @app.timer(interval=checkpoint_interval_s)
+    async def periodic_checkpoint() -> None:
+        await checkpoint()
+
     @app.on_partitions_revoked.connect
     async def revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
-        await in_thread(processing.revoke, [(tp.topic, tp.partition) for tp in revoked])
+        await checkpoint(revoked=sorted({tp.partition for tp in revoked}))
+        try:
+            await app.consumer.commit()
+        except Exception as exc:  # the next owner re-reads from the older commit: safe, only slower
+            log.info("commit on revoke failed: %s", exc)
+
+    @app.on_partitions_assigned.connect
+    async def assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+        await in_thread(processing.assign, sorted({tp.partition for tp in assigned}))
 
     def summary() -> str:
         return (f"processed {dict(processing.counts)}; {processing.sink.written_values} values written, "
                 f"{processing.sink.skipped_events} replayed events skipped, "
-                f"{processing.windows.late_events} late window events")
+                f"{sum(s.windows.late_events for s in processing.partitions.values())} late window events, "
+                f"partitions {sorted(processing.partitions)}")
 
     @app.on_before_shutdown.connect
     async def flush(sender: Any, **kwargs: Any) -> None:
-        await in_thread(processing.close)  # open windows and run snapshots
+        async with checkpoint_lock:
+            snapshots = await in_thread(processing.close)  # open windows and run snapshots written
+            try:
+                await write_snapshots(snapshots)
+            except Exception as exc:
+                log.warning("final state snapshot not written: %s", exc)
         log.warning("stopping: %s", summary())
 
     @app.timer(interval=30.0)

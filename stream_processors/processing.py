@@ -1,33 +1,45 @@
 """What the Faust agents do with a batch, as plain synchronous code (run in one worker thread).
 
-Per partition it keeps an alert engine and a run book (dropped when the partition is revoked); per
-worker, the rolling windows, the ClickHouse sink and the route dispatcher. Everything that touches
-that state runs in the same single thread, so no locks are needed and the event loop never blocks.
+All state lives per source partition (stream_processors/partition.py) and is owned by the worker the
+partition is assigned to: `assign` restores it from its latest snapshot, `snapshot` turns what
+changed into bytes for the state topic, `revoke` hands it over. An event whose offset the state has
+already applied (a replay from the committed offset after a crash) changes nothing; neither does a
+re-sent one (its producer's seq is not new). The ClickHouse sink and the route dispatcher are per
+worker. Everything runs in one thread, so no locks are needed and the event loop never blocks.
+
+No exception on one event leaves the batch: it is dead-lettered with reason `internal_error` and
+counted, and the rest of the batch goes on. Rows ClickHouse refuses for good are dead-lettered too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
-import json
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from stream_processors.alerts import AlertBook
 from stream_processors.config import PipelineConfig
-from stream_processors.engine import Engine
-from stream_processors.rules import build_rule
-from stream_processors.runs import RunBook, raw_event_row
-from stream_processors.sink import Batch, ClickHouseSink, utc
-from stream_processors.windows import Windows
+from stream_processors.partition import PartitionState
+from stream_processors.rules.base import Condition, RuleSpec
+from stream_processors.runs import raw_event_row
+from stream_processors.sink import Batch, ClickHouseSink, Source, utc
+from stream_processors.snapshots import SnapshotError, dumps, loads
 from trainmon.contract import (DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ContractError,
-                               decode)
+                               Reason, decode, validate)
 
 log = logging.getLogger("trainmon.processors")
 
 RUN_KINDS = frozenset({"run_start", "run_meta", "heartbeat", "run_end"})
+INTERNAL_KINDS = {"run_hardware": frozenset({"run_hardware"}), "host_run_ends": frozenset({"run_end"})}
+# The processors' own alert when a run stops without run_end; one per run, never repeated.
+RUN_LOST = RuleSpec(name="run_lost", kind="run_lost", severity="warning",
+                    annotations={"summary": "run {run} of {project} stopped without run_end: no event for {silent_s:.0f} s"})
+STALE_PAGE_S = 3600.0  # alerts about events older than this are recorded but not paged (history replays)
+
+DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 @dataclass(frozen=True)
@@ -43,12 +55,14 @@ class Message:
 
 @dataclass
 class Outcome:
-    """What a batch asks the async side to send to Kafka afterwards."""
+    """What a batch asks the async side to send to Kafka afterwards. Alerts go to the alerts topic and
+    the routes only once a snapshot covering the state that made them is durable."""
 
-    dead_letters: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
     run_hardware: list[dict] = field(default_factory=list)  # re-keyed by run, for the stall rule
     host_run_ends: list[dict] = field(default_factory=list)  # run_end re-keyed by host, for node rules
+    unowned: set[int] = field(default_factory=set)  # partitions read but no longer ours: do not ack
 
 
 def run_hardware(event: Mapping[str, Any]) -> list[dict]:
@@ -57,121 +71,265 @@ def run_hardware(event: Mapping[str, Any]) -> list[dict]:
     if not gpus or not event.get("runs"):
         return []
     busy = statistics.fmean(gpus)
-    return [{"kind": "run_hardware", "run": run, "host": event["host"], "time": event["time"],
+    return [{"v": 1, "kind": "run_hardware", "run": run, "host": event["host"], "time": event["time"],
              "gpu_util_percent": busy, "gpus": len(gpus)} for run in event["runs"]]
 
 
+def _internal(raw: bytes, source: str) -> dict:
+    """The processors' re-keyed topics are validated like the agents' ones: a forged message there is
+    dead-lettered, it does not reach a rule with the wrong types."""
+    try:
+        event = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ContractError(Reason.MALFORMED, f"not JSON ({str(exc)[:80]})") from None
+    if type(event) is not dict or event.get("kind") not in INTERNAL_KINDS[source]:
+        raise ContractError(Reason.UNKNOWN_KIND, f"expected {', '.join(INTERNAL_KINDS[source])}", "kind")
+    if event["kind"] == "run_end":
+        return validate(event)
+    for name, kind in (("run", str), ("host", str), ("time", (int, float)), ("gpu_util_percent", (int, float))):
+        if not isinstance(event.get(name), kind) or isinstance(event.get(name), bool):
+            raise ContractError(Reason.WRONG_TYPE, "missing or wrong type", name)
+    if not 0.0 <= event["gpu_util_percent"] <= 100.0 or not 0 < event["time"] < 32503680000:
+        raise ContractError(Reason.INVALID_VALUE, "out of range", "gpu_util_percent/time")
+    return event
+
+
 class Processing:
-    def __init__(self, pipeline: PipelineConfig, sink: ClickHouseSink, dispatcher: Any,
-                 deliveries: deque | None = None) -> None:
+    def __init__(self, pipeline: PipelineConfig, sink: ClickHouseSink, dispatcher: Any = None,
+                 deliveries: deque | None = None, *, group: str = "trainmon-processors",
+                 lost_after_s: float = 900.0, lateness_s: float = 10.0,
+                 snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
         self.pipeline = pipeline
         self.sink = sink
         self.dispatcher = dispatcher
         self.deliveries = deque() if deliveries is None else deliveries  # filled by the dispatcher's thread
-        self.windows = Windows(pipeline.windows_s)
-        self.engines: dict[tuple[str, int], Engine] = {}
-        self.books: dict[int, RunBook] = {}
+        self.group = group
+        self.lost_after_s = lost_after_s
+        self.lateness_s = lateness_s
+        self.snapshot_loader = snapshot_loader  # partition -> its latest snapshots in the state topic
+        self.partitions: dict[int, PartitionState] = {}
+        self.released: set[int] = set()  # revoked: events read for them are not ours to process
         self.counts: Counter[str] = Counter()
 
-    def _engine(self, scope: str, partition: int) -> Engine:
-        engine = self.engines.get((scope, partition))
-        if engine is None:
-            book = AlertBook(repeat_interval_s=self.pipeline.repeat_interval_s,
-                             dashboard_url=self.pipeline.dashboard_url)
-            engine = self.engines[(scope, partition)] = Engine([build_rule(s) for s in self.pipeline.rules], book)
-        return engine
+    # --- ownership ----------------------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.released.discard(partition)
+            self._owned(partition)
+
+    def _owned(self, partition: int) -> PartitionState | None:
+        state = self.partitions.get(partition)
+        if state is None and partition not in self.released:
+            state = self.partitions[partition] = self._restore(partition)
+        return state
+
+    def _restore(self, partition: int) -> PartitionState:
+        state = PartitionState(partition, self.pipeline, lateness_s=self.lateness_s)
+        best: tuple[int, Any] | None = None
+        for data in self.snapshot_loader(partition) if self.snapshot_loader else ():
+            try:
+                found = loads(data, self.group, partition)
+            except SnapshotError as exc:
+                self.counts["snapshot.unusable"] += 1
+                log.warning("partition %d: skipping a snapshot: %s", partition, exc)
+                continue
+            if best is None or found[0] > best[0]:
+                best = found
+        if best is not None:
+            try:
+                state.restore(best[1], best[0])
+                self.counts["snapshot.restored"] += 1
+                log.info("partition %d: state restored from snapshot %d (offsets %s)", partition, best[0],
+                         state.applied)
+            except Exception as exc:  # a snapshot of another version: start afresh, loudly
+                log.error("partition %d: snapshot %d not restorable (%s); starting from empty state",
+                          partition, best[0], exc)
+                state = PartitionState(partition, self.pipeline, lateness_s=self.lateness_s)
+        return state
+
+    def snapshot(self, partitions: Iterable[int] | None = None) -> dict[int, bytes]:
+        """Snapshots of the partitions whose state changed (or of those named), numbered on."""
+        out = {}
+        for partition in self.partitions if partitions is None else partitions:
+            state = self.partitions.get(partition)
+            if state is None or not (state.dirty or partitions is not None):
+                continue
+            state.version += 1
+            state.dirty = False
+            out[partition] = dumps(self.group, partition, state.version, state.state())
+        return out
+
+    def revoke(self, partitions: Iterable[int]) -> dict[int, bytes]:
+        """Partitions moved to another worker: their final snapshots, then their state is dropped."""
+        partitions = [p for p in set(partitions) if p in self.partitions]
+        final = self.snapshot(partitions)
+        for partition in partitions:
+            del self.partitions[partition]
+            self.released.add(partition)
+        self.sink.forget(partitions)
+        return final
 
     # --- a batch from one topic ---------------------------------------------------------------------
 
     def handle(self, messages: Iterable[Message], source: str = "contract") -> Outcome:
         """A batch from one topic. source: `contract` (agents' topics), or the processors' own re-keyed
-        internal topics `run_hardware` (by run) and `host_run_ends` (by host): trusted, not written."""
-        outcome, batch, now = Outcome(), Batch(), time.time()
-        internal = source != "contract"
+        internal topics `run_hardware` (by run) and `host_run_ends` (by host): validated, not written."""
+        outcome, wall = Outcome(), time.time()
+        batches: dict[int, Batch] = {}
+        newest: dict[int, float] = {}
+        sources: dict[Source, Message] = {}
         for message in messages:
-            if source == "host_run_ends":
-                outcome.alerts.extend(self._engine("host", message.partition).on_event(json.loads(message.value), now))
+            state = self._owned(message.partition)
+            if state is None:
+                outcome.unowned.add(message.partition)
                 continue
-            if internal:
-                event = json.loads(message.value)
-            else:
-                try:
-                    event = decode(message.value)
-                except ContractError as error:
-                    outcome.dead_letters.append(_dead_letter(message, error))
-                    self.counts[f"dead_letter.{error.reason.value}"] += 1
-                    continue
+            if message.offset <= state.applied.get(message.topic, -1):
+                self.counts["replayed"] += 1  # already in the restored state, and written
+                continue
+            state.applied[message.topic] = message.offset
+            state.dirty = True
+            try:
+                event = decode(message.value) if source == "contract" else _internal(message.value, source)
+            except ContractError as error:
+                self._dead_letter(outcome, message, error.reason.value, str(error))
+                continue
             self.counts[event["kind"]] += 1
-            write = not internal and not self.sink.skip(message.topic, message.partition, message.offset)
-            self._route(event, message, batch, outcome, now, write=write)
-        self.windows.add_metrics(batch.metric)
-        self.windows.add_system(batch.system)
-        self._alert_rows(batch, outcome.alerts)
-        if batch:
-            self.sink.write(batch)
+            if source == "contract" and state.resent(event, message.topic):
+                self.counts["resent"] += 1
+                continue
+            batch = batches.get(message.partition)
+            if batch is None:
+                batch = batches[message.partition] = Batch()
+            try:
+                self._route(state, event, message, batch, outcome, source, wall)
+            except Exception as exc:  # a bug or an event no rule expected: this event only
+                if self.counts["dead_letter.internal_error"] % 1000 == 0:  # the first, then every 1000th
+                    log.exception("partition %d offset %d: processing failed; dead-lettered as internal_error",
+                                  message.partition, message.offset)
+                self._dead_letter(outcome, message, "internal_error", f"{type(exc).__name__}: {exc}")
+                continue
+            if event["time"] > newest.get(message.partition, 0.0):
+                newest[message.partition] = event["time"]
+            sources[(message.topic, message.partition, message.offset)] = message
+        merged = Batch()
+        for partition, batch in batches.items():
+            state = self.partitions[partition]
+            if partition in newest:
+                state.clock.observe(newest[partition], wall)
+            state.windows.add_metrics(batch.metric)
+            state.windows.add_system(batch.system)
+            merged.merge(batch)
+        self._alert_rows(merged, outcome.alerts)
+        if merged:
+            self._write(merged, outcome, sources)
         return outcome
 
-    def _route(self, event: dict, message: Message, batch: Batch, outcome: Outcome, now: float, write: bool) -> None:
-        kind, partition = event["kind"], message.partition
-        if kind == "system":
-            if write:
-                batch.add_system(event, message.topic, partition, message.offset)
-            outcome.run_hardware.extend(run_hardware(event))
-            outcome.alerts.extend(self._engine("host", partition).on_event(event, now))
+    def _route(self, state: PartitionState, event: dict, message: Message, batch: Batch, outcome: Outcome,
+               source: str, wall: float) -> None:
+        kind = event["kind"]
+        now = max(state.clock.now, min(event["time"], wall + state.clock.max_future_s))
+        if source == "host_run_ends":
+            outcome.alerts.extend(state.engines["host"].on_event(event, now))
             return
+        write = source == "contract" and not self.sink.skip(message.topic, message.partition, message.offset)
+        if kind == "system":
+            outcome.alerts.extend(state.engines["host"].on_event(event, now))
+            outcome.run_hardware.extend(run_hardware(event))
+            if write:
+                batch.add_system(event, message.topic, message.partition, message.offset)
+            return
+        alerts = state.engines["run"].on_event(event, now)
         if kind in RUN_KINDS or kind == "metrics":
-            self.books.setdefault(partition, RunBook()).observe(event)
+            state.book.observe(event)
             if write and kind == "metrics":
-                batch.add_metrics(event, message.topic, partition, message.offset)
+                batch.add_metrics(event, message.topic, message.partition, message.offset)
             elif write and kind != "heartbeat":
                 batch.add("run_events", [raw_event_row(event)])
             if kind == "run_end":
                 outcome.host_run_ends.append(event)
-        outcome.alerts.extend(self._engine("run", partition).on_event(event, now))
+        outcome.alerts.extend(alerts)
 
     def _alert_rows(self, batch: Batch, alerts: list[dict]) -> None:
         for alert in alerts:
-            self.dispatcher.submit(alert)
             self.counts[f"alert.{alert['state']}"] += 1
         batch.add("alerts", (alert_row(a) for a in alerts))
+
+    def _write(self, batch: Batch, outcome: Outcome, sources: Mapping[Source, Message]) -> None:
+        for rejected, reason in self.sink.write(batch):
+            message = sources.get(rejected)
+            self.counts["rejected_by_clickhouse"] += 1
+            if message is not None:
+                self._dead_letter(outcome, message, "rejected", reason)
+
+    def _dead_letter(self, outcome: Outcome, message: Message, reason: str, detail: str) -> None:
+        outcome.dead_letters.append(_dead_letter(message, reason, detail))
+        self.counts[f"dead_letter.{reason}"] += 1
+
+    def dispatch(self, alerts: Iterable[dict], wall: float | None = None) -> None:
+        """Hand alerts to the routes, once their snapshot is durable. Alerts about events older than
+        STALE_PAGE_S (a new consumer group reading history) are recorded, not paged."""
+        wall = time.time() if wall is None else wall
+        for alert in alerts:
+            if alert["state"] == "firing" and wall - alert["time"] > STALE_PAGE_S:
+                self.counts["alert.not_paged_stale"] += 1
+            elif self.dispatcher is not None:
+                self.dispatcher.submit(alert)
 
     # --- the clock ----------------------------------------------------------------------------------
 
     def tick(self) -> Outcome:
-        """Time-based rules, window closing and run snapshots; about once a second."""
-        outcome, batch, now = Outcome(), Batch(), time.time()
-        for engine in self.engines.values():
-            outcome.alerts.extend(engine.on_tick(now))
+        """Time-based rules, lost runs, window closing and run snapshots, per partition on its own
+        clock; about once a second."""
+        outcome, batch, wall = Outcome(), Batch(), time.time()
+        for state in self.partitions.values():
+            if not state.clock.events:
+                continue  # nothing read yet: the partition has no time
+            now = state.clock.advance(wall)
+            before = len(outcome.alerts)
+            for engine in state.engines.values():
+                outcome.alerts.extend(engine.on_tick(now, state.clock.live))
+            if state.clock.live:
+                self._lose_runs(state, now, outcome)
+            rows = state.windows.close_due(now_watermark=now)
+            batch.add("window_aggregates", rows)
+            runs, ranks = state.book.snapshots(now)
+            batch.add("runs", runs)
+            batch.add("run_ranks", ranks)
+            for project, run in state.book.expired(now):
+                state.evict(run)
+            if rows or runs or len(outcome.alerts) > before:
+                state.dirty = True
         self._alert_rows(batch, outcome.alerts)
-        batch.add("window_aggregates", self.windows.close_due(now_watermark=now - 5.0))
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
-        for book in self.books.values():
-            runs, ranks = book.snapshots(now)
-            batch.add("runs", runs)
-            batch.add("run_ranks", ranks)
         if batch:
-            self.sink.write(batch)
+            self._write(batch, outcome, {})
         return outcome
 
-    def revoke(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Partitions moved to another worker: drop their state, re-read their watermark if they return."""
-        partitions = list(partitions)
-        for _topic, partition in partitions:
-            self.engines.pop(("run", partition), None)
-            self.engines.pop(("host", partition), None)
-            self.books.pop(partition, None)
-        self.sink.forget(partitions)
+    def _lose_runs(self, state: PartitionState, now: float, outcome: Outcome) -> None:
+        for run in state.book.lose(now, self.lost_after_s):
+            self.counts["runs_lost"] += 1
+            engine = state.engines["run"]
+            outcome.alerts.extend(engine.end_run(run.run, run.last_seen, now))
+            outcome.alerts.append(engine.book.once(RUN_LOST, Condition(
+                {"project": run.project, "run": run.run}, True, now, {"silent_s": now - run.last_seen}), now))
+            for host, rank in {r.host: n for n, r in run.ranks.items()}.items():  # node rules stop watching it
+                outcome.host_run_ends.append({"v": 1, "kind": "run_end", "project": run.project, "run": run.run,
+                                              "rank": rank, "host": host, "time": run.last_seen, "status": "crashed"})
 
-    def close(self) -> None:
-        batch = Batch()
-        batch.add("window_aggregates", self.windows.close_due(force=True))
-        for book in self.books.values():
-            runs, ranks = book.snapshots(time.time(), force=True)
+    def close(self) -> dict[int, bytes]:
+        """Shutting down: open windows and run snapshots written, final state snapshots returned."""
+        batch, wall = Batch(), time.time()
+        for state in self.partitions.values():
+            batch.add("window_aggregates", state.windows.close_due(force=True))
+            runs, ranks = state.book.snapshots(max(state.clock.now, wall), force=True)
             batch.add("runs", runs)
             batch.add("run_ranks", ranks)
+            state.dirty = True
         if batch:
-            self.sink.write(batch)
+            self._write(batch, Outcome(), {})
+        return self.snapshot()
 
 
 def alert_row(alert: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,9 +341,8 @@ def alert_row(alert: Mapping[str, Any]) -> dict[str, Any]:
             "time": utc(alert["time"])}
 
 
-def _dead_letter(message: Message, error: ContractError) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    headers = [(DLQ_REASON, error.reason.value.encode()), (DLQ_DETAIL, str(error).encode()[:1000]),
+def _dead_letter(message: Message, reason: str, detail: str) -> DeadLetter:
+    headers = [(DLQ_REASON, reason.encode()), (DLQ_DETAIL, detail.encode()[:1000]),
                (DLQ_TOPIC, message.topic.encode()), (DLQ_PARTITION, str(message.partition).encode()),
                (DLQ_OFFSET, str(message.offset).encode())]
     return message.key, message.value, headers
-

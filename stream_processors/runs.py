@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from stream_processors.sink import utc
 
-STATUS_ORDER = ("finished", "killed", "crashed", "failed")  # worst last
+STATUS_ORDER = ("finished", "killed", "crashed", "failed", "lost")  # worst last
 RAW_KINDS = frozenset({"run_start", "run_meta", "run_end"})
 
 
@@ -48,9 +48,16 @@ class RunState:
     code: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     ranks: dict[int, RankState] = field(default_factory=dict)
+    lost: bool = False  # no event from any rank for the lost-after time, and no run_end
+
+    @property
+    def last_seen(self) -> float:
+        return max(r.last_seen for r in self.ranks.values())
 
     @property
     def status(self) -> str:
+        if self.lost:
+            return "lost"
         finals = [r.status for r in self.ranks.values() if r.status != "running"]
         worst = max(finals, key=STATUS_ORDER.index, default="running")
         if worst == "finished" and len(finals) < max(self.world_size, len(self.ranks)):
@@ -59,11 +66,14 @@ class RunState:
 
 
 class RunBook:
-    """The runs of one partition (the processors keep one per partition and drop it when revoked)."""
+    """The runs of one partition (part of the partition's state, see stream_processors/partition.py).
+    A finished or lost run is kept for `keep_ended_s` of partition time after its last event (so its
+    late stragglers are recognised), then evicted: memory stays flat however many runs have ended."""
 
-    def __init__(self, snapshot_every_s: float = 5.0) -> None:
+    def __init__(self, snapshot_every_s: float = 5.0, keep_ended_s: float = 3600.0) -> None:
         self.runs: dict[tuple[str, str], RunState] = {}
         self.snapshot_every_s = snapshot_every_s
+        self.keep_ended_s = keep_ended_s
         self._dirty: dict[tuple[str, str], float] = {}  # run -> when it first changed since its last write
 
     def observe(self, event: Mapping[str, Any]) -> None:
@@ -78,6 +88,8 @@ class RunBook:
         rank.last_seen = max(rank.last_seen, when)
         if event.get("step") is not None:
             rank.last_step = max(rank.last_step, event["step"])
+        if run.lost:  # heard from again: not lost after all
+            run.lost = False
         run.started = min(run.started, when)
         if kind == "run_start":
             run.name = event.get("name") or run.name
@@ -89,7 +101,7 @@ class RunBook:
         if kind in ("run_start", "run_meta"):
             run.config.update(event.get("config") or {})
             run.tags.extend(t for t in event.get("tags") or () if t not in run.tags)
-            run.datasets.extend(event.get("datasets") or ())
+            run.datasets.extend(d for d in event.get("datasets") or () if d not in run.datasets)  # once per run
             run.model.update(event.get("model") or {})
         elif kind == "heartbeat" and event.get("world_size"):
             run.world_size = max(run.world_size, event["world_size"])
@@ -99,6 +111,26 @@ class RunBook:
         self._dirty.setdefault(key, when)
         if kind in RAW_KINDS:  # lifecycle changes are written at the next flush, not throttled
             self._dirty[key] = 0.0
+
+    def lose(self, now: float, after_s: float) -> list[RunState]:
+        """Runs still running with no event from any rank for `after_s`: marked lost (written at the
+        next snapshot) and returned, once each."""
+        lost = [run for run in self.runs.values()
+                if not run.lost and run.status == "running" and now - run.last_seen >= after_s]
+        for run in lost:
+            run.lost = True
+            self._dirty[(run.project, run.run)] = 0.0
+        return lost
+
+    def expired(self, now: float) -> list[tuple[str, str]]:
+        """Finished or lost runs whose last snapshot is written and whose keep time has passed."""
+        return [key for key, run in self.runs.items() if run.status != "running" and key not in self._dirty
+                and now - run.last_seen >= self.keep_ended_s]
+
+    def evict(self, run_id: str) -> None:
+        for key in [k for k in self.runs if k[1] == run_id]:
+            del self.runs[key]
+            self._dirty.pop(key, None)
 
     def snapshots(self, now: float, force: bool = False) -> tuple[list[dict], list[dict]]:
         """(runs rows, run_ranks rows) for runs changed at least `snapshot_every_s` ago (or all, forced)."""
@@ -113,8 +145,9 @@ class RunBook:
                 "project": run.project, "run": run.run, "name": run.name, "user": run.user, "status": status,
                 "tags": run.tags, "world_size": max(run.world_size, len(run.ranks)),
                 "hosts": sorted({r.host for r in run.ranks.values()}), "started_at": utc(run.started),
-                "ended_at": utc(run.ended) if run.ended and status != "running" else None,
-                "last_seen": utc(max(r.last_seen for r in run.ranks.values())),
+                "ended_at": (utc(run.last_seen) if status == "lost" else
+                             utc(run.ended) if run.ended and status != "running" else None),
+                "last_seen": utc(run.last_seen),
                 "last_step": max(r.last_step for r in run.ranks.values()),
                 "config": _json(run.config), "datasets": _json(run.datasets), "model": _json(run.model),
                 "code": _json(run.code), "environment": _json(run.environment), "updated_at": updated,

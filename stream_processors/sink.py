@@ -4,15 +4,21 @@ The processors hand over one batch of decoded events per topic (what `take_event
 ack them only after `write()` returned, so Kafka offsets are committed after ClickHouse accepted the
 rows. Replays after a crash are skipped by offset: raw rows carry their source topic, partition and
 offset, the `ingest_offsets` view keeps the highest one written per partition (migration 0002), and
-`skip()` drops events at or below it. While ClickHouse is down, `write()` backs off and retries the
-same batch (an identical re-sent block is deduplicated by ClickHouse), holding the stream: nothing
-is lost, nothing is counted twice.
+`skip()` drops events at or below it.
+
+Errors come in two kinds. Transient ones (ClickHouse down or overloaded, a timeout, a schema not yet
+migrated, which an operator fixes) are retried with backoff, holding the stream: an identical re-sent
+block is deduplicated by ClickHouse, so nothing is lost or counted twice. Deterministic ones (a value
+ClickHouse refuses, too many partitions in one insert, a row we cannot convert) would fail forever:
+the insert is split in halves until the rows ClickHouse refuses are isolated; the rest is written and
+`write()` returns the refused rows' sources, for the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -27,6 +33,34 @@ INSERT_SETTINGS = {"async_insert": 0}  # we batch ourselves and must know the wr
 METRIC_GROUP = ("project", "run", "rank", "host", "step", "epoch", "time", "src_topic", "src_partition", "src_offset")
 SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition", "src_offset")
 PRIMARY = ("metric_points", "system_samples")  # their INSERT moves the offset watermark: written last
+Source = tuple[str, int, int]  # topic, partition, offset of the message a row came from
+# Server errors worth waiting for: overload, timeouts, read-only replicas, too many parts (merges catch
+# up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`).
+TRANSIENT_CODES = frozenset({3, 16, 47, 60, 81, 159, 164, 202, 209, 210, 241, 242, 394, 999})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+class Rejected(Exception):
+    """ClickHouse will never take this insert as it is (or we cannot even build it)."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether retrying the same insert can succeed. Errors of our own (a row that does not convert)
+    and server errors outside TRANSIENT_CODES are deterministic; anything unrecognised from the
+    connection is taken as transient, since dropping data on a network hiccup would be worse."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if isinstance(exc, (OperationalError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, DatabaseError):
+        code = _CODE.search(str(exc))
+        if code is None:
+            return True
+        number = int(code[1])
+        if number == 252:  # TOO_MANY_PARTS: waiting helps, unless one insert spans too many partitions
+            return "for single INSERT" not in str(exc)
+        return number in TRANSIENT_CODES
+    return False
 
 
 def utc(seconds: float) -> datetime:
@@ -57,6 +91,30 @@ class Columns:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def groups(self) -> int:
+        return len(self.counts)
+
+    def extend(self, other: "Columns") -> None:
+        for mine, theirs in zip(self._shared_lists, other._shared_lists):
+            mine.extend(theirs)
+        self.names.extend(other.names)
+        self.values.extend(other.values)
+        self.counts.extend(other.counts)
+
+    def halves(self) -> tuple["Columns", "Columns"]:
+        """Two Columns with the first and second half of the groups (events), for isolating a bad one."""
+        middle, parts = len(self.counts) // 2, (Columns(tuple(self.shared)), Columns(tuple(self.shared)))
+        rows = sum(self.counts[:middle])
+        for part, groups, values in ((parts[0], slice(None, middle), slice(None, rows)),
+                                     (parts[1], slice(middle, None), slice(rows, None))):
+            for mine, theirs in zip(part._shared_lists, self._shared_lists):
+                mine.extend(theirs[groups])
+            part.names, part.values, part.counts = self.names[values], self.values[values], self.counts[groups]
+        return parts
+
+    def sources(self) -> list[Source]:
+        return list(zip(self.shared["src_topic"], self.shared["src_partition"], self.shared["src_offset"]))
 
     def column(self, name: str) -> Any:
         """One column, a value per row, as a numpy array (floats for value and time)."""
@@ -136,6 +194,15 @@ class Batch:
     def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
         self.rows[table].extend(rows)
 
+    def merge(self, other: "Batch") -> None:
+        self.metric.extend(other.metric)
+        self.system.extend(other.system)
+        for table, rows in other.rows.items():
+            self.rows[table].extend(rows)
+        for (topic, partition), offset in other.offsets.items():
+            self._source(topic, partition, offset)
+        self.values += other.values
+
     def __bool__(self) -> bool:
         return bool(len(self.metric) or len(self.system) or any(self.rows.values()))
 
@@ -159,6 +226,7 @@ class ClickHouseSink:
         self.max_backoff_s = max_backoff_s
         self.written_values = 0
         self.skipped_events = 0
+        self.refused_rows = 0
 
     @property
     def client(self):
@@ -193,22 +261,49 @@ class ClickHouseSink:
 
     # --- writing -----------------------------------------------------------------------------------
 
-    def write(self, batch: Batch) -> None:
-        """Write everything in the batch, retrying until ClickHouse takes it. Blocking: run in a thread."""
+    def write(self, batch: Batch) -> list[tuple[Source, str]]:
+        """Write everything in the batch, retrying transient errors until ClickHouse takes it, and
+        splitting off what it refuses for good: returns those rows' sources with the reason (rows
+        without a source, such as run snapshots, are logged and counted). Blocking: run in a thread."""
+        refused: list[tuple[Source | None, str]] = []
         for table, rows in batch.rows.items():
             if rows:
-                columns = list(rows[0].keys())
-                data = [[row[c] for c in columns] for row in rows]
-                self._retry(lambda: self.client.insert(table, data, column_names=columns, settings=INSERT_SETTINGS),
-                            f"insert {len(data)} rows into {table}")
+                refused += self._guarded(table, rows, self._insert_rows(table), _halves, lambda part: [None])
         for table, columns in (("metric_points", batch.metric), ("system_samples", batch.system)):
             if len(columns):
-                arrow = columns.arrow(self._types)
-                self._retry(lambda: self.client.insert_arrow(table, arrow, settings=INSERT_SETTINGS),
-                            f"insert {arrow.num_rows} rows into {table}")
+                refused += self._guarded(table, columns, self._insert_columns(table), Columns.halves,
+                                         Columns.sources)
         for key, offset in batch.offsets.items():  # a stream restarted in place must skip these too
             self._watermarks[key] = max(self._watermarks.get(key, -1), offset)
         self.written_values += batch.values
+        self.refused_rows += len(refused)
+        return [(source, reason) for source, reason in refused if source is not None]
+
+    def _insert_rows(self, table: str) -> Callable[[list], Any]:
+        def insert(rows: list[Mapping[str, Any]]) -> Any:
+            columns = list(rows[0].keys())
+            data = [[row[c] for c in columns] for row in rows]
+            return self.client.insert(table, data, column_names=columns, settings=INSERT_SETTINGS)
+
+        return insert
+
+    def _insert_columns(self, table: str) -> Callable[[Columns], Any]:
+        return lambda columns: self.client.insert_arrow(table, columns.arrow(self._types), settings=INSERT_SETTINGS)
+
+    def _guarded(self, table: str, part: Any, insert: Callable[[Any], Any], halves: Callable[[Any], tuple],
+                 sources: Callable[[Any], list]) -> list[tuple[Source | None, str]]:
+        try:
+            self._retry(lambda: insert(part), f"insert into {table}")
+            return []
+        except Rejected as exc:
+            reason = f"ClickHouse refused the row for {table}: {exc}"[:900]
+            size = part.groups() if isinstance(part, Columns) else len(part)
+            if size <= 1:
+                log.error("%s; dead-lettered", reason)
+                return [(source, reason) for source in sources(part)]
+            first, second = halves(part)
+            return (self._guarded(table, first, insert, halves, sources)
+                    + self._guarded(table, second, insert, halves, sources))
 
     def _retry(self, attempt: Callable[[], Any], what: str) -> Any:
         delay, failures = 0.2, 0
@@ -219,6 +314,8 @@ class ClickHouseSink:
                     log.warning("ClickHouse is back after %d failed attempts to %s", failures, what)
                 return result
             except Exception as exc:  # connection refused, timeouts, server errors: hold and retry
+                if not transient(exc):
+                    raise Rejected(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
                 failures += 1
                 if failures == 1 or failures % 10 == 0:
                     log.warning("ClickHouse write failed (%s: %s); holding the stream and retrying to %s",
@@ -226,3 +323,8 @@ class ClickHouseSink:
                 self._client = None  # reconnect: the old pool may hold dead connections
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
+
+
+def _halves(rows: list) -> tuple[list, list]:
+    middle = len(rows) // 2
+    return rows[:middle], rows[middle:]

@@ -19,7 +19,7 @@ def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str 
     from stream_processors.routes import build_route
 
     pipeline_path = pipeline_path or DEFAULT_PIPELINE
-    pipeline = load_pipeline(pipeline_path)  # fails fast, naming file, line and key
+    pipeline = load_pipeline(pipeline_path, settings=settings)  # fails fast, naming file, line and key
     deliveries: deque = deque()
     dispatcher = Dispatcher([build_route(spec) for spec in pipeline.routes], deliveries.append)
     app = create_app(settings, pipeline, dispatcher, group_id=group_id, batch_events=batch_events, web_port=web_port)

@@ -1,0 +1,83 @@
+"""Everything the processors remember about one source partition, owned by one worker at a time.
+
+Partition p of every topic (metrics, runs, system and the internal re-keyed ones) belongs to the same
+worker, so this one object holds all its state: the run and host rule engines with their alert books,
+the run book, the open windows, the partition's clock, the highest offset of each topic applied to
+it and the highest sequence number seen from each producer. `state()` is plain data for a snapshot;
+a worker that takes the partition over restores it and continues as if nothing happened.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream_processors.alerts import AlertBook
+from stream_processors.clock import PartitionClock
+from stream_processors.config import PipelineConfig
+from stream_processors.engine import Engine
+from stream_processors.rules import build_rule
+from stream_processors.runs import RunBook
+from stream_processors.windows import Windows
+
+FORMAT = 1
+
+
+class PartitionState:
+    def __init__(self, partition: int, pipeline: PipelineConfig, *, lateness_s: float = 10.0) -> None:
+        self.partition = partition
+        self.engines = {scope: self._engine(pipeline) for scope in ("run", "host")}
+        self.book = RunBook()
+        self.windows = Windows(pipeline.windows_s, lateness_s=lateness_s)
+        self.clock = PartitionClock()
+        self.applied: dict[str, int] = {}  # topic -> highest offset whose event is in this state
+        self.producers: dict[str, dict[tuple[str, str], int]] = {}  # run -> (producer, topic) -> seq
+        self.version = 0  # of the last snapshot written or restored
+        self.dirty = False  # changed since that snapshot
+
+    @staticmethod
+    def _engine(pipeline: PipelineConfig) -> Engine:
+        book = AlertBook(repeat_interval_s=pipeline.repeat_interval_s, dashboard_url=pipeline.dashboard_url)
+        return Engine([build_rule(spec) for spec in pipeline.rules], book)
+
+    def resent(self, event: dict, topic: str) -> bool:
+        """True for an event its producer sent before (a spool replay): its seq is not above the
+        highest seen from that producer on this topic. Events without an identity are never resent."""
+        producer, seq = event.get("producer"), event.get("seq")
+        if producer is None or seq is None:
+            return False
+        seen = self.producers.setdefault(event["run"], {})
+        key = (producer, topic)
+        if seq <= seen.get(key, -1):
+            return True
+        seen[key] = seq
+        return False
+
+    def evict(self, run: str) -> None:
+        """A run ended long ago or was lost: nothing of it is needed any more."""
+        self.producers.pop(run, None)
+        self.book.evict(run)
+
+    def size(self) -> int:
+        """Entries remembered, for the bounded-memory checks."""
+        return (len(self.book.runs) + sum(len(p) for p in self.producers.values()) + len(self.windows.open)
+                + sum(engine.size() for engine in self.engines.values()))
+
+    # --- snapshots -----------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"format": FORMAT, "engines": {scope: e.state() for scope, e in self.engines.items()},
+                "book": vars(self.book), "windows": vars(self.windows), "clock": self.clock,
+                "applied": self.applied, "producers": self.producers}
+
+    def restore(self, state: dict[str, Any], version: int) -> None:
+        if state.get("format") != FORMAT:
+            raise ValueError(f"snapshot format {state.get('format')!r}, this worker reads {FORMAT}")
+        for scope, engine in self.engines.items():
+            engine.restore(state["engines"][scope])
+        vars(self.book).update(state["book"])
+        sizes = self.windows.sizes  # the window lengths come from the running config
+        vars(self.windows).update(state["windows"])
+        self.windows.sizes = sizes
+        self.clock = state["clock"]
+        self.applied, self.producers = dict(state["applied"]), dict(state["producers"])
+        self.version, self.dirty = version, False

@@ -1,0 +1,44 @@
+"""Reading a partition's latest state snapshots back from the compacted `processor-state` topic.
+
+Snapshots of source partition p go to partition p of the state topic, keyed by consumer group, so
+the latest one is among the last few messages there: a takeover reads only the tail, not the topic.
+Each read is a short-lived consumer with no group of its own (assign, read to the end, close).
+"""
+
+from __future__ import annotations
+
+from trainmon.settings import Settings
+
+TAIL = 64  # messages read back from the end: other groups' snapshots may share the partition
+
+
+def latest_snapshots(settings: Settings, topic: str, partition: int, group: str, timeout_s: float = 10.0) -> list[bytes]:
+    """This group's snapshots among the last TAIL messages of the state topic's partition, oldest first."""
+    import time
+
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{group}-state-reader",
+                         "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0,
+                         "fetch.message.max.bytes": 67108864, "receive.message.max.bytes": 134217728})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        if high <= low:
+            return []
+        consumer.assign([TopicPartition(topic, partition, max(low, high - TAIL))])
+        found, deadline, key = [], time.monotonic() + timeout_s, group.encode()
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    break
+                continue
+            if message.key() == key and message.value():
+                found.append(message.value())
+            if message.offset() >= high - 1:
+                break
+        return found
+    finally:
+        consumer.close()

@@ -1,0 +1,202 @@
+"""Per-partition state without Kafka: snapshots restore exactly, replays and re-sends change nothing,
+one bad event stays one dead letter, the clock holds silence verdicts during a backlog, lost runs."""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+
+import pytest
+
+from stream_processors import processing as processing_module
+from stream_processors.config import PipelineConfig
+from stream_processors.processing import Message, Processing
+from stream_processors.snapshots import MAGIC, SnapshotError, loads
+from tests.unit.alert_streams import heartbeat, metrics, run_end, spec
+from tests.unit.test_processing import Dispatcher, MemorySink
+from trainmon.contract import encode
+
+T = 1_764_230_400.0
+RULES = [spec("non_finite", "loss_nan", selector={"metrics": ["loss"]}),
+         spec("plateau", "loss_plateau", params={"patience": 3}),
+         spec("heartbeat_lost", "rank_lost", params={"timeout_s": 60})]
+
+
+@pytest.fixture
+def wall(monkeypatch):
+    now = [T]
+    monkeypatch.setattr(processing_module.time, "time", lambda: now[0])
+    return now
+
+
+def make(snapshots: dict[int, bytes] | None = None, lost_after_s: float = 900.0) -> tuple[Processing, Dispatcher]:
+    pipeline = PipelineConfig(rules=RULES, routes=[], windows_s=[10.0], repeat_interval_s=3600.0,
+                              dashboard_url="http://127.0.0.1:8501", path="test")
+    dispatcher = Dispatcher()
+    loader = (lambda p: [snapshots[p]] if p in snapshots else []) if snapshots is not None else None
+    return Processing(pipeline, MemorySink(), dispatcher, lost_after_s=lost_after_s, snapshot_loader=loader), dispatcher
+
+
+class Feed:
+    """Messages with increasing offsets on one partition of the metrics and runs topics."""
+
+    def __init__(self) -> None:
+        self.offsets = {"t.metrics": 0, "t.runs": 0}
+
+    def __call__(self, *events: dict) -> list[Message]:
+        out = []
+        for event in events:
+            topic = "t.metrics" if event["kind"] == "metrics" else "t.runs"
+            out.append(Message(topic, 0, self.offsets[topic], b"r1", encode(event)))
+            self.offsets[topic] += 1
+        return out
+
+
+def run(proc: Processing, messages: list[Message]) -> list[dict]:
+    alerts = []
+    for message in messages:
+        outcome = proc.handle([message])
+        alerts += outcome.alerts
+    proc.dispatch(alerts)
+    return alerts
+
+
+def plateau_stream(feed: Feed) -> list[Message]:
+    return feed(*(metrics(i, T + i, loss=1.0, val_loss=1.0) for i in range(10)))
+
+
+def test_a_restored_worker_fires_and_resolves_exactly_as_one_that_never_stopped(wall):
+    whole, _ = make()
+    feed = Feed()
+    stream = plateau_stream(feed) + feed(metrics(10, T + 10, loss="NaN"), metrics(11, T + 11, loss=0.5))
+    expected = [(a["rule"], a["state"], a["starts_at"]) for a in run(whole, stream)]
+    assert ("loss_nan", "firing", T + 10) in expected and ("loss_nan", "resolved", T + 10) in expected
+
+    first, _ = make()
+    before = run(first, stream[:11])  # dies after the NaN fired
+    snapshot = first.snapshot()
+    second, _ = make(snapshot)
+    after = run(second, stream[6:])  # the committed offset lagged the snapshot: 6..10 are replayed
+    assert second.counts["replayed"] == 5
+    assert [(a["rule"], a["state"], a["starts_at"]) for a in before + after] == expected
+
+
+def test_without_the_snapshot_the_takeover_loses_the_episode(wall):  # so the test above can fail
+    feed = Feed()
+    stream = plateau_stream(feed) + feed(metrics(10, T + 10, loss="NaN"), metrics(11, T + 11, loss=0.5))
+    first, _ = make()
+    run(first, stream[:11])
+    second, _ = make({})
+    assert ("loss_nan", "resolved") not in [(a["rule"], a["state"]) for a in run(second, stream[11:])]
+
+
+def test_resent_events_are_dropped_by_producer_and_seq(wall):
+    proc, _ = make()
+    feed = Feed()
+    events = [dict(metrics(i, T + i, loss=1.0 / (i + 1)), producer="p1", seq=i) for i in range(5)]
+    proc.handle(feed(*events))
+    proc.handle(feed(*events[2:]))  # the spool re-sent 2..4 after a crash: new offsets, same seq
+    proc.handle(feed(dict(metrics(5, T + 5, loss=0.1), producer="p2", seq=0)))  # a new incarnation
+    written = sum(len(b.metric) for b in proc.sink.batches)
+    assert proc.counts["resent"] == 3 and written == 6
+
+
+def test_one_event_that_breaks_a_rule_is_dead_lettered_and_the_rest_goes_on(wall, monkeypatch):
+    proc, _ = make()
+    feed = Feed()
+    from stream_processors.rules.plateau import Plateau
+
+    original = Plateau.on_event
+
+    def explode(self, event):
+        if event["step"] == 3:
+            raise OverflowError("boom")
+        return original(self, event)
+
+    monkeypatch.setattr(Plateau, "on_event", explode)
+    outcome = proc.handle(feed(*(metrics(i, T + i, loss=1.0) for i in range(6))))
+    (_, _, headers), = outcome.dead_letters
+    assert dict(headers)["trainmon-dlq-reason"] == b"internal_error"
+    assert sum(len(b.metric) for b in proc.sink.batches) == 5
+
+
+def test_forged_internal_messages_are_dead_lettered(wall):
+    proc, _ = make()
+    outcome = proc.handle([Message("t.run-hardware", 0, 0, b"r1", b'{"kind":"run_hardware","run":7}'),
+                           Message("t.run-hardware", 0, 1, b"r1", b"\xff")], source="run_hardware")
+    assert [dict(h)["trainmon-dlq-reason"] for _, _, h in outcome.dead_letters] == [b"wrong_type", b"malformed"]
+
+
+def test_a_backlog_drained_late_pages_no_healthy_rank(wall):
+    """Five minutes of heartbeats from two ranks read ten minutes late, at 1.5x: nobody is silent."""
+    proc, dispatcher = make()
+    feed = Feed()
+    proc.handle(feed(heartbeat(T, rank=0), heartbeat(T, rank=1)))
+    proc.tick()
+    wall[0] = T + 600  # the worker was down; the backlog is read now
+    for second in range(0, 300, 3):
+        proc.handle(feed(heartbeat(T + second, rank=0), heartbeat(T + second, rank=1)))
+        proc.dispatch(proc.tick().alerts)
+        wall[0] += 2
+    wall[0] += 3  # caught up: nothing new read for a while
+    proc.handle(feed(heartbeat(wall[0] - 1, rank=0), heartbeat(wall[0] - 1, rank=1)))
+    proc.dispatch(proc.tick().alerts)
+    assert dispatcher.alerts == []
+
+
+def test_a_rank_silent_while_live_is_reported(wall):  # the test above can fail
+    proc, dispatcher = make()
+    feed = Feed()
+    proc.handle(feed(heartbeat(T, rank=0), heartbeat(T, rank=1)))
+    for second in range(5, 120, 5):
+        wall[0] = T + second
+        proc.handle(feed(heartbeat(T + second, rank=0)))
+        proc.dispatch(proc.tick().alerts)
+    assert [(a["rule"], a["labels"]["rank"]) for a in dispatcher.alerts] == [("rank_lost", "1")]
+
+
+def test_a_run_without_run_end_is_lost_once_and_evicted(wall):
+    proc, dispatcher = make(lost_after_s=300)
+    feed = Feed()
+    proc.handle(feed(heartbeat(T, rank=0), metrics(1, T, loss="NaN")))  # a NaN alert is firing
+    for minute in range(1, 80):
+        wall[0] = T + 60 * minute
+        proc.dispatch(proc.tick().alerts)
+    states = [(a["rule"], a["state"]) for a in dispatcher.alerts]
+    assert states.count(("run_lost", "firing")) == 1
+    assert ("loss_nan", "resolved") in states and ("rank_lost", "resolved") in states
+    rows = [row for b in proc.sink.batches for row in b.rows["runs"]]
+    assert rows[-1]["status"] == "lost"
+    assert proc.partitions[0].size() == 0  # evicted from the run book, every rule and the alert book
+
+
+def test_memory_is_flat_over_ten_thousand_finished_runs(wall):
+    proc, _ = make()
+    sizes = []
+    for index in range(10_000):
+        run_id = f"r{index}"
+        wall[0] = T + 10 * index
+        proc.handle([Message("t.runs", 0, 2 * index, run_id.encode(), encode(heartbeat(wall[0], run=run_id))),
+                     Message("t.runs", 0, 2 * index + 1, run_id.encode(), encode(run_end(wall[0] + 1, run=run_id)))])
+        if index % 50 == 0:
+            proc.tick()
+        if index % 1000 == 999:
+            sizes.append(proc.partitions[0].size())
+    assert max(sizes[3:]) <= 1.1 * sizes[3], sizes  # after the keep time (1 h = 360 runs) it stays flat
+
+
+def test_snapshots_refuse_foreign_types_and_other_partitions():
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("true",))
+
+    forged = MAGIC + zlib.compress(pickle.dumps({"group": "g", "partition": 0, "version": 1, "state": Evil()}))
+    with pytest.raises(SnapshotError, match="posix.system|os.system"):
+        loads(forged, "g", 0)
+    proc, _ = make()
+    proc.handle(Feed()(heartbeat(T)))
+    data = proc.snapshot()[0]
+    with pytest.raises(SnapshotError, match="another group or partition"):
+        loads(data, "trainmon-processors", 1)
+    assert loads(data, "trainmon-processors", 0)[0] == 1
