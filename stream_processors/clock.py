@@ -17,6 +17,7 @@ from dataclasses import dataclass
 class PartitionClock:
     live_lag_s: float = 30.0  # newest event this close to the wall clock: the partition is live
     idle_s: float = 2.0  # nothing new read for this long: caught up, whatever the event times
+    close_idle_s: float = 20.0  # windows follow the wall clock only after this long without data
     max_future_s: float = 5.0
     events: float = 0.0  # newest event time seen (bounded by wall + max_future_s)
     now: float = 0.0  # the partition's current time; never goes back
@@ -30,6 +31,15 @@ class PartitionClock:
         if bounded > self.events:
             self.events = bounded
         self.newest_read, self.last_read = newest, wall
+
+    def window_time(self, wall: float) -> float:
+        """What windows close on: the event time while events are arriving (so a backlog, a rebalance
+        pause or a takeover never makes the partition's own data late), its time once long idle."""
+        return self.events if wall - self.last_read < self.close_idle_s else self.now
+
+    def resumed(self, wall: float) -> None:
+        """Restored on another worker: not live until it has read what is waiting, or found nothing."""
+        self.last_read, self.live = wall, False
 
     def advance(self, wall: float) -> float:
         """The partition's time at this wall-clock moment; marks whether it is live."""

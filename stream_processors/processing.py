@@ -139,6 +139,7 @@ class Processing:
         if best is not None:
             try:
                 state.restore(best[1], best[0])
+                state.clock.resumed(time.time())
                 self.counts["snapshot.restored"] += 1
                 log.info("partition %d: state restored from snapshot %d (offsets %s)", partition, best[0],
                          state.applied)
@@ -291,7 +292,7 @@ class Processing:
                 outcome.alerts.extend(engine.on_tick(now, state.clock.live))
             if state.clock.live:
                 self._lose_runs(state, now, outcome)
-            rows = state.windows.close_due(now_watermark=now)
+            rows = state.windows.close_due(now_watermark=state.clock.window_time(wall))
             batch.add("window_aggregates", rows)
             runs, ranks = state.book.snapshots(now)
             batch.add("runs", runs)
@@ -319,10 +320,10 @@ class Processing:
                                               "rank": rank, "host": host, "time": run.last_seen, "status": "crashed"})
 
     def close(self) -> dict[int, bytes]:
-        """Shutting down: open windows and run snapshots written, final state snapshots returned."""
+        """Shutting down: run snapshots written, final state snapshots returned. Open windows stay open
+        in the snapshot: whoever takes the partition over completes them."""
         batch, wall = Batch(), time.time()
         for state in self.partitions.values():
-            batch.add("window_aggregates", state.windows.close_due(force=True))
             runs, ranks = state.book.snapshots(max(state.clock.now, wall), force=True)
             batch.add("runs", runs)
             batch.add("run_ranks", ranks)

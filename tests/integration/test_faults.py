@@ -1,0 +1,147 @@
+"""Faults the processors meet every week, on the real broker, ClickHouse and worker processes, with
+exact counts: a worker SIGKILLed mid-episode, a 1 -> 3 -> 1 rebalance under load, and ClickHouse
+refusing one row of a batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from agent.publisher import Publisher
+from stream_processors.processing import Message
+from stream_processors.sink import ClickHouseSink
+from tests.integration.test_processors import (lifecycle, metrics, pipeline_file, scalar, start_worker, stop,
+                                               wait_until)
+from tests.receivers import Receiver
+from tests.unit.test_partition_state import make
+from trainmon.clickhouse import connect
+from trainmon.contract import DLQ_REASON, encode, envelope
+
+pytestmark = pytest.mark.integration
+
+
+def states(receiver: Receiver, run: str) -> list[str]:
+    return [r.json()["state"] for r in list(receiver.requests) if r.json().get("run") == run]
+
+
+def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topics, tmp_path):
+    run, group = f"kill-{uuid.uuid4().hex[:6]}", f"kill-{uuid.uuid4().hex[:6]}"
+    with Receiver([200] * 50) as receiver:
+        pipeline = pipeline_file(tmp_path, receiver.url)
+        first = start_worker(own_topics, pipeline, group, tmp_path / "first.log")
+        second = None
+        try:
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
+            for step in range(101):
+                publisher.publish(metrics(run, 0, step, math.nan if step == 100 else 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            wait_until(lambda: "firing" in states(receiver, run), 90, "the NaN alert")
+            time.sleep(2.5)  # a checkpoint has covered the episode
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+            for step in range(101, 201):  # loss finite again: the episode ends
+                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            wait_until(lambda: "resolved" in states(receiver, run), 90, "the resolve after the takeover")
+            time.sleep(3)  # a duplicate firing or resolve would arrive by now
+            assert states(receiver, run) == ["firing", "resolved"]
+            client = connect(own_topics)
+            where = {"r": run}
+            assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", **where) == 201 * 2
+            assert scalar(client, "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}", **where) == 201 * 2
+            publisher.close()
+        finally:
+            stop(first)
+            if second is not None:
+                stop(second)
+    assert "state restored from snapshot" in (tmp_path / "second.log").read_text()
+
+
+def test_rebalance_one_three_one_under_load_keeps_runs_and_windows_exact(own_topics, tmp_path):
+    group = f"rebal-{uuid.uuid4().hex[:6]}"
+    runs = [f"rb-{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
+    steps = 1500
+    with Receiver([200] * 100) as receiver:
+        pipeline = pipeline_file(tmp_path, receiver.url)
+        workers = [start_worker(own_topics, pipeline, group, tmp_path / "w0.log")]
+        try:
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+            for run in runs:
+                publisher.publish(lifecycle("run_start", run, 0, world_size=1, name=f"name-{run}",
+                                            config={"lr": 0.1, "batch": 64}))
+
+            def publish() -> None:
+                for step in range(steps):
+                    for run in runs:
+                        publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+                    time.sleep(0.02)
+
+            producer = threading.Thread(target=publish)
+            producer.start()
+            time.sleep(8)
+            workers += [start_worker(own_topics, pipeline, group, tmp_path / f"w{i}.log") for i in (1, 2)]
+            time.sleep(12)
+            for worker in workers[1:]:
+                stop(worker)  # SIGTERM: hand the partitions back
+            producer.join()
+            for run in runs:
+                publisher.publish(lifecycle("run_end", run, 0, status="finished"))
+            assert publisher.flush(60)
+            publisher.close()
+            client = connect(own_topics)
+            expected = steps * len(runs) * 2
+            args = {"runs": runs}
+            wait_until(lambda: scalar(client, "SELECT count() FROM metric_points WHERE run IN ({runs:Array(String)})",
+                                      **args) >= expected, 120, "every row")
+            seen: list[int] = []
+            windowed = ("SELECT sum(count) FROM window_aggregates FINAL WHERE scope = 'run' AND window = '10s' "
+                        "AND name = 'loss' AND run IN ({runs:Array(String)})")
+            wait_until(lambda: seen.append(scalar(client, windowed, **args)) or seen[-1] == steps * len(runs), 60,
+                       "window counts equal to a run without rebalance")
+            assert seen[-1] == steps * len(runs)
+            rows = client.query("SELECT run, name, config, status FROM runs FINAL WHERE run IN ({runs:Array(String)})",
+                                parameters=args).result_rows
+            wait_until(lambda: {r[0]: r[3] for r in client.query(
+                "SELECT run, name, config, status FROM runs FINAL WHERE run IN ({runs:Array(String)})",
+                parameters=args).result_rows} == {run: "finished" for run in runs}, 30, "finished runs")
+            rows = client.query("SELECT run, name, config FROM runs FINAL WHERE run IN ({runs:Array(String)})",
+                                parameters=args).result_rows
+            assert sorted(rows) == sorted((run, f"name-{run}", json.dumps({"batch": 64, "lr": 0.1},
+                                                                            separators=(",", ":"))) for run in runs)
+            assert scalar(client, "SELECT count() FROM metric_points WHERE run IN ({runs:Array(String)})",
+                          **args) == expected
+            assert receiver.requests == [], "a clean load fires nothing"
+        finally:
+            for worker in workers:
+                stop(worker)
+    restored = sum((tmp_path / f"w{i}.log").read_text().count("state restored from snapshot") for i in range(3))
+    assert restored > 0, "partitions changed hands with their state"
+
+
+def test_clickhouse_refusing_one_row_writes_the_rest_and_dead_letters_it(migrated):
+    """A real refusal (a CHECK constraint on the table) in the middle of a batch."""
+    client = connect(migrated)
+    poison = f"poison_{uuid.uuid4().hex[:6]}"
+    client.command(f"ALTER TABLE metric_points ADD CONSTRAINT {poison} CHECK name != '{poison}'")
+    try:
+        proc, _ = make()
+        proc.sink = ClickHouseSink(migrated)
+        run = f"poison-{uuid.uuid4().hex[:6]}"
+        base = dict(project="p", run=run, rank=0, host="h")
+        events = [envelope("metrics", **base, step=i, time=time.time(), values={"loss": 1.0, **(
+            {poison: 1.0} if i == 37 else {})}) for i in range(100)]
+        messages = [Message("t.metrics", 0, 1000 + i, run.encode(), encode(e)) for i, e in enumerate(events)]
+        outcome = proc.handle(messages)
+        (key, value, headers), = outcome.dead_letters
+        assert dict(headers)[DLQ_REASON] == b"rejected" and json.loads(value)["step"] == 37
+        assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", r=run) == 99
+    finally:
+        client.command(f"ALTER TABLE metric_points DROP CONSTRAINT {poison}")
