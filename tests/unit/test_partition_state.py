@@ -11,6 +11,7 @@ import pytest
 from stream_processors import processing as processing_module
 from stream_processors.config import PipelineConfig
 from stream_processors.processing import Message, Processing
+from stream_processors.sink import _types as sink_types
 from stream_processors.snapshots import MAGIC, SnapshotError, loads
 from tests.unit.alert_streams import heartbeat, metrics, run_end, spec
 from tests.unit.test_processing import Dispatcher, MemorySink
@@ -200,3 +201,18 @@ def test_snapshots_refuse_foreign_types_and_other_partitions():
     with pytest.raises(SnapshotError, match="another group or partition"):
         loads(data, "trainmon-processors", 1)
     assert loads(data, "trainmon-processors", 0)[0] == 1
+
+
+def test_extreme_integers_are_converted_or_dead_lettered_and_other_runs_are_intact(wall):
+    proc, _ = make()
+    good = [Message("t.metrics", 0, i if i < 2 else i + 3, b"ok", encode(metrics(i, T + i, run="ok", loss=1.0)))
+            for i in range(5)]
+    big = Message("t.metrics", 0, 2, b"x", encode(metrics(5, T, run="x", count=2**63, ns=1_764_230_400_123_456_789)))
+    wide = Message("t.metrics", 0, 3, b"x", b'{"v":1,"kind":"metrics","project":"p","run":"x","rank":0,"host":"h",'
+                   b'"time":1764230400,"step":' + b"9" * 4301 + b',"values":{}}')
+    rank = Message("t.metrics", 0, 4, b"x", encode({**metrics(1, T, run="x", loss=1.0), "rank": 2**32}))
+    outcome = proc.handle(good[:2] + [big, wide, rank] + good[2:])
+    assert sorted(dict(h)["trainmon-dlq-reason"] for _, _, h in outcome.dead_letters) == [b"invalid_value", b"malformed"]
+    (batch,) = proc.sink.batches
+    assert len(batch.metric) == 5 + 2 and batch.metric.arrow(sink_types()).num_rows == 7
+    assert float(2**63) in batch.metric.values  # converted to the nearest float, written
