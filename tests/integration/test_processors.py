@@ -218,4 +218,6 @@ def test_two_workers_one_killed_mid_stream_counts_stay_exact(own_topics, tmp_pat
     log = (tmp_path / "worker1.log").read_text()
     assert workers[1].returncode == 0, log[-3000:]
     skipped = re.search(r"(\d+) replayed events skipped", log)
-    assert skipped and int(skipped[1]) > 0, "the survivor re-read what the killed worker had written"
+    restored = re.findall(r"'replayed': (\d+)", log)  # covered by the restored state, so not even decoded
+    assert (skipped and int(skipped[1]) > 0) or (restored and int(restored[-1]) > 0), \
+        "the survivor re-read what the killed worker had written"
