@@ -189,7 +189,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     @app.on_partitions_assigned.connect
     async def assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
-        await in_thread(processing.assign, sorted({tp.partition for tp in assigned}))
+        await in_thread(processing.assign, sorted({tp.partition for tp in assigned}),
+                        getattr(app, "consumer_generation_id", 0) or 0)
 
     def summary() -> str:
         return (f"processed {dict(processing.counts)}; {processing.sink.written_values} values written, "

@@ -31,7 +31,9 @@ class PartitionState:
         self.clock = PartitionClock()
         self.applied: dict[str, int] = {}  # topic -> highest offset whose event is in this state
         self.producers: dict[str, dict[tuple[str, str], int]] = {}  # run -> (producer, topic) -> seq
-        self.version = 0  # of the last snapshot written or restored
+        # (group generation of this owner's assignment, number): a worker that lost the partition and
+        # writes a late snapshot writes an older generation, so it never wins over the new owner's.
+        self.version = (0, 0)
         self.dirty = False  # changed since that snapshot
 
     @staticmethod
@@ -69,7 +71,7 @@ class PartitionState:
                 "book": vars(self.book), "windows": vars(self.windows), "clock": self.clock,
                 "applied": self.applied, "producers": self.producers}
 
-    def restore(self, state: dict[str, Any], version: int) -> None:
+    def restore(self, state: dict[str, Any], version: tuple[int, int]) -> None:
         if state.get("format") != FORMAT:
             raise ValueError(f"snapshot format {state.get('format')!r}, this worker reads {FORMAT}")
         for scope, engine in self.engines.items():

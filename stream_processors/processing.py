@@ -109,11 +109,15 @@ class Processing:
         self.snapshot_loader = snapshot_loader  # partition -> its latest snapshots in the state topic
         self.partitions: dict[int, PartitionState] = {}
         self.released: set[int] = set()  # revoked: events read for them are not ours to process
+        self.generation = 0  # of the consumer group, at the latest assignment
         self.counts: Counter[str] = Counter()
 
     # --- ownership ----------------------------------------------------------------------------------
 
-    def assign(self, partitions: Iterable[int]) -> None:
+    def assign(self, partitions: Iterable[int], generation: int = 0) -> None:
+        """generation: the consumer group's, which orders this owner's snapshots after any a former
+        owner of the partition may still write late."""
+        self.generation = max(self.generation, generation)
         for partition in partitions:
             self.released.discard(partition)
             self._owned(partition)
@@ -124,9 +128,14 @@ class Processing:
             state = self.partitions[partition] = self._restore(partition)
         return state
 
-    def _restore(self, partition: int) -> PartitionState:
+    def _fresh(self, partition: int) -> PartitionState:
         state = PartitionState(partition, self.pipeline, lateness_s=self.lateness_s)
-        best: tuple[int, Any] | None = None
+        state.version = (self.generation, 0)
+        return state
+
+    def _restore(self, partition: int) -> PartitionState:
+        state = self._fresh(partition)
+        best: tuple[tuple[int, int], Any] | None = None
         for data in self.snapshot_loader(partition) if self.snapshot_loader else ():
             try:
                 found = loads(data, self.group, partition)
@@ -134,19 +143,19 @@ class Processing:
                 self.counts["snapshot.unusable"] += 1
                 log.warning("partition %d: skipping a snapshot: %s", partition, exc)
                 continue
-            if best is None or found[0] > best[0]:
+            if best is None or found[0] >= best[0]:  # on a tie the later one
                 best = found
         if best is not None:
             try:
-                state.restore(best[1], best[0])
+                state.restore(best[1], (max(self.generation, best[0][0]), best[0][1]))
                 state.clock.resumed(time.time())
                 self.counts["snapshot.restored"] += 1
-                log.info("partition %d: state restored from snapshot %d (offsets %s)", partition, best[0],
+                log.info("partition %d: state restored from snapshot %s (offsets %s)", partition, best[0],
                          state.applied)
             except Exception as exc:  # a snapshot of another version: start afresh, loudly
-                log.error("partition %d: snapshot %d not restorable (%s); starting from empty state",
+                log.error("partition %d: snapshot %s not restorable (%s); starting from empty state",
                           partition, best[0], exc)
-                state = PartitionState(partition, self.pipeline, lateness_s=self.lateness_s)
+                state = self._fresh(partition)
         return state
 
     def snapshot(self, partitions: Iterable[int] | None = None) -> dict[int, bytes]:
@@ -156,7 +165,7 @@ class Processing:
             state = self.partitions.get(partition)
             if state is None or not (state.dirty or partitions is not None):
                 continue
-            state.version += 1
+            state.version = (state.version[0], state.version[1] + 1)
             state.dirty = False
             out[partition] = dumps(self.group, partition, state.version, state.state())
         return out
@@ -177,7 +186,8 @@ class Processing:
         """A batch from one topic. source: `contract` (agents' topics), or the processors' own re-keyed
         internal topics `run_hardware` (by run) and `host_run_ends` (by host): validated, not written."""
         outcome, wall = Outcome(), time.time()
-        batches: dict[int, Batch] = {}
+        batches: dict[int, Batch] = {}  # per partition: rows to write, which feed its windows too
+        replays: dict[int, Batch] = {}  # events new to the state whose rows ClickHouse already has: windows only
         newest: dict[int, float] = {}
         sources: dict[Source, Message] = {}
         for message in messages:
@@ -199,9 +209,10 @@ class Processing:
             if source == "contract" and state.resent(event, message.topic):
                 self.counts["resent"] += 1
                 continue
-            batch = batches.get(message.partition)
+            written = source == "contract" and self.sink.skip(message.topic, message.partition, message.offset)
+            batch = (replays if written else batches).get(message.partition)
             if batch is None:
-                batch = batches[message.partition] = Batch()
+                batch = (replays if written else batches)[message.partition] = Batch()
             try:
                 self._route(state, event, message, batch, outcome, source, wall)
             except Exception as exc:  # a bug or an event no rule expected: this event only
@@ -214,13 +225,15 @@ class Processing:
                 newest[message.partition] = event["time"]
             sources[(message.topic, message.partition, message.offset)] = message
         merged = Batch()
-        for partition, batch in batches.items():
+        for partition in batches.keys() | replays.keys():
             state = self.partitions[partition]
             if partition in newest:
                 state.clock.observe(newest[partition], wall)
-            state.windows.add_metrics(batch.metric)
-            state.windows.add_system(batch.system)
-            merged.merge(batch)
+            for batch in filter(None, (batches.get(partition), replays.get(partition))):
+                state.windows.add_metrics(batch.metric)
+                state.windows.add_system(batch.system)
+            if partition in batches:
+                merged.merge(batches[partition])
         self._alert_rows(merged, outcome.alerts)
         if merged:
             self._write(merged, outcome, sources)
@@ -233,19 +246,17 @@ class Processing:
         if source == "host_run_ends":
             outcome.alerts.extend(state.engines["host"].on_event(event, now))
             return
-        write = source == "contract" and not self.sink.skip(message.topic, message.partition, message.offset)
         if kind == "system":
             outcome.alerts.extend(state.engines["host"].on_event(event, now))
             outcome.run_hardware.extend(run_hardware(event))
-            if write:
-                batch.add_system(event, message.topic, message.partition, message.offset)
+            batch.add_system(event, message.topic, message.partition, message.offset)
             return
         alerts = state.engines["run"].on_event(event, now)
         if kind in RUN_KINDS or kind == "metrics":
             state.book.observe(event)
-            if write and kind == "metrics":
+            if kind == "metrics":
                 batch.add_metrics(event, message.topic, message.partition, message.offset)
-            elif write and kind != "heartbeat":
+            elif kind != "heartbeat":
                 batch.add("run_events", [raw_event_row(event)])
             if kind == "run_end":
                 outcome.host_run_ends.append(event)

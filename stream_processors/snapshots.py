@@ -36,14 +36,15 @@ class _Unpickler(pickle.Unpickler):
         raise SnapshotError(f"snapshot names {module}.{name}, which is not processor state")
 
 
-def dumps(group: str, partition: int, version: int, state: Any) -> bytes:
+def dumps(group: str, partition: int, version: tuple[int, int], state: Any) -> bytes:
     body = pickle.dumps({"group": group, "partition": partition, "version": version, "state": state},
                         protocol=pickle.HIGHEST_PROTOCOL)
     return MAGIC + zlib.compress(body, 1)
 
 
-def loads(data: bytes, group: str, partition: int) -> tuple[int, Any]:
-    """(version, state) of a snapshot written for this group and partition, else SnapshotError."""
+def loads(data: bytes, group: str, partition: int) -> tuple[tuple[int, int], Any]:
+    """(version, state) of a snapshot written for this group and partition, else SnapshotError. The
+    version is (consumer group generation of the writer's assignment, snapshot number within it)."""
     if not data.startswith(MAGIC):
         raise SnapshotError("not a trainmon state snapshot (bad magic)")
     try:
@@ -54,4 +55,7 @@ def loads(data: bytes, group: str, partition: int) -> tuple[int, Any]:
         raise SnapshotError(f"unreadable snapshot ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not isinstance(record, dict) or record.get("group") != group or record.get("partition") != partition:
         raise SnapshotError("snapshot of another group or partition")
-    return int(record["version"]), record["state"]
+    version = record.get("version")
+    if not (isinstance(version, tuple) and len(version) == 2 and all(type(v) is int for v in version)):
+        raise SnapshotError(f"snapshot version {version!r} is not (generation, number)")
+    return version, record["state"]
