@@ -31,6 +31,7 @@ from stream_processors.internal_topics import HOST_RUN_ENDS, RUN_HARDWARE, STATE
 from stream_processors.processing import Message, Outcome, Processing
 from stream_processors.sink import ClickHouseSink
 from stream_processors.state_topic import latest_snapshots
+from stream_processors.topic_ids import topic_keys
 from trainmon.contract import Topic, encode, topic_name
 from trainmon.settings import Settings
 
@@ -189,8 +190,9 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     @app.on_partitions_assigned.connect
     async def assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+        keys = await in_thread(topic_keys, settings.bootstrap_servers, {tp.topic for tp in assigned})
         await in_thread(processing.assign, sorted({tp.partition for tp in assigned}),
-                        getattr(app, "consumer_generation_id", 0) or 0)
+                        getattr(app, "consumer_generation_id", 0) or 0, keys)
 
     def summary() -> str:
         return (f"processed {dict(processing.counts)}; {processing.sink.written_values} values written, "

@@ -110,14 +110,19 @@ class Processing:
         self.partitions: dict[int, PartitionState] = {}
         self.released: set[int] = set()  # revoked: events read for them are not ours to process
         self.generation = 0  # of the consumer group, at the latest assignment
+        self.topic_keys: dict[str, str] = {}  # topic name -> name#id, offsets' key (topic_ids.py)
         self.counts: Counter[str] = Counter()
 
     # --- ownership ----------------------------------------------------------------------------------
 
-    def assign(self, partitions: Iterable[int], generation: int = 0) -> None:
+    def assign(self, partitions: Iterable[int], generation: int = 0, topic_keys: Mapping[str, str] | None = None) -> None:
         """generation: the consumer group's, which orders this owner's snapshots after any a former
-        owner of the partition may still write late."""
+        owner of the partition may still write late. topic_keys: name -> name#id of the topics read."""
         self.generation = max(self.generation, generation)
+        if topic_keys:
+            if any(self.topic_keys.get(name, key) != key for name, key in topic_keys.items()):
+                log.warning("a topic was re-created (new id): %s; its offsets start afresh", topic_keys)
+            self.topic_keys.update(topic_keys)
         for partition in partitions:
             self.released.discard(partition)
             self._owned(partition)
@@ -195,10 +200,11 @@ class Processing:
             if state is None:
                 outcome.unowned.add(message.partition)
                 continue
-            if message.offset <= state.applied.get(message.topic, -1):
+            topic = self.topic_keys.get(message.topic, message.topic)  # name#id: see topic_ids.py
+            if message.offset <= state.applied.get(topic, -1):
                 self.counts["replayed"] += 1  # already in the restored state, and written
                 continue
-            state.applied[message.topic] = message.offset
+            state.applied[topic] = message.offset
             state.dirty = True
             try:
                 event = decode(message.value) if source == "contract" else _internal(message.value, source)
@@ -209,12 +215,13 @@ class Processing:
             if source == "contract" and state.resent(event, message.topic):
                 self.counts["resent"] += 1
                 continue
-            written = source == "contract" and self.sink.skip(message.topic, message.partition, message.offset)
+            src = (topic, message.partition, message.offset)
+            written = source == "contract" and self.sink.skip(*src)
             batch = (replays if written else batches).get(message.partition)
             if batch is None:
                 batch = (replays if written else batches)[message.partition] = Batch()
             try:
-                self._route(state, event, message, batch, outcome, source, wall)
+                self._route(state, event, src, batch, outcome, source, wall)
             except Exception as exc:  # a bug or an event no rule expected: this event only
                 if self.counts["dead_letter.internal_error"] % 1000 == 0:  # the first, then every 1000th
                     log.exception("partition %d offset %d: processing failed; dead-lettered as internal_error",
@@ -223,7 +230,7 @@ class Processing:
                 continue
             if event["time"] > newest.get(message.partition, 0.0):
                 newest[message.partition] = event["time"]
-            sources[(message.topic, message.partition, message.offset)] = message
+            sources[src] = message
         merged = Batch()
         for partition in batches.keys() | replays.keys():
             state = self.partitions[partition]
@@ -239,7 +246,7 @@ class Processing:
             self._write(merged, outcome, sources)
         return outcome
 
-    def _route(self, state: PartitionState, event: dict, message: Message, batch: Batch, outcome: Outcome,
+    def _route(self, state: PartitionState, event: dict, src: Source, batch: Batch, outcome: Outcome,
                source: str, wall: float) -> None:
         kind = event["kind"]
         now = max(state.clock.now, min(event["time"], wall + state.clock.max_future_s))
@@ -249,15 +256,15 @@ class Processing:
         if kind == "system":
             outcome.alerts.extend(state.engines["host"].on_event(event, now))
             outcome.run_hardware.extend(run_hardware(event))
-            batch.add_system(event, message.topic, message.partition, message.offset)
+            batch.add_system(event, *src)
             return
         alerts = state.engines["run"].on_event(event, now)
         if kind in RUN_KINDS or kind == "metrics":
             state.book.observe(event)
             if kind == "metrics":
-                batch.add_metrics(event, message.topic, message.partition, message.offset)
+                batch.add_metrics(event, *src)
             elif kind != "heartbeat":
-                batch.add("run_events", [raw_event_row(event)])
+                batch.add_run_event(raw_event_row(event), *src)
             if kind == "run_end":
                 outcome.host_run_ends.append(event)
         outcome.alerts.extend(alerts)

@@ -191,6 +191,11 @@ class Batch:
                                       "last_seen": utc(when)})
         self._source(topic, partition, offset)
 
+    def add_run_event(self, row: dict[str, Any], topic: str, partition: int, offset: int) -> None:
+        row.update(src_topic=topic, src_partition=partition, src_offset=offset)
+        self.rows["run_events"].append(row)
+        self._source(topic, partition, offset)
+
     def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
         self.rows[table].extend(rows)
 
@@ -254,10 +259,11 @@ class ClickHouseSink:
             parameters={"t": topic, "p": partition}).result_rows
         return int(rows[0][0]) if rows and rows[0][1] else -1
 
-    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Partitions revoked: their watermark must be read again if they come back."""
-        for key in partitions:
-            self._watermarks.pop(key, None)
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions revoked: their watermarks (every topic's) must be read again if they come back."""
+        partitions = set(partitions)
+        for key in [key for key in self._watermarks if key[1] in partitions]:
+            del self._watermarks[key]
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -268,7 +274,7 @@ class ClickHouseSink:
         refused: list[tuple[Source | None, str]] = []
         for table, rows in batch.rows.items():
             if rows:
-                refused += self._guarded(table, rows, self._insert_rows(table), _halves, lambda part: [None])
+                refused += self._guarded(table, rows, self._insert_rows(table), _halves, _row_sources)
         for table, columns in (("metric_points", batch.metric), ("system_samples", batch.system)):
             if len(columns):
                 refused += self._guarded(table, columns, self._insert_columns(table), Columns.halves,
@@ -323,6 +329,11 @@ class ClickHouseSink:
                 self._client = None  # reconnect: the old pool may hold dead connections
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
+
+
+def _row_sources(rows: list[Mapping[str, Any]]) -> list[Source | None]:
+    """Rows that came from one Kafka message (run_events) name it; run snapshots and windows do not."""
+    return [(r["src_topic"], r["src_partition"], r["src_offset"]) if "src_topic" in r else None for r in rows]
 
 
 def _halves(rows: list) -> tuple[list, list]:

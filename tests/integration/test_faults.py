@@ -1,6 +1,6 @@
 """Faults the processors meet every week, on the real broker, ClickHouse and worker processes, with
-exact counts: a worker SIGKILLed mid-episode, a 1 -> 3 -> 1 rebalance under load, and ClickHouse
-refusing one row of a batch."""
+exact counts: a worker SIGKILLed mid-episode, a 1 -> 3 -> 1 rebalance under load, ClickHouse
+refusing one row of a batch, and a topic deleted and re-created under the same name."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.integration.test_processors import (lifecycle, metrics, pipeline_file
 from tests.receivers import Receiver
 from tests.unit.test_partition_state import make
 from trainmon.clickhouse import connect
-from trainmon.contract import DLQ_REASON, encode, envelope
+from trainmon.contract import DLQ_REASON, Topic, encode, envelope, topic_name
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +160,64 @@ def test_clickhouse_refusing_one_row_writes_the_rest_and_dead_letters_it(migrate
         assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", r=run) == 99
     finally:
         client.command(f"ALTER TABLE metric_points DROP CONSTRAINT {poison}")
+
+
+def recreate(settings, *topics: Topic) -> None:
+    """Delete the topics and make them again under the same names (Kafka rebuilt, ClickHouse kept)."""
+    from confluent_kafka.admin import AdminClient
+
+    from deploy.topics import create_topics
+
+    names = [topic_name(t, settings.kafka_topic_prefix) for t in topics]
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        future.result(30)
+    wait_until(lambda: not set(names) & set(admin.list_topics(timeout=10).topics), 30, "the topics gone")
+    wait_until(lambda: create_topics(settings, progress=lambda message: None) or True, 60, "the topics re-made")
+
+
+def test_a_topic_deleted_and_recreated_is_read_from_its_start_and_nothing_is_skipped(own_topics, tmp_path):
+    """The new topic's offsets start at 0, below the old topic's watermark and the state's applied
+    offsets: keyed by topic id, none of its events is taken for a replay."""
+    group, tag = f"recreate-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6]
+    before, after = [f"old-{tag}-{i}" for i in range(8)], [f"new-{tag}-{i}" for i in range(8)]
+    client = connect(own_topics)
+
+    def send(runs: list[str], steps: int) -> None:
+        publisher = Publisher(own_topics, spool_dir=tmp_path / f"spool-{runs[0]}")
+        for run in runs:
+            publisher.publish(lifecycle("run_start", run, 0, world_size=1))
+            for step in range(steps):
+                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+        assert publisher.flush(60)
+        publisher.close()
+
+    def points(runs: list[str]) -> int:
+        return scalar(client, "SELECT count() FROM metric_points WHERE run IN ({r:Array(String)})", r=runs)
+
+    def starts(runs: list[str]) -> int:
+        return scalar(client, "SELECT count() FROM run_events FINAL WHERE kind = 'run_start' AND run IN "
+                              "({r:Array(String)})", r=runs)
+
+    with Receiver([200] * 10) as receiver:
+        pipeline = pipeline_file(tmp_path, receiver.url)
+        worker = start_worker(own_topics, pipeline, group, tmp_path / "first.log")
+        try:
+            send(before, 100)
+            wait_until(lambda: points(before) == 8 * 100 * 2, 90, "the first topic's rows")
+            time.sleep(2)  # a checkpoint covers them: the state topic holds their applied offsets
+        finally:
+            stop(worker)
+        old_marks = dict(client.query("SELECT partition, max(offset) FROM ingest_offsets WHERE topic LIKE "
+                                      "{t:String} GROUP BY partition", parameters={
+                                          "t": topic_name(Topic.METRICS, own_topics.kafka_topic_prefix) + "%"}
+                                      ).result_rows)
+        recreate(own_topics, Topic.METRICS, Topic.RUNS)
+        worker = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+        try:
+            send(after, 50)
+            wait_until(lambda: points(after) == 8 * 50 * 2 and starts(after) == 8, 90, "the new topic's rows")
+        finally:
+            stop(worker)
+    assert points(before) == 8 * 100 * 2 and starts(before) == 8
+    assert min(old_marks.values()) >= 50, "the old watermark lies above the new offsets: a name key would skip"
