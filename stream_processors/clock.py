@@ -2,15 +2,18 @@
 
 Event time, not the worker's wall clock: after a restart, an outage or while the pipeline falls
 behind, the partition's clock advances only as fast as its events are read, so a backlog drained at
-1.5x does not make every healthy rank look silent. Once the partition is live again (its newest
-events are recent, or nothing new has arrived for a moment) the clock follows the wall clock, so
-silence itself is noticed. One host's clock running ahead cannot drag the partition's clock along:
-event times past the wall clock count only up to `max_future_s` ahead.
+1.5x does not make every healthy rank look silent. Once the partition is live again the clock
+follows the wall clock, so silence itself is noticed. Live means caught up on every topic the
+partition reads (its newest events there are recent, or nothing new has arrived there for a
+moment): a restored partition whose metrics backlog is read before its system samples must not
+judge the nodes on samples from before the outage. One host's clock running ahead cannot drag the
+partition's clock along: event times past the wall clock count only up to `max_future_s` ahead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -22,15 +25,24 @@ class PartitionClock:
     events: float = 0.0  # newest event time seen (bounded by wall + max_future_s)
     now: float = 0.0  # the partition's current time; never goes back
     last_read: float = 0.0  # wall time a message of this partition was last read
-    newest_read: float = 0.0  # event time of the newest event in the last batch read
+    # per topic: (event time of the newest event in the last batch read from it, wall time read)
+    topics: dict[str, tuple[float, float]] = field(default_factory=dict)
     live: bool = False
 
-    def observe(self, newest: float, wall: float) -> None:
-        """A batch of this partition was read; `newest` is its newest event time."""
-        bounded = min(newest, wall + self.max_future_s)
-        if bounded > self.events:
-            self.events = bounded
-        self.newest_read, self.last_read = newest, wall
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Snapshots written before per-topic liveness restore without it."""
+        state.pop("newest_read", None)
+        self.__dict__.update({"topics": {}, **state})
+
+    def observe(self, topic: str, newest: float | None, wall: float) -> None:
+        """A batch of `topic` on this partition was read; `newest` is its newest event time (None:
+        only replays and re-sends, which the state already has)."""
+        if newest is None:
+            newest = self.topics.get(topic, (0.0, wall))[0]
+        else:
+            self.events = max(self.events, min(newest, wall + self.max_future_s))
+            self.last_read = wall
+        self.topics[topic] = (newest, wall)
 
     def window_time(self, wall: float) -> float:
         """What windows close on: the event time while events are arriving (so a backlog, a rebalance
@@ -38,13 +50,15 @@ class PartitionClock:
         return self.events if wall - self.last_read < self.close_idle_s else self.now
 
     def resumed(self, wall: float) -> None:
-        """Restored on another worker: not live until it has read what is waiting, or found nothing."""
+        """Restored on another worker: not live until it has read what is waiting on every topic,
+        or found nothing there."""
         self.last_read, self.live = wall, False
+        self.topics = {topic: (newest, wall) for topic, (newest, _read) in self.topics.items()}
 
     def advance(self, wall: float) -> float:
         """The partition's time at this wall-clock moment; marks whether it is live."""
-        self.live = self.events > 0 and (wall - self.last_read >= self.idle_s
-                                         or wall - self.newest_read <= self.live_lag_s)
+        self.live = self.events > 0 and all(wall - read >= self.idle_s or wall - newest <= self.live_lag_s
+                                            for newest, read in self.topics.values())
         candidate = wall if self.live else self.events
         if candidate > self.now:
             self.now = candidate

@@ -193,7 +193,7 @@ class Processing:
         outcome, wall = Outcome(), time.time()
         batches: dict[int, Batch] = {}  # per partition: rows to write, which feed its windows too
         replays: dict[int, Batch] = {}  # events new to the state whose rows ClickHouse already has: windows only
-        newest: dict[int, float] = {}
+        newest: dict[tuple[int, str], float | None] = {}  # (partition, topic) -> newest event time read
         sources: dict[Source, Message] = {}
         for message in messages:
             state = self._owned(message.partition)
@@ -201,6 +201,7 @@ class Processing:
                 outcome.unowned.add(message.partition)
                 continue
             topic = self.topic_keys.get(message.topic, message.topic)  # name#id: see topic_ids.py
+            newest.setdefault((message.partition, message.topic), None)  # read, if only a replay: not idle
             if message.offset <= state.applied.get(topic, -1):
                 self.counts["replayed"] += 1  # already in the restored state, and written
                 continue
@@ -228,14 +229,14 @@ class Processing:
                                   message.partition, message.offset)
                 self._dead_letter(outcome, message, "internal_error", f"{type(exc).__name__}: {exc}")
                 continue
-            if event["time"] > newest.get(message.partition, 0.0):
-                newest[message.partition] = event["time"]
+            if event["time"] > (newest[message.partition, message.topic] or 0.0):
+                newest[message.partition, message.topic] = event["time"]
             sources[src] = message
+        for (partition, topic), time_read in newest.items():
+            self.partitions[partition].clock.observe(topic, time_read, wall)
         merged = Batch()
         for partition in batches.keys() | replays.keys():
             state = self.partitions[partition]
-            if partition in newest:
-                state.clock.observe(newest[partition], wall)
             for batch in filter(None, (batches.get(partition), replays.get(partition))):
                 state.windows.add_metrics(batch.metric)
                 state.windows.add_system(batch.system)

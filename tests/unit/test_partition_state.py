@@ -13,7 +13,7 @@ from stream_processors.config import PipelineConfig
 from stream_processors.processing import Message, Processing
 from stream_processors.sink import _types as sink_types
 from stream_processors.snapshots import MAGIC, SnapshotError, loads
-from tests.unit.alert_streams import heartbeat, metrics, run_end, spec
+from tests.unit.alert_streams import heartbeat, metrics, run_end, spec, system
 from tests.unit.test_processing import Dispatcher, MemorySink
 from trainmon.contract import encode
 
@@ -177,6 +177,42 @@ def test_a_backlog_drained_late_pages_no_healthy_rank(wall):
     proc.handle(feed(heartbeat(wall[0] - 1, rank=0), heartbeat(wall[0] - 1, rank=1)))
     proc.dispatch(proc.tick().alerts)
     assert dispatcher.alerts == []
+
+
+def test_a_restored_partition_judges_no_node_before_it_has_read_that_nodes_backlog(wall):
+    """After an outage the new owner may read the metrics backlog before the system samples waiting on
+    the same partition: until the system topic has caught up too, the node's last sample (from before
+    the outage) says nothing about it."""
+    node_rule = [spec("heartbeat_lost", "node_silent", selector={"scope": "node"}, params={"timeout_s": 60})]
+    pipeline = PipelineConfig(rules=node_rule, routes=[], windows_s=[10.0], repeat_interval_s=3600.0,
+                              dashboard_url="http://127.0.0.1:8501", path="test")
+    first = Processing(pipeline, MemorySink(), Dispatcher())
+    samples = iter(range(10**6))
+
+    def sample(t: float) -> Message:
+        return Message("t.system", 0, next(samples), b"node-1", encode(system(t, runs=["r1"])))
+
+    first.handle([sample(T)])
+    first.handle(Feed()(metrics(0, T, loss=1.0)))
+    first.tick()
+    snapshot = first.snapshot()
+    wall[0] = T + 300  # the worker was down for five minutes; the cluster kept training
+    dispatcher = Dispatcher()
+    second = Processing(pipeline, MemorySink(), dispatcher, snapshot_loader=lambda p: [snapshot[p]])
+    feed = Feed()
+    feed.offsets["t.metrics"] = 1
+    second.handle(feed(*(metrics(s, T + s, loss=1.0) for s in range(1, 300))))  # metrics caught up first
+    second.dispatch(second.tick().alerts)
+    wall[0] += 0.5
+    second.handle([sample(T + s) for s in range(1, 300)])  # then the node's own backlog
+    second.dispatch(second.tick().alerts)
+    wall[0] += 5
+    second.handle([sample(wall[0] - 1)])
+    second.dispatch(second.tick().alerts)
+    assert dispatcher.alerts == []
+    wall[0] += 120  # and a node that really goes silent is still reported
+    second.dispatch(second.tick().alerts)
+    assert [(a["rule"], a["state"]) for a in dispatcher.alerts] == [("node_silent", "firing")]
 
 
 def test_a_rank_silent_while_live_is_reported(wall):  # the test above can fail
