@@ -1,27 +1,39 @@
-"""Faults the processors meet every week, on the real broker, ClickHouse and worker processes, with
-exact counts: a worker SIGKILLed mid-episode, a 1 -> 3 -> 1 rebalance under load, ClickHouse
-refusing one row of a batch, and a topic deleted and re-created under the same name."""
+"""Faults a cluster meets every week, on the real broker, ClickHouse and worker processes, with exact
+counts: a worker SIGKILLed mid-NaN episode and mid-plateau, a 1 -> 3 -> 1 rebalance under load, a
+processing outage longer than the silence timeouts, a training process SIGKILLed after its events were
+delivered and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and
+re-created under the same name."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from agent.publisher import Publisher
-from stream_processors.processing import Message
+from stream_processors.config import load_pipeline
+from stream_processors.processing import Message, Processing
 from stream_processors.sink import ClickHouseSink
-from tests.integration.test_processors import (lifecycle, metrics, pipeline_file, scalar, start_worker, stop,
-                                               wait_until)
+from tests.integration.test_processors import (ROOT, lifecycle, metrics, pipeline_file, scalar,
+                                               start_worker, stop, wait_until)
+from tests.kafka_util import consume
 from tests.receivers import Receiver
 from tests.unit.test_partition_state import make
+from tests.unit.test_processing import Dispatcher as UnitDispatcher
+from tests.unit.test_processing import MemorySink
 from trainmon.clickhouse import connect
-from trainmon.contract import DLQ_REASON, Topic, encode, envelope, topic_name
+from trainmon.contract import DLQ_REASON, Topic, decode, encode, envelope, topic_name
+from trainmon.settings import env_name
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +233,220 @@ def test_a_topic_deleted_and_recreated_is_read_from_its_start_and_nothing_is_ski
             stop(worker)
     assert points(before) == 8 * 100 * 2 and starts(before) == 8
     assert min(old_marks.values()) >= 50, "the old watermark lies above the new offsets: a name key would skip"
+
+
+def plateau_pipeline(directory: Path, webhook_url: str, patience: int) -> Path:
+    path = directory / "plateau.yml"
+    path.write_text(textwrap.dedent(f"""
+        windows: [10s]
+        alerting: {{repeat_interval: 1h, dashboard_url: "http://127.0.0.1:8501"}}
+        rules:
+          - name: loss_plateau
+            kind: plateau
+            severity: warning
+            selector: {{metric: loss, rank: 0}}
+            params: {{mode: min, patience: {patience}}}
+        routes:
+          - {{name: oncall, kind: webhook, url: "{webhook_url}", params: {{secret: s}}, timeout_s: 2, retries: 3}}
+    """))
+    return path
+
+
+def test_worker_sigkilled_mid_plateau_fires_at_the_step_it_would_have_and_resolves_once(own_topics, tmp_path):
+    """The reference is the same events through one in-process Processing that is never killed: the
+    real worker is SIGKILLed with the plateau half counted (its rows written, its snapshot maybe not)."""
+    run, group, patience = f"plat-{uuid.uuid4().hex[:6]}", f"plat-{uuid.uuid4().hex[:6]}", 150
+    t0 = time.time()
+    losses = [1.0 / (s + 1) for s in range(100)] + [1.0] * 250 + [1e-4] * 5  # improve, stall, improve
+    events = [lifecycle("run_start", run, 0, world_size=1)] + [
+        envelope("metrics", project="e2e", run=run, rank=0, host="node-0", step=s, time=t0 + s * 0.01,
+                 values={"loss": loss}) for s, loss in enumerate(losses)]
+    with Receiver([200] * 20) as receiver:
+        pipeline = plateau_pipeline(tmp_path, receiver.url, patience)
+        reference = Processing(load_pipeline(pipeline), MemorySink(), UnitDispatcher())
+        expected = [(a["state"], a["starts_at"], a["values"].get("evaluations"))
+                    for i, e in enumerate(events) for a in reference.handle(
+                        [Message("t.metrics" if e["kind"] == "metrics" else "t.runs", 0, i, b"k", encode(e))]).alerts]
+        fires_at = t0 + (100 + patience - 1) * 0.01  # the 150th value without improvement
+        assert [(s, round(t, 6)) for s, t, _ in expected] == [("firing", round(fires_at, 6)),
+                                                              ("resolved", round(fires_at, 6))]
+        first = start_worker(own_topics, pipeline, group, tmp_path / "first.log")
+        second = None
+        try:
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+            killed_at = 100 + patience // 2  # mid-plateau: 75 of the 150 stale values counted
+            for event in events[:killed_at + 2]:
+                publisher.publish(event)
+            assert publisher.flush(30)
+            client = connect(own_topics)
+            wait_until(lambda: scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}",
+                                      r=run) == killed_at + 1, 90, "the first half of the plateau written")
+            first.send_signal(signal.SIGKILL)  # no pause: the last checkpoint may lag the written rows
+            first.wait(10)
+            assert receiver.requests == [], "nothing fired before the kill"
+            second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+            for event in events[killed_at + 2:]:
+                publisher.publish(event)
+            assert publisher.flush(30)
+            wait_until(lambda: "resolved" in states(receiver, run), 90, "the plateau's resolve after the takeover")
+            time.sleep(3)  # a duplicate firing or resolve would arrive by now
+            got = [(r.json()["state"], r.json()["starts_at"], r.json()["values"].get("evaluations"))
+                   for r in list(receiver.requests) if r.json().get("run") == run]
+            assert [(s, round(t, 6), n) for s, t, n in got] == [(s, round(t, 6), n) for s, t, n in expected]
+            assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", r=run) == len(losses)
+            assert scalar(client, "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}", r=run) == len(
+                losses)
+            publisher.close()
+        finally:
+            stop(first)
+            if second is not None:
+                stop(second)
+
+
+OUTAGE_S, TIMEOUT_S = 40, 10  # the outage is 4x the rules' timeouts (5 min against the shipped 1 min)
+
+
+def silence_pipeline(directory: Path, webhook_url: str) -> Path:
+    """The shipped time-based rules, their timeouts cut to TIMEOUT_S so that a short outage is long."""
+    path = directory / "silence.yml"
+    path.write_text(textwrap.dedent(f"""
+        windows: [10s]
+        alerting: {{repeat_interval: 1h, dashboard_url: "http://127.0.0.1:8501"}}
+        rules:
+          - {{name: rank_heartbeat_lost, kind: heartbeat_lost, severity: critical, selector: {{scope: rank}},
+              params: {{timeout_s: {TIMEOUT_S}}}}}
+          - {{name: node_silent, kind: heartbeat_lost, severity: critical, selector: {{scope: node}},
+              params: {{timeout_s: {TIMEOUT_S}}}}}
+          - {{name: run_stalled, kind: stalled, severity: critical, params: {{stall_s: {TIMEOUT_S}, busy_percent: 50}}}}
+          - {{name: gpu_idle, kind: idle_gpu, severity: warning, for: {TIMEOUT_S}s, params: {{below: 10}}}}
+          - {{name: loss_non_finite, kind: non_finite, severity: critical, selector: {{metrics: [loss, val_loss]}}}}
+        routes:
+          - {{name: oncall, kind: webhook, url: "{webhook_url}", params: {{secret: s}}, timeout_s: 2, retries: 3}}
+    """))
+    return path
+
+
+def test_processing_outage_then_catch_up_pages_nothing_false_and_real_silence_still_pages(own_topics, tmp_path):
+    """A simulated cluster trains through a worker outage 4x the silence timeouts; the restarted worker
+    catches up on the backlog. Nothing may page for that; a node that really dies afterwards must."""
+    tag = uuid.uuid4().hex[:6]
+    project, group, dead_at = f"outage-{tag}", f"outage-{tag}", 12 + OUTAGE_S + 25
+    env = {**os.environ, "PYTHONPATH": str(ROOT), env_name("kafka_bootstrap_servers"): own_topics.bootstrap_servers,
+           env_name("kafka_topic_prefix"): own_topics.kafka_topic_prefix}
+    with Receiver([200] * 100) as receiver:
+        pipeline = silence_pipeline(tmp_path, receiver.url)
+        worker = start_worker(own_topics, pipeline, group, tmp_path / "first.log")
+        restarted = simulator = None
+        try:
+            wait_until(lambda: "Executing _on_partitions_assigned" in (tmp_path / "first.log").read_text(), 60,
+                       "the worker's assignment")
+            began = time.time()
+            simulator = subprocess.Popen(
+                [sys.executable, "-m", "trainmon.cli", "simulate", "--nodes", "2", "--gpus", "2", "--runs", "1",
+                 "--heartbeat", "1", "--step-interval", "0.1", "--project", project, "--prefix", f"o{tag}",
+                 "--spool-dir", str(tmp_path / "spool"), "--duration", str(dead_at + 2 * TIMEOUT_S + 5),
+                 "--fault", f"dead_node@node-2:{dead_at}"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+            time.sleep(12)  # live, with every silence rule armed
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            time.sleep(OUTAGE_S)
+            restarted = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+            _, err = simulator.communicate(timeout=dead_at + 2 * TIMEOUT_S + 60)
+            assert simulator.returncode == 0, err
+            wait_until(lambda: any(r.json()["rule"] == "node_silent" for r in list(receiver.requests)), 60,
+                       "node_silent for the node that died")
+            time.sleep(5)  # late or duplicate pages would arrive by now
+            fired = [r.json() for r in list(receiver.requests) if r.json()["state"] == "firing"]
+        finally:
+            if simulator is not None and simulator.poll() is None:
+                simulator.kill()
+            stop(worker)
+            if restarted is not None:
+                stop(restarted)
+    dead_host = f"o{tag}-node-02"  # the simulator pads node numbers
+    false = [(a["rule"], a["labels"], a["starts_at"] - began) for a in fired if a["starts_at"] < began + dead_at]
+    assert false == [], "paged for silence that was only the outage"
+    assert {a["labels"].get("host") for a in fired if a["rule"] in ("node_silent", "rank_heartbeat_lost")} == {
+        dead_host}
+    assert len({a["fingerprint"] for a in fired}) == len(fired), "a page sent twice"
+
+    values = sum(len(decode(m.value())["values"]) for m in consume(
+        own_topics, topic_name(Topic.METRICS, own_topics.kafka_topic_prefix), 10**9, timeout_s=10))
+    client = connect(own_topics)
+    wait_until(lambda: scalar(client, "SELECT count() FROM metric_points WHERE project = {p:String}",
+                              p=project) >= values, 60, "every value written")
+    assert scalar(client, "SELECT count() FROM metric_points WHERE project = {p:String}", p=project) == values
+
+
+TRAINER = textwrap.dedent("""
+    import sys, time, trainmon
+    from trainmon.settings import Settings
+    spool, prefix, servers, run_id, first, n, then = sys.argv[1:8]
+    first, n = int(first), int(n)
+    settings = Settings(kafka_bootstrap_servers=servers, kafka_topic_prefix=prefix)
+    run = trainmon.init(project="e2e", run_id=run_id, spool_dir=spool, settings=settings, heartbeat_s=3600)
+    publisher = run._publisher
+    replayed = publisher.stats["replayed"]
+    for step in range(first, first + n):
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+        if step % 10 == 0:
+            time.sleep(0.001)  # a fast training loop, well inside the SDK's queue
+    deadline = time.monotonic() + 60
+    while publisher.stats["delivered"] < n + 1 + replayed and time.monotonic() < deadline:
+        time.sleep(0.001)  # run_start + n metrics acknowledged by Kafka
+    if then == "hang":
+        print("delivered", publisher.stats["delivered"], flush=True)
+        time.sleep(60)  # SIGKILLed here
+    print("replayed", replayed, "flushed", publisher.flush(60), flush=True)
+    run.finish()
+""")
+
+
+def test_trainer_sigkilled_after_100k_delivered_then_restarted_counts_every_event_once(own_topics, tmp_path):
+    """Killed after Kafka acknowledged 100,000 events, before the spool's durable watermark caught up:
+    the restarted process re-sends the tail, byte for byte; every table and rollup counts it once."""
+    n, more, run_id = 100_000, 1_000, f"trainer-{uuid.uuid4().hex[:6]}"
+    spool = tmp_path / "spools"
+
+    def trainer(first: int, count: int, then: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", TRAINER, str(spool), own_topics.kafka_topic_prefix,
+                                 own_topics.bootstrap_servers, run_id, str(first), str(count), then],
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    with Receiver([200] * 10) as receiver:
+        worker = start_worker(own_topics, pipeline_file(tmp_path, receiver.url), f"trainer-{run_id}",
+                              tmp_path / "worker.log")
+        try:
+            killed = trainer(0, n, "hang")
+            try:
+                line = killed.stdout.readline().split()
+                assert line[:1] == ["delivered"] and int(line[1]) >= n + 1, line
+            finally:
+                killed.send_signal(signal.SIGKILL)
+                killed.wait(10)
+            restarted = trainer(n, more, "finish")
+            out, _ = restarted.communicate(timeout=120)
+            assert restarted.returncode == 0
+            words = out.split()
+            resent = int(words[1])
+            assert 0 < resent <= n + 1, "the durable watermark lagged the deliveries: a tail was re-sent"
+            assert words[2:] == ["flushed", "True"]
+            assert not list(spool.rglob("*.seg")), "the spool drained"
+            client = connect(own_topics)
+            args = {"r": run_id}
+            wait_until(lambda: scalar(client, "SELECT count() FROM run_events WHERE run = {r:String} AND kind = "
+                                              "'run_end'", **args) == 1, 90, "the restarted run's end")
+            wait_until(lambda: scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", **args)
+                       >= n + more, 60, "every point")
+            time.sleep(3)  # a re-sent event written again would be in by now
+            assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", **args) == n + more
+            assert scalar(client, "SELECT uniqExact(step) FROM metric_points WHERE run = {r:String}", **args) == n + more
+            for rollup in ("metric_rollup_1m", "metric_rollup_1h"):
+                assert scalar(client, f"SELECT sum(count) FROM {rollup} WHERE run = {{r:String}}", **args) == n + more
+            assert sorted(client.query("SELECT kind, count() FROM run_events WHERE run = {r:String} GROUP BY kind",
+                                       parameters=args).result_rows) == [("run_end", 1), ("run_start", 2)]
+            windowed = ("SELECT sum(count) FROM window_aggregates FINAL WHERE scope = 'run' AND window = '10s' "
+                        "AND name = 'loss' AND run = {r:String}")
+            wait_until(lambda: scalar(client, windowed, **args) == n + more, 60, "window counts of every event once")
+        finally:
+            stop(worker)
