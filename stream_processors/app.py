@@ -14,12 +14,16 @@ all state, per source partition. Offsets are committed only behind a durable sta
 A worker that dies loses at most what came after its last checkpoint; whoever takes its partitions
 over restores the snapshot and re-reads from the committed offset, which the snapshot covers, so
 every event is applied to the state exactly once and every alert is sent once.
+
+`durable_state=False` (`trainmon process --no-durable-state`) runs the same code without snapshots, to
+measure what the guarantee above costs: state is lost at every restart and rebalance.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.processors")
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # the state topic's max.message.bytes (deploy/topics.py)
+HEARTBEAT_INTERVAL_S = 1.0  # to the group coordinator; the session timeout must be several of these
 
 
 def _data_parent(settings: Settings) -> Path:
@@ -48,7 +53,16 @@ def _data_parent(settings: Settings) -> Path:
 
 def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, group_id: str = "trainmon-processors",
                batch_events: int = 5000, batch_within_s: float = 0.1, web_port: int | None = None,
-               checkpoint_interval_s: float = 1.0, lost_after_s: float = 900.0) -> faust.App:
+               checkpoint_interval_s: float = 1.0, lost_after_s: float = 900.0, durable_state: bool = True,
+               session_timeout_s: float = 6.0) -> faust.App:
+    """durable_state=False: no state snapshots are written or read; checkpoints only ack events and
+    release alerts (on the same schedule), and assigned partitions start from empty state: at-least-once
+    processing that forgets all rule, window and run state at every restart or rebalance (for measuring
+    what durability costs). session_timeout_s: how long the group waits for a silent worker before giving
+    its partitions to the others (heartbeats go every HEARTBEAT_INTERVAL_S)."""
+    if session_timeout_s < 3 * HEARTBEAT_INTERVAL_S:
+        raise ValueError(f"session timeout of {session_timeout_s} s: at least three heartbeat intervals "
+                         f"({3 * HEARTBEAT_INTERVAL_S:g} s)")
     app = faust.App(
         group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
@@ -64,8 +78,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=settings.kafka_replication_factor,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10,
-        broker_heartbeat_interval=1,
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, batch_events * 2),
@@ -76,7 +90,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     state_topic_name = internal_topic_name(STATE, settings.kafka_topic_prefix)
     processing = Processing(
         pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,
-        snapshot_loader=lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
+        snapshot_loader=(lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
+        if durable_state else (lambda partition: []))
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-processing")  # owns all state
 
     def topic(which: Topic) -> faust.TopicT:
@@ -111,6 +126,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         pending_alerts.extend(outcome.alerts)
 
     async def write_snapshots(snapshots: dict[int, bytes]) -> None:
+        if not durable_state:
+            return
         for partition, data in snapshots.items():
             if len(data) > MAX_SNAPSHOT_BYTES:
                 log.error("partition %d: state snapshot of %d bytes is over %d; not written, offsets held",
@@ -125,7 +142,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             pending_events.clear()
             pending_alerts.clear()
             if revoked is None:
-                snapshots = await in_thread(processing.snapshot)
+                snapshots = await in_thread(processing.snapshot) if durable_state else {}
             else:
                 snapshots = await in_thread(processing.revoke, revoked)
             try:
@@ -190,9 +207,12 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     @app.on_partitions_assigned.connect
     async def assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+        started, partitions = time.monotonic(), sorted({tp.partition for tp in assigned})
+        generation = getattr(app, "consumer_generation_id", 0) or 0
         keys = await in_thread(topic_keys, settings.bootstrap_servers, {tp.topic for tp in assigned})
-        await in_thread(processing.assign, sorted({tp.partition for tp in assigned}),
-                        getattr(app, "consumer_generation_id", 0) or 0, keys)
+        await in_thread(processing.assign, partitions, generation, keys)
+        log.info("partitions %s assigned (generation %d): state ready in %.2f s", partitions, generation,
+                 time.monotonic() - started)
 
     def summary() -> str:
         return (f"processed {dict(processing.counts)}; {processing.sink.written_values} values written, "

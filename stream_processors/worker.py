@@ -10,7 +10,8 @@ from trainmon.settings import Settings
 
 
 def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str = "trainmon-processors",
-        web_port: int | None = None, batch_events: int = 5000, loglevel: str = "info") -> None:
+        web_port: int | None = None, batch_events: int = 5000, loglevel: str = "info", durable_state: bool = True,
+        session_timeout_s: float = 6.0) -> None:
     import faust
 
     from stream_processors.app import create_app
@@ -22,13 +23,15 @@ def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str 
     pipeline = load_pipeline(pipeline_path, settings=settings)  # fails fast, naming file, line and key
     deliveries: deque = deque()
     dispatcher = Dispatcher([build_route(spec) for spec in pipeline.routes], deliveries.append)
-    app = create_app(settings, pipeline, dispatcher, group_id=group_id, batch_events=batch_events, web_port=web_port)
+    app = create_app(settings, pipeline, dispatcher, group_id=group_id, batch_events=batch_events, web_port=web_port,
+                     durable_state=durable_state, session_timeout_s=session_timeout_s)
     app.processing.deliveries = deliveries
     logging.getLogger("trainmon").setLevel(loglevel.upper())
     logging.getLogger("trainmon.processors").info(
-        "trainmon processors: group %s, Kafka %s, ClickHouse %s, pipeline %s (%d rules, %d routes), web %s",
-        group_id, settings.bootstrap_servers, settings.clickhouse, pipeline_path, len(pipeline.rules),
-        len(pipeline.routes), f"127.0.0.1:{web_port}" if web_port else "off")
+        "trainmon processors: group %s, Kafka %s, ClickHouse %s, pipeline %s (%d rules, %d routes), web %s, "
+        "session timeout %g s, state %s", group_id, settings.bootstrap_servers, settings.clickhouse, pipeline_path,
+        len(pipeline.rules), len(pipeline.routes), f"127.0.0.1:{web_port}" if web_port else "off", session_timeout_s,
+        "durable (snapshots)" if durable_state else "NOT durable (--no-durable-state: lost at restart/rebalance)")
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:

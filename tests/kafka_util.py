@@ -1,9 +1,12 @@
-"""Reading topics back in tests: a throwaway consumer group from the earliest offset."""
+"""Reading topics back in tests: a throwaway consumer group from the earliest offset; which partitions a
+`trainmon process` worker was assigned, from its log."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, Message
 
@@ -26,3 +29,16 @@ def consume(settings: Settings, topic: str, expected: int, timeout_s: float = 30
     finally:
         consumer.close()
     return messages
+
+
+def metrics_partitions(log: Path, topic: str) -> set[int]:
+    """The partitions of `topic` in the worker's latest assignment (Faust logs it as a table at info level,
+    runs of partitions shortened: `{0-2, 4}`)."""
+    tables = log.read_text(errors="replace").split("Setting newly assigned partitions")
+    row = re.search(rf"\|\s*{re.escape(topic)}\s*\|\s*\{{([0-9, -]*)\}}", tables[-1]) if len(tables) > 1 else None
+    partitions: set[int] = set()
+    for item in row[1].split(",") if row else ():
+        first, _, last = item.strip().partition("-")
+        if first:
+            partitions.update(range(int(first), int(last or first) + 1))
+    return partitions

@@ -85,11 +85,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _session_timeout(text: str) -> float:
+    """argparse type: seconds, at least three of the workers' 1 s heartbeats (stream_processors/app.py)."""
+    value = _seconds(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be at least 3 seconds (three 1 s heartbeats), got {text}")
+    return value
+
+
 def _process(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     from stream_processors import worker
 
     worker.run(settings, pipeline_path=args.pipeline, group_id=args.group, web_port=args.web_port,
-               batch_events=args.batch_events, loglevel=args.loglevel)
+               batch_events=args.batch_events, loglevel=args.loglevel, durable_state=args.durable_state,
+               session_timeout_s=args.session_timeout)
     return 0
 
 
@@ -224,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default %(default)s)")
     process.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
                          help="log level (default %(default)s)")
+    process.add_argument("--session-timeout", type=_session_timeout, default=6.0, metavar="SECONDS",
+                         help="how long the consumer group waits for a worker that stopped heartbeating "
+                         "(killed, its machine down or cut off) before its partitions go to the other "
+                         "workers; a killed worker restarted at once waits as long for the group. It bounds "
+                         "how soon alerts of a dead worker's partitions are evaluated again. Lower: faster "
+                         "takeover, but a worker that cannot send its 1 s heartbeat for that long loses its "
+                         "partitions. At least 3 s; brokers refuse less than their "
+                         "group.min.session.timeout.ms (Kafka's default: 6 s) (default %(default)g)")
+    process.add_argument("--no-durable-state", dest="durable_state", action="store_false",
+                         help="for measuring what durability costs, not for production: write no state "
+                         "snapshots and restore none. Rule state (NaN episodes, plateau history, last "
+                         "heartbeats), firing alerts, open windows and the run book are LOST whenever this "
+                         "worker restarts or a rebalance moves a partition, so alerts can fire again, never "
+                         "resolve or be missed, and windows come out short; offsets are committed without "
+                         "waiting for a snapshot (at-least-once)")
     process.set_defaults(handler=_process)
 
     dashboard = commands.add_parser(

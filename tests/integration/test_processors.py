@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 
 from agent.publisher import Publisher
 from stream_processors.routes.webhook import signature
-from tests.kafka_util import consume
+from tests.kafka_util import consume, metrics_partitions
 from tests.receivers import Receiver
 from trainmon.clickhouse import connect
 from trainmon.contract import DLQ_REASON, Topic, envelope, topic_name
@@ -66,13 +66,6 @@ def start_worker(settings: Settings, pipeline: Path, group: str, log: Path) -> s
     return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),
                              "--group", group, "--loglevel", "info"],
                             cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-
-
-def metrics_partitions(log: Path, topic: str) -> set[int]:
-    """The partitions of `topic` in the worker's latest assignment (Faust logs it as a table)."""
-    tables = log.read_text(errors="replace").split("Setting newly assigned partitions")
-    row = re.search(rf"\|\s*{re.escape(topic)}\s*\|\s*\{{([0-9, ]*)\}}", tables[-1]) if len(tables) > 1 else None
-    return {int(p) for p in row[1].split(",") if p.strip()} if row else set()
 
 
 def stop(worker: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

@@ -1,0 +1,53 @@
+"""`trainmon process` options that change the processors' guarantees: --no-durable-state (the baseline
+bench/recovery.py measures durability against) and --session-timeout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_processors.app import create_app
+from stream_processors.config import load_pipeline
+from trainmon import cli
+from trainmon.settings import Settings
+
+
+def test_defaults_keep_state_durable_with_a_6_s_session_timeout() -> None:
+    args = cli.build_parser().parse_args(["process"])
+    assert args.durable_state is True and args.session_timeout == 6.0
+
+
+def test_the_flags_parse_and_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_processors import worker
+
+    seen: dict = {}
+    monkeypatch.setattr(worker, "run", lambda settings, **options: seen.update(options))
+    assert cli.main(["process", "--no-durable-state", "--session-timeout", "8"]) == 0
+    assert seen["durable_state"] is False and seen["session_timeout_s"] == 8.0
+
+
+@pytest.mark.parametrize("bad", ["2.5", "0", "-6", "soon"])
+def test_a_session_timeout_under_three_heartbeats_is_refused(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["process", "--session-timeout", bad])
+
+
+def test_help_says_what_no_durable_state_loses() -> None:
+    parser = cli.build_parser()
+    process = parser._subparsers._group_actions[0].choices["process"]  # type: ignore[union-attr]
+    text = " ".join(process.format_help().split())
+    assert "--no-durable-state" in text and "LOST whenever this worker restarts" in text
+    assert "--session-timeout" in text
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_without_durable_state_no_snapshot_is_read(tmp_path: Path, durable: bool) -> None:
+    settings = Settings(services_home=str(tmp_path), kafka_bootstrap_servers="127.0.0.1:1")
+    app = create_app(settings, load_pipeline(), None, durable_state=durable, session_timeout_s=6)
+    assert app.conf.broker_session_timeout == 6
+    if durable:  # reads the state topic: Kafka is a closed port here, so only its presence is checked
+        assert app.processing.snapshot_loader is not None
+    else:
+        assert app.processing.snapshot_loader(0) == []
+        assert app.processing.assign([0, 1]) is None and sorted(app.processing.partitions) == [0, 1]
