@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,12 +51,12 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def bench_settings(partitions: int) -> Settings:
+def bench_settings(partitions: int, database: str = "trainmon_bench_pipeline") -> Settings:
     return Settings(services_home=str(ROOT / ".trainmon" / "bench"), services_kafka_port=29092,
                     services_kafka_controller_port=29093, services_clickhouse_http_port=28123,
                     services_clickhouse_tcp_port=29000, services_alertmanager_port=29094,
                     kafka_topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", kafka_partitions=partitions,
-                    clickhouse_database="trainmon_bench_pipeline")
+                    clickhouse_database=database)
 
 
 def pipeline_file(directory: Path, webhook_url: str) -> Path:
@@ -68,11 +69,14 @@ def pipeline_file(directory: Path, webhook_url: str) -> Path:
     return path
 
 
-def start_worker(settings: Settings, pipeline: Path, log: Path, batch_events: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def start_worker(settings: Settings, pipeline: Path, log: Path, batch_events: int, loglevel: str = "warning",
+                 extra_args: Sequence[str] = ()) -> subprocess.Popen:
+    """A `trainmon process` worker of group "bench"; extra_args are more of its options."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # its log survives a SIGKILL
     env.update({env_name(name): str(getattr(settings, name)) for name in settings.__dataclass_fields__})
     return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),
-                             "--group", "bench", "--batch-events", str(batch_events), "--loglevel", "warning"],
+                             "--group", "bench", "--batch-events", str(batch_events), "--loglevel", loglevel,
+                             *extra_args],
                             cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
@@ -119,8 +123,14 @@ class CpuShare:
         return {name: self._seconds(procs) - self.start[name] for name, procs in self.parts.items()}
 
 
-def drive(publisher: Publisher, values_per_s: float, seconds: float, width: int, runs: int) -> tuple[int, int, float]:
+PROBE_RUN = "alert-probe"  # drive()'s run whose loss flips NaN/finite
+
+
+def drive(publisher: Publisher, values_per_s: float, seconds: float, width: int, runs: int,
+          stop: threading.Event | None = None,
+          probe_log: list[tuple[float, float]] | None = None) -> tuple[int, int, float]:
     """Wide metrics events at a steady rate across `runs` runs; a probe run flips NaN/finite every 0.5 s.
+    Ends after `seconds` or once `stop` is set; each probe's (event time, loss) is appended to probe_log.
     Returns (load values sent, probe values sent, first send time)."""
     names = [f"layer_{i:03d}/grad_norm" for i in range(width - 2)] + ["loss", "lr"]
     events_per_s = values_per_s / width
@@ -128,7 +138,7 @@ def drive(publisher: Publisher, values_per_s: float, seconds: float, width: int,
     sent = step = probes = 0
     start = time.time()
     next_probe = start
-    while (now := time.time()) - start < seconds:
+    while (now := time.time()) - start < seconds and not (stop and stop.is_set()):
         due = int((now - start) * events_per_s) - sent // width
         for _ in range(max(due, 0)):
             run = run_ids[step % runs]
@@ -141,8 +151,10 @@ def drive(publisher: Publisher, values_per_s: float, seconds: float, width: int,
         if now >= next_probe:
             probe_step = int((now - start) * 2)
             loss = math.nan if probe_step % 2 == 0 else 1.0
-            publisher.publish(envelope("metrics", project="bench", run="alert-probe", rank=0, host="node-0",
+            publisher.publish(envelope("metrics", project="bench", run=PROBE_RUN, rank=0, host="node-0",
                                        step=probe_step, time=now, values={"loss": loss}))
+            if probe_log is not None:
+                probe_log.append((now, loss))
             probes += 1
             next_probe += 0.5
         time.sleep(0.002)
@@ -156,13 +168,17 @@ def quantiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), cuts[98]
 
 
-def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offered: float) -> dict[str, float]:
+def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offered: float,
+             worker_args: Sequence[str] = ()) -> dict[str, float]:
+    """One phase with fresh workers (worker_args: more `trainmon process` options). args: workers,
+    batch_events, warmup, seconds, width, runs, drain_timeout."""
     client = connect(settings)
     client.command("TRUNCATE TABLE metric_points")
     with Receiver([200] * 100_000) as receiver:
         pipeline = pipeline_file(workdir, receiver.url)
         say(f"starting {args.workers} worker(s)...")
-        workers = [start_worker(settings, pipeline, workdir / f"worker{i}.log", args.batch_events) for i in range(args.workers)]
+        workers = [start_worker(settings, pipeline, workdir / f"worker{i}.log", args.batch_events,
+                                extra_args=worker_args) for i in range(args.workers)]
         rss = RssWatch([w.pid for w in workers])
         rss.start()
         try:
@@ -193,7 +209,7 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
                                        ).result_rows[0][0] / 1000
             latency = client.query(
                 "SELECT quantiles(0.5, 0.99)(toUnixTimestamp64Milli(ingest_time) - toUnixTimestamp64Milli(time)) "
-                "FROM metric_points WHERE run != 'alert-probe'").result_rows[0][0]
+                "FROM metric_points WHERE run != {probe:String}", parameters={"probe": PROBE_RUN}).result_rows[0][0]
             alerts = [(r.wall, r.json()) for r in list(receiver.requests)]
         finally:
             rss.done.set()
