@@ -8,7 +8,8 @@ re-sent one (its producer's seq is not new). The ClickHouse sink and the route d
 worker. Everything runs in one thread, so no locks are needed and the event loop never blocks.
 
 No exception on one event leaves the batch: it is dead-lettered with reason `internal_error` and
-counted, and the rest of the batch goes on. Rows ClickHouse refuses for good are dead-lettered too.
+counted, and the rest of the batch goes on. Rows ClickHouse refuses for good are dead-lettered too,
+and the pipeline raises its own alert about them (refusals.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from stream_processors.config import PipelineConfig
+from stream_processors.alerts import AlertBook
 from stream_processors.partition import PartitionState
+from stream_processors.refusals import RefusalNotices
 from stream_processors.rules.base import Condition, RuleSpec
 from stream_processors.runs import raw_event_row
 from stream_processors.sink import Batch, ClickHouseSink, Source, utc
@@ -112,6 +115,7 @@ class Processing:
         self.generation = 0  # of the consumer group, at the latest assignment
         self.topic_keys: dict[str, str] = {}  # topic name -> name#id, offsets' key (topic_ids.py)
         self.counts: Counter[str] = Counter()
+        self.refusals = RefusalNotices(AlertBook(pipeline.repeat_interval_s, pipeline.dashboard_url))
 
     # --- ownership ----------------------------------------------------------------------------------
 
@@ -320,6 +324,7 @@ class Processing:
                 state.evict(run)
             if rows or runs or len(outcome.alerts) > before:
                 state.dirty = True
+        outcome.alerts.extend(self.refusals.due(self.sink.refused, wall))
         self._alert_rows(batch, outcome.alerts)
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
@@ -231,7 +231,7 @@ class ClickHouseSink:
         self.max_backoff_s = max_backoff_s
         self.written_values = 0
         self.skipped_events = 0
-        self.refused_rows = 0
+        self.refused: Counter[str] = Counter()  # table -> rows ClickHouse refused for good
 
     @property
     def client(self):
@@ -282,7 +282,6 @@ class ClickHouseSink:
         for key, offset in batch.offsets.items():  # a stream restarted in place must skip these too
             self._watermarks[key] = max(self._watermarks.get(key, -1), offset)
         self.written_values += batch.values
-        self.refused_rows += len(refused)
         return [(source, reason) for source, reason in refused if source is not None]
 
     def _insert_rows(self, table: str) -> Callable[[list], Any]:
@@ -306,7 +305,9 @@ class ClickHouseSink:
             size = part.groups() if isinstance(part, Columns) else len(part)
             if size <= 1:
                 log.error("%s; dead-lettered", reason)
-                return [(source, reason) for source in sources(part)]
+                found = sources(part)
+                self.refused[table] += len(found)
+                return [(source, reason) for source in found]
             first, second = halves(part)
             return (self._guarded(table, first, insert, halves, sources)
                     + self._guarded(table, second, insert, halves, sources))

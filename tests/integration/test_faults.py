@@ -170,6 +170,10 @@ def test_clickhouse_refusing_one_row_writes_the_rest_and_dead_letters_it(migrate
         (key, value, headers), = outcome.dead_letters
         assert dict(headers)[DLQ_REASON] == b"rejected" and json.loads(value)["step"] == 37
         assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", r=run) == 99
+        notice, = proc.tick().alerts  # the pipeline's own alert, once
+        assert (notice["rule"], notice["state"], notice["labels"]["table"], notice["values"]) == (
+            "clickhouse_rows_refused", "firing", "metric_points", {"refused": 1})
+        assert proc.tick().alerts == []
     finally:
         client.command(f"ALTER TABLE metric_points DROP CONSTRAINT {poison}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -20,6 +21,7 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.batches, self.written_values, self.skipped_events = [], 0, 0
+        self.refused: Counter[str] = Counter()
 
     def skip(self, topic: str, partition: int, offset: int) -> bool:
         return False
