@@ -49,10 +49,11 @@ RUN_ORDER = {  # order_by value -> SQL expression over the runs subquery (allow-
     "started_at": "started_at", "ended_at": "ended_at", "last_seen": "last_seen", "duration_s": "duration_s",
     "project": "project", "run": "run", "name": "name", "status": "status", "user": "user",
     "world_size": "world_size", "last_step": "last_step", "best": "best", "alerts_firing": "alerts_firing",
+    "events_dropped": "events_dropped",
 }
 METRIC_MODES = ("min", "max", "last")
 RUN_COLUMNS = ["project", "run", "name", "status", "user", "tags", "started_at", "ended_at", "duration_s",
-               "world_size", "hosts", "last_step", "last_seen", "best", "alerts_firing"]
+               "world_size", "hosts", "last_step", "last_seen", "events_dropped", "best", "alerts_firing"]
 SERIES_COLUMNS = ["run", "x", "min", "max", "mean", "last", "count", "non_finite"]
 HEATMAP_FIGURES = ("util_percent", "mem_used_bytes", "mem_total_bytes", "temperature_c", "power_w")
 JSON_FIELDS = ("config", "datasets", "model", "code", "environment")
@@ -258,7 +259,7 @@ class Queries:
         where = q.where(conditions)
         direction = "DESC" if descending else "ASC"
         select = (f"SELECT project, run, name, status, user, tags, started_at, ended_at, {_DURATION} AS duration_s, "
-                  f"world_size, hosts, last_step, last_seen FROM runs FINAL {where}")
+                  f"world_size, hosts, last_step, last_seen, events_dropped FROM runs FINAL {where}")
         page = f"LIMIT {q.bind(limit, 'UInt32')} OFFSET {q.bind(offset, 'UInt64')}"
         if order_by == "best":  # every matching run's best value is needed to sort: one join
             best = self._best_sql(q, metric, metric_mode, projects=_strings(project), runs=None)
@@ -335,7 +336,7 @@ class Queries:
         q = _Sql()
         frame = self._frame(
             f"SELECT project, run, name, user, status, tags, world_size, hosts, started_at, ended_at, "
-            f"{_DURATION} AS duration_s, last_seen, last_step, config, datasets, model, code, environment, "
+            f"{_DURATION} AS duration_s, last_seen, last_step, events_dropped, config, datasets, model, code, environment, "
             f"updated_at FROM runs FINAL {q.where([f'project = {q.text(project)}', f'run = {q.text(run)}'])}", q)
         if frame.empty:
             return None
@@ -348,7 +349,7 @@ class Queries:
     def ranks(self, project: str, run: str) -> pd.DataFrame:
         q = _Sql()
         return self._frame(
-            "SELECT rank, host, local_rank, status, started_at, last_seen, last_step FROM run_ranks FINAL "
+            "SELECT rank, host, local_rank, status, started_at, last_seen, last_step, events_dropped FROM run_ranks FINAL "
             f"{q.where([f'project = {q.text(project)}', f'run = {q.text(run)}'])} ORDER BY rank", q)
 
     def metric_names(self, project: str, run: str | Iterable[str]) -> list[str]:

@@ -30,6 +30,21 @@ class RankState:
     last_seen: float = 0.0
     last_step: int = 0
     status: str = "running"
+    # The SDK's heartbeats carry `dropped`, cumulative per producer (one process of the rank): the
+    # current producer's count plus what earlier processes of this rank had dropped.
+    producer: str = ""
+    dropped_now: int = 0
+    dropped_before: int = 0
+
+    def heard_dropped(self, producer: str, dropped: int) -> None:
+        if producer != self.producer:
+            self.dropped_before += self.dropped_now
+            self.producer, self.dropped_now = producer, 0
+        self.dropped_now = max(self.dropped_now, dropped)
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_before + self.dropped_now
 
 
 @dataclass
@@ -103,8 +118,11 @@ class RunBook:
             run.tags.extend(t for t in event.get("tags") or () if t not in run.tags)
             run.datasets.extend(d for d in event.get("datasets") or () if d not in run.datasets)  # once per run
             run.model.update(event.get("model") or {})
-        elif kind == "heartbeat" and event.get("world_size"):
-            run.world_size = max(run.world_size, event["world_size"])
+        elif kind == "heartbeat":
+            if event.get("world_size"):
+                run.world_size = max(run.world_size, event["world_size"])
+            if event.get("dropped") is not None:
+                rank.heard_dropped(event.get("producer") or "", event["dropped"])
         elif kind == "run_end":
             rank.status = event["status"]
             run.ended = max(run.ended or 0.0, when)
@@ -149,13 +167,14 @@ class RunBook:
                              utc(run.ended) if run.ended and status != "running" else None),
                 "last_seen": utc(run.last_seen),
                 "last_step": max(r.last_step for r in run.ranks.values()),
+                "events_dropped": sum(r.dropped for r in run.ranks.values()),
                 "config": _json(run.config), "datasets": _json(run.datasets), "model": _json(run.model),
                 "code": _json(run.code), "environment": _json(run.environment), "updated_at": updated,
             })
             ranks.extend({
                 "project": run.project, "run": run.run, "rank": number, "local_rank": r.local_rank, "host": r.host,
                 "status": r.status, "started_at": utc(r.started), "last_seen": utc(r.last_seen),
-                "last_step": r.last_step, "updated_at": updated,
+                "last_step": r.last_step, "events_dropped": r.dropped, "updated_at": updated,
             } for number, r in run.ranks.items())
         return runs, ranks
 

@@ -16,7 +16,8 @@ from typing import Any
 
 PROJECT = "vision"
 OTHER_PROJECT = "nlp"
-LIVE_RUN = "resnet50-lr3"  # running, 4 ranks on gpu-node-01/02, rank 3 behind
+LIVE_RUN = "resnet50-lr3"  # running, 4 ranks on gpu-node-01/02, rank 3 behind and dropping events
+DROPPED = 1234  # events LIVE_RUN's rank 3 dropped (its heartbeats' count)
 DONE_RUN = "resnet50-lr1"  # finished
 FAILED_RUN = "resnet50-lr2"  # failed
 OTHER_RUN = "bert-base"  # project nlp
@@ -83,14 +84,15 @@ def seed(client: Any, now: datetime | None = None) -> Seeded:
                                   recall=0.85 - val / 4, f1=0.87 - val / 4)
                 for name, value in values.items():
                     points.append([project, run, rank, host, name, step, epoch, value, t])
+            dropped = DROPPED if (run == LIVE_RUN and rank == ranks - 1) else 0
             rank_rows.append([project, run, rank, rank % max(1, ranks // len(hosts)), host,
-                              status, started, last, rank_steps, now])
+                              status, started, last, rank_steps, dropped, now])
         config_name = "BERT-base" if project == OTHER_PROJECT else "ResNet-50"
         out.runs[run] = {"project": project, "status": status, "user": user, "tags": tags, "lr": lr,
                          "batch_size": batch, "hosts": hosts, "world_size": ranks, "steps": steps}
         run_rows.append([
             project, run, f"{config_name} lr={lr:g} bs={batch}", user, status, tags, ranks, hosts, started, ended,
-            last, steps,
+            last, steps, DROPPED if run == LIVE_RUN else 0,
             json.dumps(_config(lr, batch)),
             json.dumps([{"name": "imagenet-1k", "version": "2012-v2", "split": "train"},
                         {"name": "imagenet-1k", "version": "2012-v2", "split": "val"}]),
@@ -107,10 +109,11 @@ def seed(client: Any, now: datetime | None = None) -> Seeded:
                   column_names=["project", "run", "rank", "host", "name", "step", "epoch", "value", "time"])
     client.insert("runs", run_rows, column_names=[
         "project", "run", "name", "user", "status", "tags", "world_size", "hosts", "started_at", "ended_at",
-        "last_seen", "last_step", "config", "datasets", "model", "code", "environment", "updated_at"])
+        "last_seen", "last_step", "events_dropped", "config", "datasets", "model", "code", "environment",
+        "updated_at"])
     client.insert("run_ranks", rank_rows, column_names=[
         "project", "run", "rank", "local_rank", "host", "status", "started_at", "last_seen", "last_step",
-        "updated_at"])
+        "events_dropped", "updated_at"])
     client.insert("run_events", events,
                   column_names=["project", "run", "rank", "host", "kind", "time", "payload", "ingest_time"])
     _system(client, now)

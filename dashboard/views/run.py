@@ -66,6 +66,11 @@ def header(project: str, run: str) -> None:
     firing = c.fetch("alerts", project=project, run=run, firing_only=True)
     if not firing.empty:
         line.badge(f"{len(firing)} alert(s) firing", color="red", icon=":material/notifications_active:")
+    dropped = int(info.get("events_dropped") or 0)
+    if dropped:
+        line.badge(f"{dropped:,} events dropped by the SDK", color="orange", icon=":material/warning:",
+                   help="lost for good on the training side (queue cap, spool full, refused by Kafka): the curves "
+                        "have holes; the Ranks tab says which ranks")
     tags = list(info.get("tags") or [])
     for tag in tags[:12]:
         line.badge(tag, color="gray", icon=":material/sell:")
@@ -231,7 +236,7 @@ def ranks_table(project: str, run: str) -> None:
     view = pd.DataFrame({
         "rank": ranks["rank"], "host": ranks["host"], "local rank": ranks["local_rank"],
         "status": ranks["status"],
-        "last step": ranks["last_step"], "behind": top - ranks["last_step"],
+        "last step": ranks["last_step"], "behind": top - ranks["last_step"], "dropped": ranks["events_dropped"],
         "last seen": [c.ago(t) for t in ranks["last_seen"]],
         "host page": [c.host_link(h) for h in ranks["host"]],
     }).sort_values("rank")

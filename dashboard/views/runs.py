@@ -9,7 +9,7 @@ from dashboard import components as c
 
 SORTS = {"started": "started_at", "last seen": "last_seen", "duration": "duration_s", "best": "best",
          "world size": "world_size", "alerts": "alerts_firing", "run": "run", "project": "project",
-         "status": "status", "user": "user", "last step": "last_step"}
+         "status": "status", "user": "user", "last step": "last_step", "events dropped": "events_dropped"}
 STATUSES = ["running", "finished", "failed", "crashed", "killed", "lost"]
 
 st.title("Runs")
@@ -68,6 +68,7 @@ def table(query: dict) -> None:
         "started": runs["started_at"],
         "duration": [c.duration(d) for d in runs["duration_s"]],
         "world size": runs["world_size"],
+        "dropped": runs["events_dropped"],
         "tags": runs["tags"].map(list),
         "name": runs["name"],
     })
@@ -85,6 +86,9 @@ def table(query: dict) -> None:
             "tags": st.column_config.ListColumn("tags"),
             "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm"),
             "world size": st.column_config.NumberColumn("world size", format="%d", width="small"),
+            "dropped": st.column_config.NumberColumn(
+                "dropped", format="%d", width="small",
+                help="Events the SDK dropped for good (queue cap, spool full, refused by Kafka): holes in the curves"),
         },
     )
     picked = [runs.iloc[i] for i in (selection.selection.rows if selection else [])]

@@ -157,6 +157,7 @@ def test_runs_table_lists_the_seeded_runs_with_status_best_and_alerts(app, dashb
     assert runs[seed.FAILED_RUN]["status"] == "failed"
     assert runs[seed.LIVE_RUN]["alerts"] == 1  # the straggler alert
     assert runs[seed.LIVE_RUN]["world size"] == 4
+    assert (runs[seed.LIVE_RUN]["dropped"], runs[seed.DONE_RUN]["dropped"]) == (seed.DROPPED, 0)
     assert 0 < runs[seed.LIVE_RUN]["best val_loss"] < 2.3
     assert metric(at, "Running") == "2"
 
@@ -188,6 +189,7 @@ def test_run_page_from_an_alert_link_shows_the_run_curves_and_header(app) -> Non
     assert seed.LIVE_RUN in texts(at)
     assert metric(at, "World size") == "4"
     assert metric(at, "Last step") == "1,000"
+    assert f"{seed.DROPPED:,} events dropped by the SDK" in texts(at)  # a badge: markdown
     titles = chart_titles(at)
     assert set(titles) == {"Loss", "Accuracy", "Precision / recall / F1", "Learning rate"}
     loss = chart_data(at)[titles.index("Loss")]
@@ -232,6 +234,7 @@ def test_run_page_ranks_tab_flags_the_straggling_rank_and_shows_the_spread(app) 
     ranks = at.dataframe[0].value
     assert list(ranks["rank"]) == [0, 1, 2, 3]
     assert list(ranks["behind"]) == [0, 0, 0, 150]
+    assert list(ranks["dropped"]) == [0, 0, 0, seed.DROPPED]
     assert any("behind the leader" in w.value and w.value.endswith("3") for w in at.warning)
     assert any("across ranks" in (t or "") for t in chart_titles(at))
 

@@ -206,8 +206,8 @@ def test_runs_lists_the_newest_snapshot_with_best_value_and_firing_alerts(q):
     runs = q.runs(project=P, metric="loss", order_by="run", descending=False)
     assert list(runs["run"]) == ["r-a", "r-b", "r-c", "r-long"]
     assert list(runs.columns) == ["project", "run", "name", "status", "user", "tags", "started_at", "ended_at",
-                                  "duration_s", "world_size", "hosts", "last_step", "last_seen", "best",
-                                  "alerts_firing"]
+                                  "duration_s", "world_size", "hosts", "last_step", "last_seen",
+                                  "events_dropped", "best", "alerts_firing"]
     a = runs.set_index("run").loc["r-a"]
     assert a["status"] == "finished"  # FINAL: the newer snapshot
     assert a["tags"] == ["baseline", "big"] and a["hosts"] == [H1, H2] and a["world_size"] == 2
@@ -252,7 +252,8 @@ def test_run_record_parses_its_documents_and_lists_ranks(q):
         (0, H1, "finished", 9_999), (1, H2, "finished", 9_999)]
     assert q.run(P, "nope") is None
     ranks = q.ranks(P, "r-a")
-    assert list(ranks.columns) == ["rank", "host", "local_rank", "status", "started_at", "last_seen", "last_step"]
+    assert list(ranks.columns) == ["rank", "host", "local_rank", "status", "started_at", "last_seen", "last_step",
+                                   "events_dropped"]
     assert len(ranks) == 2
 
 

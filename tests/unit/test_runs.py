@@ -54,3 +54,18 @@ def test_heartbeats_are_throttled_into_one_snapshot():
 def test_raw_lifecycle_rows_keep_the_event_as_sent():
     event = ev("run_start", 0, 0, world_size=1, code={"commit": "abc"})
     assert json.loads(raw_event_row(event)["payload"])["code"] == {"commit": "abc"}
+
+
+def test_events_the_sdk_dropped_add_up_per_rank_across_its_processes_and_per_run():
+    book = RunBook()
+    for rank in range(2):
+        book.observe(ev("run_start", rank, 0, world_size=2))
+    book.observe(ev("heartbeat", 0, 1, producer="a", dropped=5))
+    book.observe(ev("heartbeat", 0, 2, producer="a", dropped=7))  # cumulative per producer
+    book.observe(ev("heartbeat", 0, 3, producer="a", dropped=6))  # read out of order: never goes back
+    book.observe(ev("heartbeat", 0, 4, producer="b", dropped=3))  # the rank's process restarted
+    book.observe(ev("heartbeat", 1, 4, producer="c", dropped=1))
+    book.observe(ev("heartbeat", 1, 5))  # an older SDK: no count, nothing changes
+    runs, ranks = book.snapshots(T + 6, force=True)
+    assert [r["events_dropped"] for r in ranks] == [10, 1]
+    assert runs[0]["events_dropped"] == 11
