@@ -7,9 +7,11 @@ all state, per source partition. Offsets are committed only behind a durable sta
 1. a batch is processed (ClickHouse written, rules evaluated) and its events join the pending list;
 2. a checkpoint (every `checkpoint_interval_s`, and at once after a batch that raised alerts) turns
    the changed partitions' state into snapshots, sends them to the compacted state topic and waits
-   for Kafka to acknowledge them;
+   for Kafka to acknowledge them (all partitions' at once);
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
-   the alerts topic and the routes.
+   the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
+   in the processing thread), so an alert that a snapshot records as sent is never lost, at shutdown
+   either.
 
 A worker that dies loses at most what came after its last checkpoint; whoever takes its partitions
 over restores the snapshot and re-reads from the committed offset, which the snapshot covers, so
@@ -108,7 +110,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     host_run_ends_topic = internal(HOST_RUN_ENDS)  # run_end per host, for the node rules
 
     pending_events: list[tuple[Any, Any]] = []  # (stream, event) processed, not yet behind a snapshot
-    pending_alerts: list[dict] = []
+    held_alerts: list[dict] = []  # released with snapshots that could not be written: sent next time
     checkpoint_lock = asyncio.Lock()
 
     async def in_thread(function, *args) -> Any:
@@ -123,7 +125,6 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             await run_hardware_topic.send(key=summary["run"].encode(), value=encode(summary))
         for event in outcome.host_run_ends:
             await host_run_ends_topic.send(key=event["host"].encode(), value=encode(event))
-        pending_alerts.extend(outcome.alerts)
 
     async def write_snapshots(snapshots: dict[int, bytes]) -> None:
         if not durable_state:
@@ -133,23 +134,31 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 log.error("partition %d: state snapshot of %d bytes is over %d; not written, offsets held",
                           partition, len(data), MAX_SNAPSHOT_BYTES)
                 raise RuntimeError("state snapshot too large")
-            await app.producer.send_and_wait(state_topic_name, group_id.encode(), data, partition, None, None)
+        sent = [await app.producer.send(state_topic_name, group_id.encode(), data, partition, None, None)
+                for partition, data in snapshots.items()]
+        await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
+
+    def snapshot_and_release(revoked: list[int] | None) -> tuple[dict[int, bytes], list[dict]]:
+        """In the processing thread, in one step: the snapshots and exactly the alerts they cover."""
+        if revoked is not None:
+            snapshots = processing.revoke(revoked)
+        else:
+            snapshots = processing.snapshot() if durable_state else {}
+        return snapshots, processing.release()
 
     async def checkpoint(revoked: list[int] | None = None) -> None:
         """Snapshots of changed state made durable, then acks and alerts released (see module doc)."""
         async with checkpoint_lock:
-            events, alerts = list(pending_events), list(pending_alerts)
+            events = list(pending_events)  # all handled, so in the snapshots about to be taken
             pending_events.clear()
-            pending_alerts.clear()
-            if revoked is None:
-                snapshots = await in_thread(processing.snapshot) if durable_state else {}
-            else:
-                snapshots = await in_thread(processing.revoke, revoked)
+            snapshots, alerts = await in_thread(snapshot_and_release, revoked)
+            alerts[:0] = held_alerts
+            held_alerts.clear()
             try:
                 await write_snapshots(snapshots)
             except Exception as exc:  # Kafka unreachable: keep everything pending, try again next time
                 log.warning("state snapshot not written (%s); offsets and alerts held", exc)
-                pending_events[:0], pending_alerts[:0] = events, alerts
+                pending_events[:0], held_alerts[:0] = events, alerts
                 for state in processing.partitions.values():
                     state.dirty = True
                 return
@@ -223,11 +232,15 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     @app.on_before_shutdown.connect
     async def flush(sender: Any, **kwargs: Any) -> None:
         async with checkpoint_lock:
-            snapshots = await in_thread(processing.close)  # open windows and run snapshots written
-            try:
+            snapshots, alerts = await in_thread(lambda: (processing.close(), processing.release()))
+            try:  # open windows and run snapshots written, then the alerts they cover sent
                 await write_snapshots(snapshots)
             except Exception as exc:
-                log.warning("final state snapshot not written: %s", exc)
+                log.warning("final state snapshot not written, %d alerts not sent: %s", len(alerts), exc)
+            else:
+                for alert in held_alerts + alerts:
+                    await alerts_topic.send(key=alert["fingerprint"].encode(), value=encode(alert))
+                processing.dispatch(held_alerts + alerts)
         log.warning("stopping: %s", summary())
 
     @app.timer(interval=30.0)

@@ -116,6 +116,7 @@ class Processing:
         self.topic_keys: dict[str, str] = {}  # topic name -> name#id, offsets' key (topic_ids.py)
         self.counts: Counter[str] = Counter()
         self.refusals = RefusalNotices(AlertBook(pipeline.repeat_interval_s, pipeline.dashboard_url))
+        self.unreleased: list[dict] = []  # alerts made since the last snapshot: see release()
 
     # --- ownership ----------------------------------------------------------------------------------
 
@@ -179,10 +180,19 @@ class Processing:
             out[partition] = dumps(self.group, partition, state.version, state.state())
         return out
 
+    def release(self) -> list[dict]:
+        """The alerts made since the previous call, to send once the snapshots taken with them (call it
+        in the same thread step as `snapshot`, `revoke` or `close`) are durable: then no alert is sent
+        whose state could be lost, and none is lost whose state says it was sent."""
+        alerts, self.unreleased = self.unreleased, []
+        return alerts
+
     def revoke(self, partitions: Iterable[int]) -> dict[int, bytes]:
-        """Partitions moved to another worker: their final snapshots, then their state is dropped."""
+        """Partitions moved to another worker: snapshots of every changed partition, the final ones
+        of those revoked (whose state is then dropped)."""
         partitions = [p for p in set(partitions) if p in self.partitions]
-        final = self.snapshot(partitions)
+        final = self.snapshot()
+        final.update(self.snapshot([p for p in partitions if p not in final]))
         for partition in partitions:
             del self.partitions[partition]
             self.released.add(partition)
@@ -247,6 +257,7 @@ class Processing:
             if partition in batches:
                 merged.merge(batches[partition])
         self._alert_rows(merged, outcome.alerts)
+        self.unreleased.extend(outcome.alerts)
         if merged:
             self._write(merged, outcome, sources)
         return outcome
@@ -326,6 +337,7 @@ class Processing:
                 state.dirty = True
         outcome.alerts.extend(self.refusals.due(self.sink.refused, wall))
         self._alert_rows(batch, outcome.alerts)
+        self.unreleased.extend(outcome.alerts)
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
         if batch:
