@@ -79,6 +79,7 @@ class Columns:
         self.names: list[str] = []
         self.values: list[float] = []
         self.counts: list[int] = []
+        self._codes: dict[str, tuple[int, tuple[Any, list]]] = {}  # name -> (rows when coded, codes)
 
     def add(self, figures: Mapping[str, float], shared: tuple) -> None:
         if not figures:
@@ -133,11 +134,17 @@ class Columns:
         import numpy as np
         import pandas as pd
 
+        cached = self._codes.get(name)
+        if cached is not None and cached[0] == len(self.values):  # Columns only grow: same rows, same codes
+            return cached[1]
         if name == "name":
             codes, labels = pd.factorize(np.asarray(self.names, dtype=object))
-            return codes.astype(np.int64), labels.tolist()
-        codes, labels = pd.factorize(np.asarray(self.shared[name], dtype=object))
-        return np.repeat(codes.astype(np.int64), self.counts), labels.tolist()
+            coded = codes.astype(np.int64), labels.tolist()
+        else:
+            codes, labels = pd.factorize(np.asarray(self.shared[name], dtype=object))
+            coded = np.repeat(codes.astype(np.int64), self.counts), labels.tolist()
+        self._codes[name] = (len(self.values), coded)
+        return coded
 
     def arrow(self, types: Mapping[str, Any]):
         """An Arrow table for insert_arrow; shared columns are converted once per group and repeated in C."""

@@ -47,7 +47,8 @@ class Windows:
         for size in self.sizes:
             window = label(size)
             self._merge(groups, size, lambda k: ("run", window, k[0], k[1], -1, "", -1, k[2]))
-        spread = _Grouping(columns, ("project", "run", "name", "rank"), only_names=RANK_SPREAD_METRICS)
+        spread = RANK_SPREAD_METRICS.intersection(columns.names) and _Grouping(
+            columns, ("project", "run", "name", "rank"), only_names=RANK_SPREAD_METRICS)
         for size in self.sizes if spread else ():
             window = label(size)
             for keys, bucket, count, total, *_ in spread.aggregate(size):
