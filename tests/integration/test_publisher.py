@@ -97,9 +97,11 @@ def test_broker_outage_training_keeps_logging_and_every_event_arrives_once_in_or
     total = sum(steps.values())
     messages = consume(settings, topic_name(Topic.METRICS, settings.kafka_topic_prefix), 2 * total, settle_s=2.0)
     assert_exact_and_ordered(messages, {("outage", 0): total, ("outage", 1): total})
-    # Blocking on the dead broker would take seconds (connect and request timeouts); scheduling and GC
-    # on a shared 2-core machine reach ~10 ms. Fine-grained latency is bench/sdk_overhead.py's job.
-    assert worst[0] < 0.1, f"publish() stalled the training loop for {worst[0] * 1e3:.1f} ms"
+    # Blocking on the dead broker would take seconds (connect and request timeouts). Scheduling and GC
+    # on a shared 2-core machine usually stay near 10 ms, but with the whole suite's services running
+    # while this broker's JVM restarts one append was once descheduled for 138 ms (2026-12-04), so the
+    # bound sits between the two. Fine-grained latency is bench/sdk_overhead.py's job.
+    assert worst[0] < 0.5, f"publish() stalled the training loop for {worst[0] * 1e3:.1f} ms"
 
 
 KILLED_WRITER = textwrap.dedent("""
