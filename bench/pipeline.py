@@ -168,6 +168,18 @@ def quantiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), cuts[98]
 
 
+def wait_visible(client, expected: int, timeout_s: float) -> int:
+    """Rows in metric_points once `expected` of them are visible, or when `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    visible = 0
+    while time.monotonic() < deadline:
+        visible = client.query("SELECT count() FROM metric_points").result_rows[0][0]
+        if visible >= expected:
+            break
+        time.sleep(0.2)
+    return visible
+
+
 def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offered: float,
              worker_args: Sequence[str] = ()) -> dict[str, float]:
     """One phase with fresh workers (worker_args: more `trainmon process` options). args: workers,
@@ -197,13 +209,7 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
             publisher.flush(120)
             publisher.close()
             expected = sent + probe
-            deadline = time.monotonic() + args.drain_timeout
-            visible = 0
-            while time.monotonic() < deadline:
-                visible = client.query("SELECT count() FROM metric_points").result_rows[0][0]
-                if visible >= expected:
-                    break
-                time.sleep(0.2)
+            visible = wait_visible(client, expected, args.drain_timeout)
             cpu_s, phase_s = cpu.used(), time.monotonic() - phase_start
             last_ingest = client.query("SELECT toUnixTimestamp64Milli(max(ingest_time)) FROM metric_points"
                                        ).result_rows[0][0] / 1000

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.publisher import Publisher  # noqa: E402
 from bench.pipeline import (PROBE_RUN, bench_settings, drive, pipeline_file, quantiles, run_once, say,  # noqa: E402
-                            start_worker)
+                            start_worker, wait_visible)
 from deploy import services  # noqa: E402
 from deploy.migrate import migrate  # noqa: E402
 from deploy.topics import create_topics  # noqa: E402
@@ -237,13 +237,7 @@ def recovery_phase(args: argparse.Namespace, settings: Settings, workdir: Path) 
             publisher.close()
             try:
                 expected = sent.get("values", 0) + sent.get("probes", 0)
-                deadline = time.monotonic() + args.drain_timeout
-                visible = 0
-                while time.monotonic() < deadline:
-                    visible = client.query("SELECT count() FROM metric_points").result_rows[0][0]
-                    if visible >= expected:
-                        break
-                    time.sleep(0.5)
+                wait_visible(client, expected, args.drain_timeout)
                 time.sleep(3)  # the last alerts, and a duplicate row if there were one
                 visible = client.query("SELECT count() FROM metric_points").result_rows[0][0]
             finally:
