@@ -20,11 +20,9 @@ from typing import Any
 class PartitionClock:
     live_lag_s: float = 30.0  # newest event this close to the wall clock: the partition is live
     idle_s: float = 2.0  # nothing new read for this long: caught up, whatever the event times
-    close_idle_s: float = 20.0  # windows follow the wall clock only after this long without data
     max_future_s: float = 5.0
     events: float = 0.0  # newest event time seen (bounded by wall + max_future_s)
     now: float = 0.0  # the partition's current time; never goes back
-    last_read: float = 0.0  # wall time a message of this partition was last read
     # per topic: (event time of the newest event in the last batch read from it, wall time read)
     topics: dict[str, tuple[float, float]] = field(default_factory=dict)
     live: bool = False
@@ -41,18 +39,12 @@ class PartitionClock:
             newest = self.topics.get(topic, (0.0, wall))[0]
         else:
             self.events = max(self.events, min(newest, wall + self.max_future_s))
-            self.last_read = wall
         self.topics[topic] = (newest, wall)
-
-    def window_time(self, wall: float) -> float:
-        """What windows close on: the event time while events are arriving (so a backlog, a rebalance
-        pause or a takeover never makes the partition's own data late), its time once long idle."""
-        return self.events if wall - self.last_read < self.close_idle_s else self.now
 
     def resumed(self, wall: float) -> None:
         """Restored on another worker: not live until it has read what is waiting on every topic,
         or found nothing there."""
-        self.last_read, self.live = wall, False
+        self.live = False
         self.topics = {topic: (newest, wall) for topic, (newest, _read) in self.topics.items()}
 
     def advance(self, wall: float) -> float:

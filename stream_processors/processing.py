@@ -252,8 +252,8 @@ class Processing:
         for partition in batches.keys() | replays.keys():
             state = self.partitions[partition]
             for batch in filter(None, (batches.get(partition), replays.get(partition))):
-                state.windows.add_metrics(batch.metric)
-                state.windows.add_system(batch.system)
+                state.windows.add_metrics(batch.metric, wall)
+                state.windows.add_system(batch.system, wall)
             if partition in batches:
                 merged.merge(batches[partition])
         self._alert_rows(merged, outcome.alerts)
@@ -326,7 +326,7 @@ class Processing:
                 outcome.alerts.extend(engine.on_tick(now, state.clock.live))
             if state.clock.live:
                 self._lose_runs(state, now, outcome)
-            rows = state.windows.close_due(now_watermark=state.clock.window_time(wall))
+            rows = state.windows.close_due(now if state.clock.live else None, wall)
             batch.add("window_aggregates", rows)
             runs, ranks = state.book.snapshots(now)
             batch.add("runs", runs)

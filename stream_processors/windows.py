@@ -7,7 +7,12 @@ size turns them into a few partial aggregates, merged into the open windows. Tha
 Scopes written to `window_aggregates`: `run` (project, run, metric: all ranks pooled), `host` and `gpu`
 (host[, gpu], figure), and `ranks` (the spread across a run's ranks of each rank's mean step time or
 throughput: min / median / max, for stragglers). A window closes when the newest event time seen is
-`lateness_s` past its end; later events for it are counted in `late_events` and dropped.
+`lateness_s` past its end; later events for it are counted in `late_events` and dropped. Training
+windows (run, ranks) and hardware windows (host, gpu) each close on their own source's event time, so
+one source read ahead of the other (after a takeover the light system or runs topics catch up long
+before a metrics backlog) never makes the other's data late. Once the partition is live (caught up on
+every topic), a source that had data but none new for `idle_s` follows the partition's clock instead,
+so its last windows close.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Sequence
 from stream_processors.sink import Columns, utc
 
 RANK_SPREAD_METRICS = frozenset({"step_time_s", "samples_per_s", "tokens_per_s"})
+SOURCE = {"run": "metrics", "ranks": "metrics", "host": "system", "gpu": "system"}  # scope -> what feeds it
 Key = tuple  # (scope, window label, project, run, rank, host, gpu, name, bucket start)
 
 
@@ -28,22 +34,27 @@ def label(seconds: float) -> str:
 
 
 class Windows:
-    def __init__(self, sizes_s: Sequence[float] = (10, 60, 300), lateness_s: float = 2.0) -> None:
+    def __init__(self, sizes_s: Sequence[float] = (10, 60, 300), lateness_s: float = 2.0,
+                 idle_s: float = 20.0) -> None:
         self.sizes = list(sizes_s)
         self.lateness_s = lateness_s
+        self.idle_s = idle_s
         self.open: dict[Key, list[float]] = {}  # count, sum, sumsq, min, max, last_time, last
         self.rank_means: dict[Key, dict[int, list[float]]] = {}  # per ranks-scope key: rank -> [count, sum]
-        self.watermark = 0.0
-        self.closed_until = -math.inf  # windows ending at or before this were written: late data is dropped
+        # per source (metrics, system): newest event time added, wall time of that add, and the end
+        # before which its windows were written (late data for them is dropped)
+        self.watermark = {"metrics": 0.0, "system": 0.0}
+        self.added = {"metrics": 0.0, "system": 0.0}
+        self.closed_until = {"metrics": -math.inf, "system": -math.inf}
         self.late_events = 0
 
     # --- adding a batch ---------------------------------------------------------------------------
 
-    def add_metrics(self, columns: Columns) -> None:
+    def add_metrics(self, columns: Columns, wall: float = 0.0) -> None:
         groups = _Grouping(columns, ("project", "run", "name"))
         if not groups:
             return
-        self.watermark = max(self.watermark, groups.newest)
+        self._added("metrics", groups.newest, wall)
         for size in self.sizes:
             window = label(size)
             self._merge(groups, size, lambda k: ("run", window, k[0], k[1], -1, "", -1, k[2]))
@@ -59,20 +70,24 @@ class Windows:
                 acc[0] += count
                 acc[1] += total
 
-    def add_system(self, columns: Columns) -> None:
+    def add_system(self, columns: Columns, wall: float = 0.0) -> None:
         groups = _Grouping(columns, ("host", "gpu", "name"))
         if not groups:
             return
-        self.watermark = max(self.watermark, groups.newest)
+        self._added("system", groups.newest, wall)
         for size in self.sizes:
             window = label(size)
             self._merge(groups, size, lambda k: ("gpu" if k[1] >= 0 else "host", window, "", "", -1, k[0], k[1], k[2]))
+
+    def _added(self, source: str, newest: float, wall: float) -> None:
+        self.watermark[source] = max(self.watermark[source], newest)
+        self.added[source] = max(self.added[source], wall)
 
     def _merge(self, groups: "_Grouping", size: float, make_key) -> None:
         for keys, bucket, count, total, sumsq, low, high, last_time, last in groups.aggregate(size):
             key = self._key(make_key(keys), bucket)
             acc = self.open.get(key)
-            if acc is None and bucket + size <= self.closed_until:  # its window was already written
+            if acc is None and bucket + size <= self.closed_until[SOURCE[key[0]]]:  # already written
                 self.late_events += count
                 continue
             if acc is None:
@@ -92,19 +107,24 @@ class Windows:
 
     # --- closing ------------------------------------------------------------------------------------
 
-    def close_due(self, now_watermark: float | None = None, force: bool = False) -> list[dict[str, Any]]:
-        """Rows for `window_aggregates` of every window that ended `lateness_s` before the watermark."""
-        watermark = self.watermark if now_watermark is None else max(self.watermark, now_watermark)
-        limit = math.inf if force else watermark - self.lateness_s
-        self.closed_until = max(self.closed_until, limit)
+    def close_due(self, now: float | None = None, wall: float = 0.0, force: bool = False) -> list[dict[str, Any]]:
+        """Rows for `window_aggregates` of every window that ended `lateness_s` before its source's
+        watermark. `now`: the partition's clock, given only while it is live; it stands in for a source
+        idle for `idle_s` of `wall` (one never seen has no windows, and must not make its backlog late)."""
+        for source, watermark in self.watermark.items():
+            if now is not None and self.added[source] and wall - self.added[source] >= self.idle_s:
+                watermark = max(watermark, now)
+            limit = math.inf if force else watermark - self.lateness_s
+            self.closed_until[source] = max(self.closed_until[source], limit)
         rows = []
-        updated = utc(watermark or 0.0)
-        for key in [k for k in self.open if k[-1] + _size(k[1]) <= limit]:
+        updated = utc(max(max(self.watermark.values()), now or 0.0))
+        limit = self.closed_until
+        for key in [k for k in self.open if k[-1] + _size(k[1]) <= limit[SOURCE[k[0]]]]:
             count, total, sumsq, low, high, _last_time, last = self.open.pop(key)
             mean = total / count
             stddev = math.sqrt(max(sumsq / count - mean * mean, 0.0))
             rows.append(_row(key, count, mean, low, high, last, stddev, math.nan, updated))
-        for key in [k for k in self.rank_means if k[-1] + _size(k[1]) <= limit]:
+        for key in [k for k in self.rank_means if k[-1] + _size(k[1]) <= limit["metrics"]]:
             means = [acc[1] / acc[0] for acc in self.rank_means.pop(key).values() if acc[0]]
             if means:
                 rows.append(_row(key, len(means), statistics.fmean(means), min(means), max(means), means[-1],

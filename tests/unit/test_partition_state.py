@@ -305,3 +305,21 @@ def test_each_alert_is_released_once_with_the_snapshot_that_records_it_as_sent(w
     assert sorted(final) == [0, 1]
     assert [(a["run"], a["state"]) for a in proc.release()] == [("r2", "firing")]
     assert proc.release() == []
+
+
+def test_a_topic_read_ahead_of_the_metrics_backlog_makes_none_of_it_late(wall):
+    """After a takeover the runs topic (heartbeats) catches up at once while the metrics backlog takes
+    seconds: the training windows close on the metrics' own time, so none of the backlog is late."""
+    proc, _ = make()
+    feed = Feed()
+    wall[0] = T + 60
+    proc.handle(feed(heartbeat(T + 59)))  # the runs topic, read up to now
+    proc.tick()
+    proc.handle(feed(*(metrics(s, T + s, loss=1.0) for s in range(20))))  # the metrics backlog, a minute old
+    proc.tick()
+    state = proc.partitions[0]
+    assert state.windows.late_events == 0
+    wall[0] += 30  # no more metrics: their windows close on the partition's clock
+    proc.tick()
+    written = [r for b in proc.sink.batches for r in b.rows["window_aggregates"] if r["name"] == "loss"]
+    assert sum(r["count"] for r in written) == 20 and state.windows.late_events == 0
