@@ -33,6 +33,7 @@ from typing import Any
 import faust
 
 from stream_processors.config import PipelineConfig
+from stream_processors.copartitioning import CopartitionedTransport, split_partitions
 from stream_processors.internal_topics import HOST_RUN_ENDS, RUN_HARDWARE, STATE, internal_topic_name
 from stream_processors.processing import Message, Outcome, Processing
 from stream_processors.sink import ClickHouseSink
@@ -89,6 +90,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         producer_compression_type="lz4",
         producer_max_request_size=MAX_SNAPSHOT_BYTES,
     )
+    app.transport = CopartitionedTransport(app.conf.broker_consumer, app)  # before any topic: see its module
     state_topic_name = internal_topic_name(STATE, settings.kafka_topic_prefix)
     processing = Processing(
         pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,
@@ -108,10 +110,16 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     run_hardware_topic = internal(RUN_HARDWARE)  # GPU busyness per run, for the stall rule
     host_run_ends_topic = internal(HOST_RUN_ENDS)  # run_end per host, for the node rules
+    read_topics = {t.get_topic_name() for t in (metrics_topic, runs_topic, system_topic, run_hardware_topic,
+                                                host_run_ends_topic)}
 
     pending_events: list[tuple[Any, Any]] = []  # (stream, event) processed, not yet behind a snapshot
     held_alerts: list[dict] = []  # released with snapshots that could not be written: sent next time
     checkpoint_lock = asyncio.Lock()
+    # Closed from a rebalance's start until the new assignment's state is ready: Faust may hand over
+    # events of a newly assigned partition before its on_partitions_assigned handlers finish, and state
+    # restored for them then would carry no generation and no topic ids (events counted twice).
+    assignment_ready = asyncio.Event()
 
     async def in_thread(function, *args) -> Any:
         return await asyncio.get_running_loop().run_in_executor(thread, function, *args)
@@ -170,6 +178,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     async def consume(stream, source: str = "contract") -> None:
         async for events in stream.noack_take(batch_events, within=batch_within_s):
+            await assignment_ready.wait()
             messages = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                                 e.message.value) for e in events]
             outcome = await in_thread(processing.handle, messages, source)
@@ -208,6 +217,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     @app.on_partitions_revoked.connect
     async def revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
+        assignment_ready.clear()
         await checkpoint(revoked=sorted({tp.partition for tp in revoked}))
         try:
             await app.consumer.commit()
@@ -217,9 +227,17 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     @app.on_partitions_assigned.connect
     async def assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
         started, partitions = time.monotonic(), sorted({tp.partition for tp in assigned})
+        ours = [tp for tp in assigned if tp.topic in read_topics]
+        for partition, missing in split_partitions(((tp.topic, tp.partition) for tp in ours), read_topics).items():
+            processing.counts["partition.split"] += 1  # another worker reads those: its state is torn
+            log.error("partition %d assigned without %s: the group's assignor does not co-partition "
+                      "(stream_processors/copartitioning.py)", partition, ", ".join(missing))
         generation = getattr(app, "consumer_generation_id", 0) or 0
-        keys = await in_thread(topic_keys, settings.bootstrap_servers, {tp.topic for tp in assigned})
-        await in_thread(processing.assign, partitions, generation, keys)
+        try:
+            keys = await in_thread(topic_keys, settings.bootstrap_servers, {tp.topic for tp in assigned})
+            await in_thread(processing.assign, partitions, generation, keys)
+        finally:
+            assignment_ready.set()
         log.info("partitions %s assigned (generation %d): state ready in %.2f s", partitions, generation,
                  time.monotonic() - started)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,8 +149,17 @@ def test_rebalance_one_three_one_under_load_keeps_runs_and_windows_exact(own_top
         finally:
             for worker in workers:
                 stop(worker)
-    restored = sum((tmp_path / f"w{i}.log").read_text().count("state restored from snapshot") for i in range(3))
-    assert restored > 0, "partitions changed hands with their state"
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(3)]
+    assert sum(log.count("state restored from snapshot") for log in logs) > 0, "partitions changed hands with their state"
+    assert not any("assigned without" in log for log in logs), "a partition's topics went to different workers"
+    generations: dict[int, list[set[int]]] = {}
+    for log in logs:
+        for partitions, generation in re.findall(r"partitions \[([\d, ]*)\] assigned \(generation (\d+)\)", log):
+            generations.setdefault(int(generation), []).append({int(p) for p in partitions.split(",") if p.strip()})
+    assert any(sum(1 for got in owners if got) == 3 for owners in generations.values()), \
+        f"no generation had three workers with partitions: {generations}"
+    for generation, owners in generations.items():
+        assert sum(map(len, owners)) == len(set().union(*owners)), f"generation {generation}: one partition, two owners"
 
 
 def test_clickhouse_refusing_one_row_writes_the_rest_and_dead_letters_it(migrated):
