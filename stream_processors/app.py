@@ -33,8 +33,9 @@ from typing import Any
 import faust
 
 from stream_processors.config import PipelineConfig
-from stream_processors.copartitioning import CopartitionedTransport, split_partitions
+from stream_processors.copartitioning import split_partitions
 from stream_processors.internal_topics import HOST_RUN_ENDS, RUN_HARDWARE, STATE, internal_topic_name
+from stream_processors.kafka_consumer import ProcessorsTransport
 from stream_processors.processing import Message, Outcome, Processing
 from stream_processors.sink import ClickHouseSink
 from stream_processors.state_topic import latest_snapshots
@@ -90,7 +91,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         producer_compression_type="lz4",
         producer_max_request_size=MAX_SNAPSHOT_BYTES,
     )
-    app.transport = CopartitionedTransport(app.conf.broker_consumer, app)  # before any topic: see its module
+    app.transport = ProcessorsTransport(app.conf.broker_consumer, app)  # before any topic: see its module
     state_topic_name = internal_topic_name(STATE, settings.kafka_topic_prefix)
     processing = Processing(
         pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,
@@ -209,7 +210,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     @app.timer(interval=1.0)
     async def tick() -> None:
-        await send(await in_thread(processing.tick))
+        await send(await in_thread(processing.tick, app.consumer.read_progress()))
 
     @app.timer(interval=checkpoint_interval_s)
     async def periodic_checkpoint() -> None:

@@ -1,13 +1,20 @@
 """One clock per partition: the time its time-based verdicts, `for` durations and windows run on.
 
-Event time, not the worker's wall clock: after a restart, an outage or while the pipeline falls
-behind, the partition's clock advances only as fast as its events are read, so a backlog drained at
-1.5x does not make every healthy rank look silent. Once the partition is live again the clock
-follows the wall clock, so silence itself is noticed. Live means caught up on every topic the
-partition reads (its newest events there are recent, or nothing new has arrived there for a
-moment): a restored partition whose metrics backlog is read before its system samples must not
-judge the nodes on samples from before the outage. One host's clock running ahead cannot drag the
-partition's clock along: event times past the wall clock count only up to `max_future_s` ahead.
+The clock is the time up to which the partition's events have been read, not the worker's wall
+clock: after a restart, an outage, a broker failover, a stalled worker or while the pipeline falls
+behind by a few seconds, it advances only as fast as events are processed, so no healthy rank looks
+silent however short the silence timeouts. Per topic it reads, that time is the newest event time
+processed there, or, once Kafka said that every event of the topic's partition had been processed
+(the consumer's high watermark at a fetch, `fetched`), the time of that fetch less `delivery_s` (an
+agent's event may reach Kafka that long after its time); the partition's clock is the earliest of
+its topics' times, never past the wall clock. So a node that really stops sending is noticed as soon
+as Kafka confirms there is nothing more from it, and not before.
+
+Without word from the consumer (unit tests, a consumer that has not fetched yet) a topic from which
+nothing new was read for `idle_s` counts as caught up at the wall clock. The partition is live while
+its clock is within `live_lag_s` of the wall clock; time-based verdicts are held while it is not. One
+host's clock running ahead cannot drag the partition's clock along: event times past the wall clock
+count only up to `max_future_s` ahead.
 """
 
 from __future__ import annotations
@@ -18,19 +25,22 @@ from typing import Any
 
 @dataclass
 class PartitionClock:
-    live_lag_s: float = 30.0  # newest event this close to the wall clock: the partition is live
-    idle_s: float = 2.0  # nothing new read for this long: caught up, whatever the event times
+    live_lag_s: float = 30.0  # clock this close to the wall clock: the partition is live
+    idle_s: float = 2.0  # without word from the consumer: nothing new read for this long is caught up
     max_future_s: float = 5.0
+    delivery_s: float = 1.0  # how long after its time an agent's event may reach Kafka
     events: float = 0.0  # newest event time seen (bounded by wall + max_future_s)
     now: float = 0.0  # the partition's current time; never goes back
     # per topic: (event time of the newest event in the last batch read from it, wall time read)
     topics: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # per topic: wall time of the latest fetch at which Kafka had nothing this partition had not processed
+    read_through: dict[str, float] = field(default_factory=dict)
     live: bool = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Snapshots written before per-topic liveness restore without it."""
+        """Snapshots written before per-topic liveness or read-through times restore without them."""
         state.pop("newest_read", None)
-        self.__dict__.update({"topics": {}, **state})
+        self.__dict__.update({"topics": {}, "read_through": {}, "delivery_s": 1.0, **state})
 
     def observe(self, topic: str, newest: float | None, wall: float) -> None:
         """A batch of `topic` on this partition was read; `newest` is its newest event time (None:
@@ -41,17 +51,33 @@ class PartitionClock:
             self.events = max(self.events, min(newest, wall + self.max_future_s))
         self.topics[topic] = (newest, wall)
 
+    def fetched(self, topic: str, at: float, caught_up: bool) -> None:
+        """The consumer fetched `topic` at wall time `at`; caught_up: Kafka's high watermark then was
+        processed. Once the consumer has said anything of a topic, only its word moves that topic on."""
+        known = self.read_through.get(topic, 0.0)
+        self.read_through[topic] = max(known, at) if caught_up else known
+
     def resumed(self, wall: float) -> None:
         """Restored on another worker: not live until it has read what is waiting on every topic,
         or found nothing there."""
         self.live = False
         self.topics = {topic: (newest, wall) for topic, (newest, _read) in self.topics.items()}
+        self.read_through = {}
+
+    def topic_time(self, topic: str, wall: float) -> float:
+        """How far `topic` has been read on this partition, in event time."""
+        newest, read = self.topics[topic]
+        newest = min(newest, wall + self.max_future_s)
+        fetched = self.read_through.get(topic)
+        if fetched is not None:
+            return max(newest, fetched - self.delivery_s)
+        return max(newest, wall) if wall - read >= self.idle_s else newest
 
     def advance(self, wall: float) -> float:
         """The partition's time at this wall-clock moment; marks whether it is live."""
-        self.live = self.events > 0 and all(wall - read >= self.idle_s or wall - newest <= self.live_lag_s
-                                            for newest, read in self.topics.values())
-        candidate = wall if self.live else self.events
-        if candidate > self.now:
-            self.now = candidate
+        if self.events > 0:
+            candidate = min([wall] + [self.topic_time(topic, wall) for topic in self.topics])
+            self.live = wall - candidate <= self.live_lag_s
+            if candidate > self.now:
+                self.now = candidate
         return self.now

@@ -5,7 +5,7 @@ re-keyed internal topics; a worker that read only some of them would restore the
 another and write windows from part of the events. Faust 0.15 uses its own co-partitioning assignor
 only when an app has changelog tables or standby replicas, and aiokafka's round-robin otherwise
 (faust-streaming PR #402): with 5 topics of 4 partitions and 3 workers, round-robin splits every
-partition's topics. `CopartitionedTransport` makes the workers' consumer use `CopartitionedAssignor`.
+partition's topics. The processors' consumer (kafka_consumer.py) uses `CopartitionedAssignor` instead.
 
 The assignment is not sticky: on every rebalance (eager protocol) each worker snapshots and drops all
 its partitions' state and restores what it is assigned, so keeping a partition on its worker would
@@ -18,11 +18,9 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-import aiokafka
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger("trainmon.processors")
 
@@ -72,29 +70,6 @@ class CopartitionedAssignor(AbstractPartitionAssignor):
     @classmethod
     def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
         """Nothing to keep: the assignment depends on the members alone."""
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        if not hasattr(consumer, "_partition_assignment_strategy"):  # read by AIOKafkaConsumer.start()
-            raise RuntimeError(f"aiokafka {aiokafka.__version__} changed how a consumer keeps its assignors; "
-                               "trainmon cannot co-partition its topics with it: install the version "
-                               "pyproject.toml pins")
-        consumer._partition_assignment_strategy = [CopartitionedAssignor]
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class CopartitionedTransport(faust_aiokafka.Transport):
-    """Faust's Kafka transport whose worker consumers use `CopartitionedAssignor`; set it as
-    `app.transport` before any topic is declared."""
-
-    Consumer = _Consumer
 
 
 def split_partitions(assigned: Iterable[tuple[str, int]], topics: Iterable[str]) -> dict[int, list[str]]:

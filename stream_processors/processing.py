@@ -313,10 +313,16 @@ class Processing:
 
     # --- the clock ----------------------------------------------------------------------------------
 
-    def tick(self) -> Outcome:
+    def tick(self, progress: Mapping[tuple[str, int], tuple[int, float]] | None = None) -> Outcome:
         """Time-based rules, lost runs, window closing and run snapshots, per partition on its own
-        clock; about once a second."""
+        clock; about once a second. progress: per (topic, partition) read, Kafka's high watermark and
+        the wall time of the fetch that reported it (clock.py: how far each topic has been read)."""
         outcome, batch, wall = Outcome(), Batch(), time.time()
+        for (topic, partition), (highwater, fetched) in (progress or {}).items():
+            state = self.partitions.get(partition)
+            if state is not None:
+                caught_up = state.applied.get(self.topic_keys.get(topic, topic), -1) + 1 >= highwater
+                state.clock.fetched(topic, fetched, caught_up)
         for state in self.partitions.values():
             if not state.clock.events:
                 continue  # nothing read yet: the partition has no time

@@ -92,3 +92,17 @@ def test_bad_bytes_become_dead_letters_and_good_ones_flow(clock):
     assert value == b"\xff not json" and dict(headers)["trainmon-dlq-offset"] == b"7"
     assert proc.counts["dead_letter.malformed"] == 1 and proc.counts["system"] == 1
     assert json.loads(encode(system(T, host="x")))["host"] == "x"
+
+
+def test_silence_is_judged_only_on_what_kafka_says_was_read(clock):
+    """A backlog Kafka reports (high watermark past what was processed) holds the node rule however
+    long the wall clock runs; once the watermark is processed the silence counts from the fetch."""
+    proc, dispatcher = processing()
+    proc.handle([message("t.system", 2, 0, system(T + 1, host="node-1", runs=["r1"]))])
+    for second in range(2, 120):
+        clock[0] = T + second
+        proc.dispatch(proc.tick({("t.system", 2): (5, T + second)}).alerts)  # offsets 1-4 unread
+    assert dispatcher.alerts == []
+    clock[0] = T + 121
+    proc.dispatch(proc.tick({("t.system", 2): (1, T + 121)}).alerts)  # all read: node-1 said nothing
+    assert [(a["rule"], a["state"]) for a in dispatcher.alerts] == [("node_silent", "firing")]
