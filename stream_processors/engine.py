@@ -46,7 +46,7 @@ class Engine:
             return out
         update = self.book.update
         for rule in rules:
-            for condition in rule.on_event(event):
+            for condition in rule.on_event(event, now):
                 out.extend(update(rule.spec, condition, now))
         return out
 

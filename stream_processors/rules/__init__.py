@@ -13,13 +13,15 @@ from stream_processors.rules.heartbeat_lost import HeartbeatLost
 from stream_processors.rules.idle_gpu import IdleGpu
 from stream_processors.rules.non_finite import NonFinite
 from stream_processors.rules.plateau import Plateau
+from stream_processors.rules.spike import Spike
 from stream_processors.rules.stalled import Stalled
 from stream_processors.rules.straggler import Straggler
 from stream_processors.rules.threshold import Threshold
 
 RULE_KINDS: dict[str, type[Rule]] = {
     cls.kind: cls
-    for cls in (Threshold, NonFinite, Plateau, Divergence, Stalled, HeartbeatLost, IdleGpu, Straggler, HardwareErrors)
+    for cls in (Threshold, NonFinite, Plateau, Divergence, Spike, Stalled, HeartbeatLost, IdleGpu, Straggler,
+                HardwareErrors)
 }
 
 __all__ = ["Condition", "RULE_KINDS", "Rule", "RuleSpec", "build_rule"]

@@ -49,8 +49,10 @@ class Rule(ABC):
         self.spec = spec
 
     @abstractmethod
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
-        """A decoded event of one of `consumes` kinds."""
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
+        """A decoded event of one of `consumes` kinds. now: the partition's time when it was read (its
+        clock, or the event's time if that is later): silence and stalls are measured in it, so a
+        host whose clock runs minutes behind is not taken for silent."""
 
     def on_tick(self, now: float) -> Iterable[Condition]:
         """Called about once a second; time-based kinds (heartbeat lost, stall) report here."""

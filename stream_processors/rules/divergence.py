@@ -67,7 +67,7 @@ class Divergence(Rule):
             raise ValueError("selector.val: must differ from selector.train")
         self._runs: dict[str, _Track] = {}
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
         values = event["values"]
         train, val = values.get(self.train), values.get(self.val)
         if (train is None and val is None) or event["rank"] != self.rank:

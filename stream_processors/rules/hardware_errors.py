@@ -8,7 +8,7 @@ into a critical rule (uncorrected ECC, lost GPU) and a warning one (corrected EC
 |---|---|
 | `ecc_uncorrected` | the volatile uncorrected ECC count rose at all within `window_s` |
 | `ecc_corrected` | the corrected ECC count rose by more than `corrected_threshold` within `window_s` |
-| `throttle_thermal`, `throttle_power`, `throttle_hw_slowdown` | that figure is 1 (clocks held down) |
+| `throttle_thermal`, `throttle_power`, `throttle_hw_slowdown` | that figure is 1 (clocks held down), and until it has been 0 for `clear_s` |
 | `error` | the GPU entry carries an `error` (NVML lost it: fallen off the bus, reset required) |
 
 | selector | default | meaning |
@@ -19,6 +19,11 @@ into a critical rule (uncorrected ECC, lost GPU) and a warning one (corrected EC
 |---|---|---|
 | `window_s` | `600` | how long an ECC rise keeps the check active |
 | `corrected_threshold` | `100` | corrected errors within `window_s` that are tolerated |
+| `clear_s` | `0` | how long a throttle flag must stay 0 before its check clears (hysteresis) |
+
+`clear_s` is what lets a short `for` work on throttling, which NVML reports sample by sample: a GPU
+throttling on and off every few seconds is held down the whole time, and without it each 0 sample
+would clear the pending check before its `for` ran out.
 
 A counter that goes down (driver reload) starts over. Values: `value` (the figure; 1 for
 `error`) and, for ECC checks, `increase` (within the window).
@@ -43,6 +48,11 @@ class _Gpu:
     counts: dict[str, float] = field(default_factory=dict)  # last value of each ECC counter
     rises: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)  # (time, increase)
     active: set[str] = field(default_factory=set)
+    flagged: dict[str, float] = field(default_factory=dict)  # throttle flag -> event time last seen set
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Snapshots from before `flagged` restore without it."""
+        self.__dict__.update({"flagged": {}, **state})
 
 
 class HardwareErrors(Rule):
@@ -56,12 +66,13 @@ class HardwareErrors(Rule):
         selector.done()
         params = Params(spec.params)
         self.window_s = params.duration("window_s", 600.0)
+        self.clear_s = params.duration("clear_s", 0.0, positive=False)
         self.tolerated = {"ecc_uncorrected": 0.0, "ecc_corrected": params.number("corrected_threshold", 100.0,
                                                                                    minimum=0.0)}
         params.done()
         self._gpus: dict[tuple[str, int], _Gpu] = {}
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
         host, at = event["host"], event["time"]
         out: list[Condition] = []
         for entry in event.get("gpus") or ():
@@ -84,7 +95,12 @@ class HardwareErrors(Rule):
             return {"value": 1} if entry.get("error") else None
         value = entry["figures"].get(check)
         if check in _FLAGS:
-            return {"value": value} if value == 1 else None
+            if value == 1:
+                gpu.flagged[check] = at
+                return {"value": 1}
+            set_at = gpu.flagged.get(check)
+            held = check in gpu.active and set_at is not None and at - set_at < self.clear_s
+            return {"value": 1} if held else None
         rises = gpu.rises.setdefault(check, deque())
         last = gpu.counts.get(check)
         if value is not None:

@@ -1,4 +1,4 @@
-"""heartbeat_lost: nothing heard from a rank (or a node) for `timeout_s`.
+"""heartbeat_lost: nothing heard from a rank (or a node) for `missed` beats of its own cadence.
 
 Scope `rank`: any run event of a rank (run_start, run_meta, heartbeat, metrics) counts as a sign of
 life; subject project, run, rank, host. A run's ranks are forgotten when it ends. Scope `node`: a
@@ -8,20 +8,35 @@ down after its job is not lost); subject host. Checked on each tick, against the
 clock once live), so keep the nodes' clocks synchronised. A lost subject is reported on every tick
 while it stays silent (so a `for` can be confirmed); a sign of life clears it at once.
 
+Silence is the partition's time since a sign of life was read (the engine's `now`), not since the
+time the event carries: a node whose clock runs minutes behind is not silent. Each subject's cadence
+is learned, on its own clock: the median of its last 8 gaps between heartbeats (rank scope:
+the SDK's heartbeat events, which keep coming through evaluation and data-loader pauses, unlike
+metrics) or between system samples (node scope). Its timeout is `missed` times that, at least
+`min_timeout_s` and at most `timeout_s`; until 3 gaps are known it is `timeout_s`. So a rank beating
+every second is lost after 5 s, a node sampled every 10 s after 50 s, and a producer that sends no
+heartbeats keeps the fixed `timeout_s`. Why a median: one late beat (a GC pause, a slow flush) does
+not stretch it, and a missed beat does not either. While a rank's latest heartbeat declares a phase
+(the SDK's `run.pause("checkpoint")`: a checkpoint write may hold the GIL and starve the heartbeat
+thread), its timeout is `timeout_s`.
+
 | selector | default | meaning |
 |---|---|---|
 | `scope` | `rank` | `rank` or `node` |
 
 | param | default | meaning |
 |---|---|---|
-| `timeout_s` | `60` | silence that counts as lost |
+| `missed` | `5` | beats of the subject's cadence that may be missed before it is lost |
+| `min_timeout_s` | `5` | the shortest timeout a fast cadence gives |
+| `timeout_s` | `60` | the timeout until the cadence is known, and the longest a slow one gives |
 
-Values: `silent_s` (seconds since the last event).
+Values: `silent_s` (seconds since the last event), `timeout_s` (the subject's timeout then).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import median
 from typing import Any, ClassVar, Iterable, Mapping
 
 from stream_processors.rules.base import Condition, Rule, RuleSpec
@@ -30,10 +45,17 @@ from stream_processors.rules.params import Params
 _RANK_EVENTS = frozenset({"run_start", "run_meta", "heartbeat", "metrics"})
 
 
-@dataclass(slots=True)
+_GAPS = 8  # beats whose gaps give a subject's cadence
+_KNOWN = 3  # gaps needed before the cadence counts
+
+
+@dataclass
 class _Seen:
-    last: float  # event time of the latest sign of life
+    last: float  # partition time the latest sign of life was read
     subject: dict[str, str]
+    beat: float = 0.0  # its own event time of the latest beat (heartbeat or system sample)
+    gaps: tuple[float, ...] = ()  # the latest gaps between beats, oldest first
+    paused: bool = False  # its latest heartbeat declared a phase (a checkpoint, an evaluation)
 
 
 class HeartbeatLost(Rule):
@@ -47,15 +69,19 @@ class HeartbeatLost(Rule):
         selector.done()
         params = Params(spec.params)
         self.timeout_s = params.duration("timeout_s", 60.0)
+        self.missed = params.number("missed", 5.0, minimum=1.0)
+        self.min_timeout_s = params.duration("min_timeout_s", 5.0)
         params.done()
+        if self.min_timeout_s > self.timeout_s:
+            raise ValueError(f"min_timeout_s: {self.min_timeout_s:g} s is above timeout_s ({self.timeout_s:g} s)")
         # Narrowed per instance so the engine routes only this scope's events here.
         self.consumes = frozenset({"system"}) if self.node else _RANK_EVENTS  # type: ignore[misc]
         self._seen: dict[tuple[Any, ...], _Seen] = {}  # (run, rank) or (host,)
         self._runs_of: dict[str, tuple[str, ...]] = {}  # node scope: host -> runs of its latest sample
         self._lost: set[tuple[Any, ...]] = set()
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
-        at = event["time"]
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
+        at = now  # when it was read, in the partition's time: a host's skewed clock does not count
         if self.node:
             host = event["host"]
             key: tuple[Any, ...] = (host,)
@@ -68,11 +94,29 @@ class HeartbeatLost(Rule):
             key = (event["run"], event["rank"])
         seen = self._seen.get(key)
         if seen is None:
-            self._seen[key] = _Seen(at, self._subject(event))
+            seen = self._seen[key] = _Seen(at, self._subject(event))
+            self._beat(seen, event, event["time"])
             return ()
         if at > seen.last:
             seen.last = at
+        self._beat(seen, event, event["time"])
         return self._back(key, seen, at)
+
+    def _beat(self, seen: _Seen, event: Mapping[str, Any], at: float) -> None:
+        """at: the event's own time: gaps on the subject's own clock, whatever its offset."""
+        if event["kind"] not in ("heartbeat", "system"):
+            return
+        if event["kind"] == "heartbeat":
+            seen.paused = event.get("phase") not in (None, "train")
+        if seen.beat and at > seen.beat:
+            seen.gaps = (seen.gaps + (at - seen.beat,))[-_GAPS:]
+        seen.beat = max(seen.beat, at)
+
+    def timeout(self, seen: _Seen) -> float:
+        """This subject's: `missed` beats of its cadence, within the bounds (module doc)."""
+        if len(seen.gaps) < _KNOWN or seen.paused:
+            return self.timeout_s
+        return min(self.timeout_s, max(self.min_timeout_s, self.missed * median(seen.gaps)))
 
     def _subject(self, event: Mapping[str, Any]) -> dict[str, str]:
         if self.node:
@@ -89,9 +133,10 @@ class HeartbeatLost(Rule):
     def on_tick(self, now: float) -> Iterable[Condition]:
         out: list[Condition] = []
         for key, seen in self._seen.items():
-            if now - seen.last > self.timeout_s:
+            timeout = self.timeout(seen)
+            if now - seen.last > timeout:
                 self._lost.add(key)
-                out.append(Condition(seen.subject, True, now, {"silent_s": now - seen.last}))
+                out.append(Condition(seen.subject, True, now, {"silent_s": now - seen.last, "timeout_s": timeout}))
         return out
 
     def forget(self, run: str) -> None:

@@ -33,7 +33,7 @@ class IdleGpu(Rule):
         params.done()
         self._active: dict[tuple[str, str], dict[str, str]] = {}  # (host, gpu) -> its active subject
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
         host, at = event["host"], event["time"]
         runs = ",".join(sorted(event.get("runs") or ()))
         out: list[Condition] = []

@@ -43,7 +43,7 @@ class NonFinite(Rule):
         Params(spec.params).done()
         self._bad: dict[str, dict[str, _Bad]] = {}  # run -> metric -> state; only while bad
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
         values = event["values"]
         run = event["run"]
         bad = self._bad.get(run)

@@ -63,7 +63,7 @@ class Plateau(Rule):
         params.done()
         self._runs: dict[str, _Track] = {}
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
         x = event["values"].get(self.metric)
         if x is None or event["rank"] != self.rank or not math.isfinite(x):
             return ()

@@ -16,6 +16,11 @@ above 95 %" is `figure: mem_used_bytes, scope: gpu` with `ratio_of: mem_total_by
 | `op` | `>` | one of `>`, `>=`, `<`, `<=` |
 | `value` | required | the threshold |
 | `ratio_of` | none | compare figure / this figure (skipped while it is missing or 0) |
+| `clear` | `value` | once the condition holds, it holds until the figure is back past this (hysteresis) |
+
+`clear` is what lets the hardware rules use a short `for` without flapping: a GPU at 85-86 °C fires
+once (`value: 85`) and resolves once it is back at 80 (`clear: 80`), not on every sample that dips
+below 85. It must lie on the clearing side of `value` (below it for `>`/`>=`, above it for `<`/`<=`).
 
 Values on the alert: `value` (the compared figure or ratio) and `threshold`.
 """
@@ -53,7 +58,11 @@ class Threshold(Rule):
         self.op = _OPS[params.choice("op", ">", tuple(_OPS))]
         self.value = params.number("value", None)
         self.ratio_of = params.name("ratio_of", None)
+        self.clear = params.number("clear", self.value)
         params.done()
+        if self.op(self.clear, self.value) and self.clear != self.value:
+            raise ValueError(f"clear: {self.clear:g} is on the firing side of value {self.value:g}; "
+                             "it must be where the figure goes back to")
         # Narrowed per instance so the engine routes only the selected source's events here.
         self.consumes = frozenset({"metrics" if self.training else "system"})  # type: ignore[misc]
         self._active: set[tuple[str, ...]] = set()
@@ -68,14 +77,14 @@ class Threshold(Rule):
 
     def _verdict(self, key: tuple[str, ...], subject: dict[str, str], x: float | None, at: float,
                  out: list[Condition]) -> None:
-        if x is not None and self.op(x, self.value):
+        if x is not None and self.op(x, self.clear if key in self._active else self.value):
             self._active.add(key)
             out.append(Condition(subject, True, at, {"value": x, "threshold": self.value}))
         elif key in self._active:
             self._active.discard(key)
             out.append(Condition(subject, False, at))
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
         if self.training:
             return self._on_metrics(event)
         out: list[Condition] = []
@@ -94,7 +103,7 @@ class Threshold(Rule):
             return ()
         key = (event["run"], str(event["rank"]))
         x = self._figure(values)
-        if key not in self._active and (x is None or not self.op(x, self.value)):
+        if key not in self._active and (x is None or not self.op(x, self.value)):  # (value: not active)
             return ()  # the common case: within bounds and not alerting, nothing built
         out: list[Condition] = []
         subject = {"project": event["project"], "run": key[0], "rank": key[1], "metric": self.name}

@@ -29,8 +29,10 @@ def metrics(step: int, t: float, run: str = "r1", rank: int = 0, *, project: str
                              epoch=epoch, values=values))
 
 
-def heartbeat(t: float, run: str = "r1", rank: int = 0, *, step: int | None = None, host: str = "node-1") -> dict:
-    return validate(envelope("heartbeat", project="p", run=run, rank=rank, host=host, time=t, step=step))
+def heartbeat(t: float, run: str = "r1", rank: int = 0, *, step: int | None = None, host: str = "node-1",
+              phase: str | None = None) -> dict:
+    return validate(envelope("heartbeat", project="p", run=run, rank=rank, host=host, time=t, step=step,
+                             **({"phase": phase} if phase else {})))
 
 
 def run_end(t: float, run: str = "r1", rank: int = 0) -> dict:

@@ -145,7 +145,7 @@ class _Seen(Rule):
         self.events: list[str] = []
         self.forgotten: list[str] = []
 
-    def on_event(self, event: Mapping[str, Any]) -> Iterable[Condition]:
+    def on_event(self, event: Mapping[str, Any], now: float) -> Iterable[Condition]:
         self.events.append(event["kind"])
         return ()
 

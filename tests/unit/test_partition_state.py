@@ -143,10 +143,10 @@ def test_one_event_that_breaks_a_rule_is_dead_lettered_and_the_rest_goes_on(wall
 
     original = Plateau.on_event
 
-    def explode(self, event):
+    def explode(self, event, now):
         if event["step"] == 3:
             raise OverflowError("boom")
-        return original(self, event)
+        return original(self, event, now)
 
     monkeypatch.setattr(Plateau, "on_event", explode)
     outcome = proc.handle(feed(*(metrics(i, T + i, loss=1.0) for i in range(6))))

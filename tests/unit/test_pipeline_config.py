@@ -32,7 +32,7 @@ def test_shipped_file_loads_with_every_rule_kind() -> None:
         assert {"summary", "description"} <= set(rule.annotations), rule.name
         build_rule(rule)
     by_name = {rule.name: rule for rule in config.rules}
-    assert by_name["gpu_memory_high"].for_s == 60 and by_name["disk_full"].for_s == 300
+    assert by_name["gpu_memory_high"].for_s == 10 and by_name["disk_full"].for_s == 300
     assert by_name["loss_non_finite"].severity == "critical"
 
 

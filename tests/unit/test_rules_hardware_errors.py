@@ -69,3 +69,25 @@ def test_healthy_gpus_fire_nothing() -> None:
 def test_unknown_check() -> None:
     with pytest.raises(ValueError, match=r"selector.checks: unknown 'ecc' \(known: ecc_uncorrected"):
         build_rule(spec("hardware_errors", selector={"checks": ["ecc"]}))
+
+
+THROTTLED = spec("hardware_errors", "gpu_throttled", for_s=10, selector={"checks": ["throttle_thermal"]},
+                 params={"clear_s": 10})
+
+
+def test_throttling_on_and_off_fires_after_for_and_clears_after_clear_s() -> None:
+    d = Driver(THROTTLED)
+    for i in range(30):  # held down 2 s of every 3
+        d.send(node(T0 + i, throttle_thermal=0 if i % 3 == 2 else 1))
+    assert [(a["state"], a["labels"]["check"], a["time"]) for a in d.alerts] == [("firing", "throttle_thermal", T0 + 10)]
+    for i in range(30, 45):
+        d.send(node(T0 + i))
+    assert d.states()[-1] == ("gpu_throttled", "resolved")
+    assert d.alerts[-1]["time"] == T0 + 38  # last set at 28 (i % 3 == 1): clear once 10 s have passed
+
+
+def test_without_clear_s_the_same_flapping_never_fires() -> None:  # so the test above can fail
+    d = Driver(spec("hardware_errors", for_s=10, selector={"checks": ["throttle_thermal"]}))
+    for i in range(30):
+        d.send(node(T0 + i, throttle_thermal=0 if i % 3 == 2 else 1))
+    assert d.alerts == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.alert_streams import T0, Driver, heartbeat, metrics, run_end, spec, system
 
 RANK = spec("heartbeat_lost", "rank_lost", severity="critical", params={"timeout_s": "1m"},
@@ -78,3 +80,77 @@ def test_steady_heartbeats_fire_nothing() -> None:
         d.send(*(heartbeat(T0 + i, rank=r, step=i) for r in range(8)), system(T0 + i, runs=["r1"]))
         d.tick(T0 + i)
     assert d.alerts == []
+
+
+FAST = spec("heartbeat_lost", "rank_lost", params={"timeout_s": 60})  # missed 5, min_timeout_s 5: defaults
+
+
+def test_a_rank_beating_every_second_is_lost_after_five_missed_beats() -> None:
+    d = Driver(FAST)
+    for i in range(30):
+        d.send(heartbeat(T0 + i, rank=0), heartbeat(T0 + i, rank=1, host="node-2"))
+        d.tick(T0 + i + 0.5)
+    for i in range(30, 60):  # rank 1's last beat was at T0 + 29
+        d.send(heartbeat(T0 + i, rank=0))
+        d.tick(T0 + i + 0.5)
+    fired = [a for a in d.alerts if a["state"] == "firing"]
+    assert [(a["labels"]["rank"], a["time"]) for a in fired] == [("1", T0 + 34.5)]
+    assert fired[0]["values"]["timeout_s"] == 5.0
+
+
+def test_one_late_beat_does_not_stretch_or_trip_the_cadence() -> None:
+    d = Driver(FAST)
+    times = [T0 + i for i in range(20)] + [T0 + 23.5] + [T0 + 24 + i for i in range(20)]  # 3.5 s late once
+    for t in times:
+        d.send(heartbeat(t, rank=0))
+        d.tick(t + 0.5)
+    assert d.alerts == []
+
+
+def test_a_node_sampled_every_ten_seconds_gets_fifty() -> None:
+    d = Driver(spec("heartbeat_lost", "node_silent", selector={"scope": "node"}, params={"timeout_s": "2m"}))
+    for i in range(0, 100, 10):
+        d.send(system(T0 + i, "slow", runs=["r1"]))
+        d.tick(T0 + i + 1)
+    d.tick(T0 + 90 + 45)
+    assert d.alerts == []  # 45 s silent: not yet
+    d.tick(T0 + 90 + 51)
+    assert [(a["state"], a["values"]["timeout_s"]) for a in d.alerts] == [("firing", 50.0)]
+
+
+def test_metrics_alone_keep_the_fixed_timeout() -> None:
+    """A producer without heartbeats: its metrics' cadence says nothing about evaluation pauses."""
+    d = Driver(FAST)
+    for i in range(100):
+        d.send(metrics(i, T0 + i * 0.1, loss=1.0))
+    d.tick(T0 + 9.9 + 30)
+    assert d.alerts == []
+    d.tick(T0 + 9.9 + 61)
+    assert d.states() == [("rank_lost", "firing")]
+
+
+def test_min_timeout_above_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_timeout_s"):
+        Driver(spec("heartbeat_lost", params={"timeout_s": 4}))
+
+
+def test_a_declared_checkpoint_gets_the_long_timeout() -> None:
+    d = Driver(FAST)
+    for i in range(10):
+        d.send(heartbeat(T0 + i, rank=0))
+        d.tick(T0 + i + 0.5)
+    d.send(heartbeat(T0 + 10, rank=0, phase="checkpoint"))  # then nothing: the write holds the GIL
+    d.tick(T0 + 40)
+    assert d.alerts == []
+    d.tick(T0 + 71)
+    assert [(a["state"], a["values"]["timeout_s"]) for a in d.alerts] == [("firing", 60.0)]
+
+
+def test_a_node_whose_clock_is_two_minutes_behind_is_not_silent() -> None:
+    d = Driver(spec("heartbeat_lost", "node_silent", selector={"scope": "node"}))
+    for i in range(120):  # samples stamped 120 s in the past, read as they are sent
+        d.send(system(T0 + i - 120, "behind", runs=["r1"]), now=T0 + i + 0.2)
+        d.tick(T0 + i + 0.5)
+    assert d.alerts == []
+    d.tick(T0 + 119.2 + 6)  # and when it stops, 5 of its beats later
+    assert d.states() == [("node_silent", "firing")]

@@ -89,3 +89,33 @@ def test_routes_only_the_selected_source() -> None:
 def test_bad_settings(selector: dict, params: dict, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         build_rule(spec("threshold", selector=selector, params=params))
+
+
+TEMPERATURE = spec("threshold", "gpu_temperature_high", for_s=10, selector={"figure": "temperature_c"},
+                   params={"value": 85, "clear": 80})
+
+
+def hot(t: float, celsius: float) -> dict:
+    return system(t, runs=["r1"], gpus=[gpu(0, temperature_c=celsius)])
+
+
+def test_clear_keeps_a_short_for_from_flapping() -> None:
+    d = Driver(TEMPERATURE)
+    for i in range(60):  # 84-87 °C: dips below 85 every other second, never back to 80
+        d.send(hot(T0 + i, 87 if i % 2 else 84))
+    assert d.states() == [("gpu_temperature_high", "firing")]
+    assert d.alerts[0]["time"] == T0 + 11  # pending at 1 s, confirmed 10 s later
+    d.send(hot(T0 + 60, 80))
+    assert d.states() == [("gpu_temperature_high", "firing"), ("gpu_temperature_high", "resolved")]
+
+
+def test_without_clear_the_same_samples_never_hold_for_ten_seconds() -> None:  # so the test above can fail
+    d = Driver(spec("threshold", for_s=10, selector={"figure": "temperature_c"}, params={"value": 85}))
+    for i in range(60):
+        d.send(hot(T0 + i, 87 if i % 2 else 84))
+    assert d.alerts == []
+
+
+def test_clear_on_the_firing_side_is_refused() -> None:
+    with pytest.raises(ValueError, match="clear: 90 is on the firing side"):
+        build_rule(spec("threshold", selector={"figure": "temperature_c"}, params={"value": 85, "clear": 90}))
