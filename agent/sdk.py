@@ -31,7 +31,7 @@ from agent import environment, registry
 from agent.identity import Identity, resolve, safe_id
 from trainmon import TrainmonWarning
 from trainmon.contract import MAX_EVENT_BYTES, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_VALUES, RUN_STATUSES, SCHEMA_VERSION
-from trainmon.contract import encode, envelope
+from trainmon.contract import HEARTBEAT_S, ContractError, encode, envelope, phase_name
 
 log = logging.getLogger("trainmon.sdk")
 
@@ -204,7 +204,7 @@ class Run:
     """One rank's view of a run. Create it with `trainmon.init`; see docs/sdk.md."""
 
     def __init__(self, identity: Identity, publisher: Any, *, owns_publisher: bool, name: str | None = None,
-                 heartbeat_s: float = 5.0) -> None:
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
         self.identity = identity
         self.name = name
         self._publisher = publisher
@@ -222,6 +222,11 @@ class Run:
         self._warned: set[tuple[str, str]] = set()
         self._next_step = 0
         self._step: int | None = None
+        # What this rank does while not training (None: training). A plain attribute: the heartbeat
+        # thread reads it without a lock (one reference assignment is atomic in CPython). The lock
+        # only orders heartbeats, so the last one queued always carries the current phase.
+        self._phase: str | None = None
+        self._beat_lock = threading.Lock()
         # The envelope every event of this rank shares, unpacked once for the hot path.
         self._project, self._run, self._rank, self._host = identity.project, identity.run, identity.rank, identity.host
         # Who sent it: one producer id per run incarnation (128 random bits) and a seq counting this
@@ -259,6 +264,11 @@ class Run:
     @property
     def finished(self) -> bool:
         return self._done
+
+    @property
+    def current_phase(self) -> str | None:
+        """The phase set by `phase` / `pause`; None while training."""
+        return self._phase
 
     def __repr__(self) -> str:
         return f"<trainmon.Run {self._project}/{self._run} rank {self._rank}/{self.identity.world_size}>"
@@ -442,6 +452,48 @@ class Run:
         return envelope(kind, project=self._project, run=self._run, rank=self._rank, host=self._host,
                         time=_now(), producer=self.producer, **fields)
 
+    # --- expected pauses ------------------------------------------------------------------------
+
+    def phase(self, name: str | None) -> Phase:
+        """Say what this rank does now: "eval", "checkpoint", "data" ... (None or "train": training).
+
+        The processors then expect a frozen step and late heartbeats instead of paging, up to their
+        rules' pause limits. A heartbeat carrying the new phase is sent at once, so they know before
+        the pause starts. Stays until changed; `with run.phase("eval"):` restores the previous
+        phase on exit. A bad name warns once and changes nothing."""
+        return self._change_phase(name, "phase")
+
+    def pause(self, reason: str = "pause") -> Phase:
+        """`phase(reason)`, for `with run.pause("checkpoint"): save(...)`."""
+        return self._change_phase(reason, "pause")
+
+    def _change_phase(self, name: Any, method: str) -> Phase:
+        previous = self._phase
+        if self._done:
+            self._ignored(method)
+            return Phase(self, previous, restore=False)
+        try:
+            if name is None or (type(name) is str and name == "train"):
+                name = None  # training: the heartbeat leaves the field out
+            else:
+                try:
+                    name = phase_name(name, "phase")  # the contract's rule, so no event is refused later
+                except ContractError as exc:
+                    self._warn_once(f"{method} {repr(name)[:60]}", "name",
+                                    f"run.{method}({repr(name)[:60]}) ignored: {exc.detail}")
+                    return Phase(self, previous, restore=False)
+            self._set_phase(name)
+        except Exception as exc:  # a bug here must not stop training
+            self._internal_error(method, exc)
+        return Phase(self, previous)
+
+    def _set_phase(self, name: str | None) -> None:
+        """Switch, and tell the processors at once (nothing to tell if it did not change)."""
+        if self._done or name == self._phase:
+            return
+        self._phase = name
+        self._send_heartbeat()
+
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _start(self, start_fields: dict[str, Any]) -> None:
@@ -461,14 +513,19 @@ class Run:
 
     def _beat(self) -> None:
         """Every heartbeat_s: alive, and at which step. Sleeps in Event.wait, which releases the GIL."""
-        wait, world = self._stop.wait, self.identity.world_size
+        wait = self._stop.wait
         while not wait(self._heartbeat_s):
             try:
-                dropped = getattr(self._publisher, "dropped", None)  # events lost so far, all causes
-                self._publish(self._envelope("heartbeat", step=self._step, world_size=world,
-                                             dropped=dropped if type(dropped) is int else None))
+                self._send_heartbeat()
             except Exception as exc:
                 log.debug("heartbeat not sent: %s", exc)
+
+    def _send_heartbeat(self) -> None:
+        """One heartbeat: alive, at which step, in which phase (absent: training)."""
+        dropped = getattr(self._publisher, "dropped", None)  # events lost so far, all causes
+        with self._beat_lock:  # built and queued together: no older phase can follow a newer one
+            self._publish(self._envelope("heartbeat", step=self._step, world_size=self.identity.world_size,
+                                         dropped=dropped if type(dropped) is int else None, phase=self._phase))
 
     def finish(self, status: str = "finished", *, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """End this rank's run: send run_end, stop heartbeats, flush for at most timeout_s (what
@@ -515,6 +572,31 @@ class Run:
 
     def _internal_error(self, where: str, exc: Exception) -> None:
         self._warn_once(where, "internal", f"internal error in {where} (ignored, training goes on): {exc!r}")
+
+
+class Phase:
+    """What `run.phase` / `run.pause` return. The phase is already set when it is made; used as a
+    context manager, its exit puts back the phase that was current before the call (so nested
+    pauses unwind in order), with a heartbeat at once if that changes it."""
+
+    __slots__ = ("_run", "_previous", "_restore")
+
+    def __init__(self, run: Run, previous: str | None, *, restore: bool = True) -> None:
+        self._run, self._previous, self._restore = run, previous, restore
+
+    def __enter__(self) -> Phase:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> bool:
+        if self._restore:  # an ignored call (bad name, after finish) has nothing to undo
+            try:
+                self._run._set_phase(self._previous)
+            except Exception as error:  # never raise into training, nor hide the block's exception
+                self._run._internal_error("phase", error)
+        return False
+
+    def __repr__(self) -> str:
+        return f"<trainmon phase {self._run.current_phase or 'train'}>"
 
 
 def _bounded(call: Callable[[], Any], timeout_s: float) -> None:
@@ -669,7 +751,7 @@ def _start_fields(run: Run, config: Any, tags: Any) -> dict[str, Any]:
 
 def init(project: str | None = None, name: str | None = None, config: Any = None, tags: Iterable[str] | None = None,
          *, run_id: str | None = None, rank: int | None = None, world_size: int | None = None,
-         local_rank: int | None = None, settings: Any = None, heartbeat_s: float = 5.0,
+         local_rank: int | None = None, settings: Any = None, heartbeat_s: float = HEARTBEAT_S,
          spool_dir: str | os.PathLike[str] | None = None, publisher: Any = None) -> Run:
     """Start this process's run (see trainmon.init). Never raises: a problem is warned about and
     the run goes on, without monitoring if the publisher cannot start."""
@@ -684,8 +766,8 @@ def init(project: str | None = None, name: str | None = None, config: Any = None
     for note in identity.notes:
         warn(note)
     if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, (int, float)) or not heartbeat_s > 0:
-        warn(f"heartbeat_s must be a number > 0, got {heartbeat_s!r}: using 5.0")
-        heartbeat_s = 5.0
+        warn(f"heartbeat_s must be a number > 0, got {heartbeat_s!r}: using {HEARTBEAT_S:g}")
+        heartbeat_s = HEARTBEAT_S
 
     owns = publisher is None
     if owns:

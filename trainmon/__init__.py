@@ -29,7 +29,7 @@ class TrainmonWarning(UserWarning):
 
 def init(project: str | None = None, name: str | None = None, config: Any = None, tags: Iterable[str] | None = None,
          *, run_id: str | None = None, rank: int | None = None, world_size: int | None = None,
-         local_rank: int | None = None, settings: Any = None, heartbeat_s: float = 5.0,
+         local_rank: int | None = None, settings: Any = None, heartbeat_s: float = 1.0,
          spool_dir: str | os.PathLike[str] | None = None, publisher: Any = None) -> Run:
     """Start this process's run and return it; never raises into training.
 
@@ -37,7 +37,7 @@ def init(project: str | None = None, name: str | None = None, config: Any = None
     argparse.Namespace or dataclass of hyperparameters. tags: list of str. run_id / rank /
     world_size / local_rank: override what the launcher's environment says (docs/sdk.md, Identity).
     settings: trainmon.settings.Settings (default: trainmon.settings.load()). heartbeat_s: how often
-    this rank says it is alive. spool_dir: root of the disk spool (default $TRAINMON_SPOOL_DIR or
+    this rank says it is alive (trainmon.contract.HEARTBEAT_S). spool_dir: root of the disk spool (default $TRAINMON_SPOOL_DIR or
     ~/.cache/trainmon/spool). publisher: an object with publish/flush/close (tests, or to share one).
     """
     from agent.sdk import init as _init

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="wall-clock seconds per training step, also the logged step_time_s (default: %(default)s)")
     simulate.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
                           help="system sample interval per node (default: %(default)s)")
-    simulate.add_argument("--heartbeat", type=_seconds, default=5.0, metavar="SECONDS",
+    simulate.add_argument("--heartbeat", type=_seconds, default=1.0, metavar="SECONDS",
                           help="heartbeat interval per rank (default: %(default)s)")
     simulate.add_argument("--val-every", type=int, default=100, metavar="STEPS",
                           help="steps between validation points, logged by rank 0 (default: %(default)s)")

@@ -22,6 +22,7 @@ MAX_EVENT_BYTES = 1_000_000  # under Kafka's default message.max.bytes (1 MiB)
 MAX_VALUES = 4096  # name -> value pairs in one metrics event or one sample section
 MAX_NAME_LEN = 128
 MAX_TEXT_LEN = 256  # identifiers: project, run, host, rule, label values ...
+MAX_PHASE_LEN = 32
 MAX_GPUS = 64
 # Integers are bounded by the ClickHouse columns that hold them (step, offsets, bytes: Int64-safe;
 # rank, world size, pid: UInt32; GPU index: Int16), so a valid event can always be written.
@@ -43,6 +44,7 @@ class Topic(StrEnum):
     ALERTS = "alerts"  # kind alert, key = fingerprint
     DEADLETTER = "deadletter"  # undecodable input, original bytes, reason in headers
 
+HEARTBEAT_S = 1.0  # the SDK's default heartbeat cadence; the liveness rule learns each rank's own
 
 TOPIC_OF_KIND = {
     "metrics": Topic.METRICS,
@@ -113,6 +115,20 @@ def text(value: Any, field: str) -> str:
         raise _wrong(field, "string", value)
     if not value or len(value) > MAX_TEXT_LEN:
         raise ContractError(Reason.INVALID_VALUE, f"length must be 1..{MAX_TEXT_LEN}", field)
+    return value
+
+
+_PHASE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def phase_name(value: Any, field: str) -> str:
+    """What a rank does while not training ("eval", "checkpoint"): short and lowercase, so the
+    processors and their rules can match it exactly."""
+    if type(value) is not str:
+        raise _wrong(field, "string", value)
+    if not 0 < len(value) <= MAX_PHASE_LEN or not _PHASE_CHARS.issuperset(value):
+        raise ContractError(Reason.INVALID_VALUE, f"must be 1..{MAX_PHASE_LEN} of a-z 0-9 _ -, "
+                                                  f"got {value[:40]!r}", field)
     return value
 
 
@@ -330,7 +346,9 @@ SPECS: dict[str, dict[str, tuple[Check, bool]]] = {
     },
     "run_meta": {**_RUN_IDENTITY, **_RUN_META},
     "heartbeat": {**_RUN_IDENTITY, "step": (optional(count), False),
-                  "world_size": (optional(rank_number), False), "dropped": (optional(count), False)},
+                  "world_size": (optional(rank_number), False), "dropped": (optional(count), False),
+                  # not training ("eval", "checkpoint"): a frozen step and late beats are expected
+                  "phase": (optional(phase_name), False)},
     "run_end": {**_RUN_IDENTITY, "status": (one_of(*RUN_STATUSES), True), "step": (optional(count), False)},
     "system": {
         "host": (text, True),

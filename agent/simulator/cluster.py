@@ -57,6 +57,11 @@ class Rank:
     run: Run
     pid: int
     slow: float = 1.0  # step time factor (a straggler is 2)
+    dead: bool = False  # its process is gone (SIGKILL, OOM kill): it sends nothing more
+
+    @property
+    def silent(self) -> bool:
+        return self.dead or self.node.silent
 
 
 @dataclass(eq=False)
@@ -207,7 +212,7 @@ class Cluster:
                 self._layer_cursor += 1
                 extras = dict(zip(layers, [x * grad for x in row]))
             for rank in run.ranks:
-                if rank.node.silent:
+                if rank.silent:
                     continue
                 seconds = step_time * (1.0 + 0.02 * noise()) * rank.slow
                 values = {"loss": loss * (1.0 + LOSS_NOISE * noise()),
@@ -240,7 +245,7 @@ class Cluster:
         """Every live rank of every unfinished run, with its current step (frozen while stalled)."""
         return [envelope("heartbeat", project=self.config.project, run=run.id, rank=r.rank, host=r.node.host,
                          time=now, step=run.step, world_size=len(run.ranks))
-                for run in self.runs if not run.done for r in run.ranks if not r.node.silent]
+                for run in self.runs if not run.done for r in run.ranks if not r.silent]
 
     def samples(self, now: float) -> list[dict]:
         """One system event per node that still reports, naming the runs active on it."""
@@ -275,7 +280,7 @@ class Cluster:
         run.done = True
         return [envelope("run_end", project=self.config.project, run=run.id, rank=r.rank, host=r.node.host,
                          time=now, status=status, step=run.step)
-                for r in run.ranks if not r.node.silent]
+                for r in run.ranks if not r.silent]
 
     def end_all(self, now: float, status: str) -> list[dict]:
         return [event for run in self.runs if not run.done for event in self.end(run, now, status)]

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from trainmon.contract import MAX_GPUS, MAX_TEXT_LEN, MAX_VALUES
+from trainmon.contract import HEARTBEAT_S, MAX_GPUS, MAX_TEXT_LEN, MAX_VALUES
 from trainmon.errors import TrainmonError
 
 DEFAULT_FAULT_AT_S = 10.0  # long enough for a healthy baseline (curves, best loss, first heartbeats)
@@ -58,7 +58,7 @@ class SimConfig:
     duration: float | None = None
     step_interval: float = 0.05  # seconds per training step: the pacing and the logged step_time_s
     interval: float = 1.0  # system sample interval per node
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = HEARTBEAT_S
     val_every: int = 100  # steps between validation points (rank 0 logs them)
     metrics_per_event: int = 0  # extra per-layer values in every metrics event (load generation)
     max_rate: float | None = None  # benchmark mode: unpaced steps, at most this many values/s (0: no cap)

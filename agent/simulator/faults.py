@@ -95,7 +95,7 @@ def hang(run: Run) -> None:
 class Stall(RunFault):
     name = "stall"
     summary = "steps stop advancing; heartbeats go on and the GPUs stay busy (a hung collective)"
-    trips = "run_stalled after 5 min (stall_s)"
+    trips = "run_stalled after 20 s (10 of the run's gaps between step advances, at least 20 s)"
 
     def inject(self, run: Run, index: int | None) -> None:
         hang(run)
@@ -104,11 +104,24 @@ class Stall(RunFault):
 class Straggler(RunFault):
     name = "straggler"
     summary = "one rank (default: the last) takes twice the step time of the others"
-    trips = "straggler after about 2 min (1 min window, then for: 2m); needs 3+ ranks per run"
+    trips = "straggler within about 30 s (20 s window, then for: 15s); needs 3+ ranks per run"
     index = "rank"
 
     def inject(self, run: Run, index: int | None) -> None:
         run.ranks[-1 if index is None else index].slow = 2.0
+
+
+class DeadRank(RunFault):
+    name = "dead_rank"
+    summary = "one rank's process dies (default: the last): it sends nothing, its GPU idles, the run hangs"
+    trips = "rank_heartbeat_lost after 5 s (5 missed 1 s beats); run_stalled after 20 s; gpu_idle after 45 s"
+    index = "rank"
+
+    def inject(self, run: Run, index: int | None) -> None:
+        rank = run.ranks[-1 if index is None else index]
+        hang(run)  # the others wait for it in their next collective
+        rank.dead = True
+        rank.gpu.effects.append(_idle)
 
 
 # --- hardware ----------------------------------------------------------------------------------------
@@ -117,7 +130,7 @@ class Straggler(RunFault):
 class DeadNode(NodeFault):
     name = "dead_node"
     summary = "the node stops sending anything; the runs on it hang on their other nodes"
-    trips = "node_silent and rank_heartbeat_lost after 1 min; run_stalled after 5 min"
+    trips = "node_silent and rank_heartbeat_lost after 5 s (5 missed 1 s beats)"
 
     def inject(self, node: Node, index: int | None) -> None:
         node.silent = True
@@ -130,10 +143,9 @@ def _hot(figures: Figures, rng: random.Random) -> None:
 
 
 def _throttled(figures: Figures, rng: random.Random) -> None:
-    figures["throttle_power"] = 1
-    figures["throttle_reasons"] = int(figures["throttle_reasons"]) | 0x04  # SW power cap
+    figures["throttle_hw_slowdown"] = 1
+    figures["throttle_reasons"] = int(figures["throttle_reasons"]) | 0x08  # HW slowdown (power brake, PSU)
     figures["sm_clock_mhz"] = int(figures["sm_clock_mhz"] * 0.62)
-    figures["power_w"] = round(hardware.POWER_LIMIT_W - abs(rng.gauss(0, 2)), 1)
 
 
 def _gpu_memory_full(figures: Figures, rng: random.Random) -> None:
@@ -165,21 +177,21 @@ class GpuFault(NodeFault):
 class HotGpu(GpuFault):
     name = "hot_gpu"
     summary = "one GPU runs at 90+ C"
-    trips = "gpu_temperature_high after 1 min"
+    trips = "gpu_temperature_high after 10 s"
     effect = staticmethod(_hot)
 
 
 class ThrottledGpu(GpuFault):
     name = "throttled_gpu"
-    summary = "one GPU is held at its power cap: throttle_power 1, SM clock down 38 %"
-    trips = "gpu_degraded after 2 min"
+    summary = "one GPU's clocks are held down by HW slowdown: throttle_hw_slowdown 1, SM clock down 38 %"
+    trips = "gpu_throttled after 10 s"
     effect = staticmethod(_throttled)
 
 
 class MemoryPressure(GpuFault):
     name = "memory_pressure"
     summary = "one GPU's memory above 98 % and the host's memory at 97.5 %"
-    trips = "gpu_memory_high and host_memory_high after 1 min"
+    trips = "gpu_memory_high and host_memory_high after 10 s"
     effect = staticmethod(_gpu_memory_full)
 
     def inject(self, node: Node, index: int | None) -> None:
@@ -190,7 +202,7 @@ class MemoryPressure(GpuFault):
 class IdleGpu(GpuFault):
     name = "idle_gpu"
     summary = "one GPU sits at ~0 % utilisation while its node runs a job"
-    trips = "gpu_idle after 5 min"
+    trips = "gpu_idle after 45 s"
     effect = staticmethod(_idle)
 
 
@@ -200,7 +212,7 @@ def _default_gpu(node: Node) -> int:
 
 
 FAULTS: dict[str, Fault] = {fault.name: fault for fault in (
-    NonFinite(), PlateauFault(), OverfittingFault(), Stall(), Straggler(),
+    NonFinite(), PlateauFault(), OverfittingFault(), Stall(), Straggler(), DeadRank(),
     DeadNode(), HotGpu(), ThrottledGpu(), MemoryPressure(), IdleGpu(),
 )}
 

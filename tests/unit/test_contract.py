@@ -136,6 +136,8 @@ BAD = [
     ("bad run status", as_bytes({**VALID["run_end"], "status": "done"}), Reason.INVALID_VALUE, "status"),
     ("label not string", as_bytes({**VALID["alert"], "labels": {"gpu": 3}}), Reason.WRONG_TYPE, "labels.gpu"),
     ("bad alert state", as_bytes({**VALID["alert"], "state": "pending"}), Reason.INVALID_VALUE, "state"),
+    ("phase as number", as_bytes({**VALID["heartbeat"], "phase": 1}), Reason.WRONG_TYPE, "phase"),
+    ("empty phase", as_bytes({**VALID["heartbeat"], "phase": ""}), Reason.INVALID_VALUE, "phase"),
 ]
 
 
@@ -164,3 +166,16 @@ def test_envelope_rejects_unknown_kind_and_drops_nones():
     with pytest.raises(ContractError):
         envelope("nope")
     assert "epoch" not in envelope("metrics", epoch=None)
+
+
+@pytest.mark.parametrize("phase", ["eval", "checkpoint", "data", "pause", "data-loader_2", "x" * 32])
+def test_a_heartbeat_may_say_which_phase_the_rank_is_in(phase):
+    assert decode(as_bytes({**VALID["heartbeat"], "phase": phase}))["phase"] == phase
+    assert "phase" not in decode(encode(VALID["heartbeat"]))  # absent: training
+
+
+@pytest.mark.parametrize("phase", ["Eval", "eval loop", "x" * 33, "ckpt/1", "évaluation"])
+def test_a_heartbeat_with_a_bad_phase_is_refused_clearly(phase):
+    error = reason_of(as_bytes({**VALID["heartbeat"], "phase": phase}))
+    assert (error.reason, error.field) == (Reason.INVALID_VALUE, "phase")
+    assert "1..32 of a-z 0-9 _ -" in str(error) and repr(phase[:40]) in str(error)

@@ -1,0 +1,188 @@
+"""Expected pauses: `run.phase` / `run.pause` tell the processors, through heartbeats, that a frozen
+step is expected (evaluation, checkpoint save, data-loader restart), with a fake publisher."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import warnings
+from typing import Any, Iterator
+
+import pytest
+
+import trainmon
+from agent import sdk
+from trainmon import TrainmonWarning
+from trainmon.contract import validate
+
+
+class FakePublisher:
+    """The publisher's interface; keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, event: dict[str, Any]) -> bool:
+        self.events.append(event)
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        pass
+
+    def beats(self) -> list[dict[str, Any]]:
+        """The heartbeats so far, each checked against the contract."""
+        return [validate(dict(event)) for event in self.events if event["kind"] == "heartbeat"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
+    """No launcher variables from the outer environment; registry in tmp; no run left open."""
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "TORCHELASTIC_", "TRAINMON_", "JOBSET_")) or name in (
+                "RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TRAINMON_REGISTRY_DIR", str(tmp_path / "procs"))
+    yield
+    for run in list(sdk._active):
+        run.finish()
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+def start(publisher: FakePublisher, heartbeat_s: float = 60.0) -> sdk.Run:
+    """A run whose periodic heartbeats do not come during the test unless asked for."""
+    return trainmon.init("llm", publisher=publisher, heartbeat_s=heartbeat_s)
+
+
+def phases(publisher: FakePublisher) -> list[str | None]:
+    return [beat.get("phase") for beat in publisher.beats()]
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def test_a_phase_is_sent_at_once_in_a_valid_heartbeat(publisher: FakePublisher) -> None:
+    run = start(publisher)
+    run.log({"loss": 1.0}, step=5)
+    handle = run.phase("eval")
+    assert isinstance(handle, sdk.Phase) and run.current_phase == "eval"
+    [beat] = publisher.beats()  # no waiting for the heartbeat thread
+    assert (beat["phase"], beat["step"], beat["world_size"], beat["run"]) == ("eval", 5, 1, run.id)
+    run.phase("eval")  # no change: nothing new to tell
+    assert len(publisher.beats()) == 1
+    run.phase("train")  # training again: a heartbeat without the field
+    assert run.current_phase is None and "phase" not in publisher.beats()[-1]
+    run.phase("data")
+    run.phase(None)
+    assert phases(publisher) == ["eval", None, "data", None]
+
+
+def test_periodic_heartbeats_carry_the_phase_while_it_lasts(publisher: FakePublisher) -> None:
+    run = start(publisher, heartbeat_s=0.01)
+    wait_for(lambda: len(publisher.beats()) >= 2, "no periodic heartbeat")
+    run.phase("checkpoint")
+    changed = len(publisher.beats())
+    wait_for(lambda: len(publisher.beats()) >= changed + 2, "no periodic heartbeat in the phase")
+    run.phase(None)
+    ended = len(publisher.beats())
+    wait_for(lambda: len(publisher.beats()) >= ended + 3, "no periodic heartbeat after the phase")
+    run.finish()
+    seen = phases(publisher)
+    # training, then the phase, then training again: never a beat with an older phase queued late
+    assert [phase for phase, _ in itertools.groupby(seen)] == [None, "checkpoint", None]
+    assert seen.count("checkpoint") >= 3
+
+
+def test_the_context_manager_restores_the_previous_phase(publisher: FakePublisher) -> None:
+    run = start(publisher)
+    with run.pause("checkpoint") as outer:
+        assert isinstance(outer, sdk.Phase) and run.current_phase == "checkpoint"
+        with run.phase("eval"):
+            assert run.current_phase == "eval"
+        assert run.current_phase == "checkpoint"
+    assert run.current_phase is None
+    assert phases(publisher) == ["checkpoint", "eval", "checkpoint", None]
+    assert "phase" not in publisher.beats()[-1]  # back to training: the field is absent
+
+
+def test_a_lasting_phase_survives_a_nested_pause_and_an_exception_unwinds(publisher: FakePublisher) -> None:
+    run = start(publisher)
+    run.phase("eval")  # no `with`: stays until changed
+    with pytest.raises(RuntimeError, match="disk full"):
+        with run.pause("checkpoint"):
+            raise RuntimeError("disk full")  # the block's own exception goes on, unchanged
+    assert run.current_phase == "eval"
+    with run.pause():
+        assert run.current_phase == "pause"
+    with run.phase("eval"):  # already eval: no heartbeat on entry or exit
+        pass
+    assert phases(publisher) == ["eval", "checkpoint", "eval", "pause", "eval"]
+
+
+@pytest.mark.parametrize("name", ["Eval", "eval loop", "", "x" * 33, "évaluation", "ckpt/1", 3, b"eval"])
+def test_a_bad_name_warns_once_and_changes_nothing(publisher: FakePublisher, name: Any) -> None:
+    run = start(publisher)
+    run.phase("data")
+    with pytest.warns(TrainmonWarning, match=r"run\.phase\(.*\) ignored: "):
+        handle = run.phase(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.phase(name)  # once is enough
+        with handle:  # nothing to undo on exit either
+            pass
+    assert run.current_phase == "data" and phases(publisher) == ["data"]
+
+
+def test_the_longest_name_and_every_allowed_character_pass(publisher: FakePublisher) -> None:
+    run = start(publisher)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.phase("x" * 32)
+        run.pause("data-loader_restart2")
+    assert phases(publisher) == ["x" * 32, "data-loader_restart2"]
+
+
+def test_after_finish_it_is_ignored(publisher: FakePublisher) -> None:
+    run = start(publisher)
+    with run.pause("checkpoint"):
+        run.finish()  # the run ends inside the block: its exit sends nothing and says nothing
+    assert publisher.events[-1]["kind"] == "run_end"
+    with pytest.warns(TrainmonWarning, match=r"run\.pause\(\) after finish"):
+        with run.pause("checkpoint"):
+            pass
+    with pytest.warns(TrainmonWarning, match=r"run\.phase\(\) after finish"):
+        run.phase("eval")
+    assert publisher.events[-1]["kind"] == "run_end" and phases(publisher) == ["checkpoint"]
+
+
+def test_a_failing_publisher_never_raises_into_training() -> None:
+    class Broken(FakePublisher):
+        def publish(self, event: dict[str, Any]) -> bool:
+            if event["kind"] == "heartbeat":
+                raise OSError("queue exploded")
+            return super().publish(event)
+
+    run = start(Broken())
+    with pytest.warns(TrainmonWarning, match="internal error in phase"):
+        with run.phase("eval"):
+            pass
+    assert run.current_phase is None
+
+
+def test_an_array_as_name_is_a_bad_name_not_an_internal_error(publisher: FakePublisher) -> None:
+    np = pytest.importorskip("numpy")
+    run = start(publisher)
+    with pytest.warns(TrainmonWarning, match=r"ignored: expected string, got ndarray"):
+        run.phase(np.array(["eval"]))
+    assert run.current_phase is None and publisher.beats() == []
