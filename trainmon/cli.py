@@ -123,10 +123,13 @@ def _dashboard(args: argparse.Namespace, settings: settings_module.Settings) -> 
 
 
 def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from agent.simulator import FaultSpec, SimConfig, describe_faults
+    from agent.simulator import FaultSpec, SimConfig, describe_faults, describe_hazards
 
     if args.list_faults:
         print(describe_faults())
+        return 0
+    if args.list_hazards:
+        print(describe_hazards())
         return 0
     from agent.daemon import configure_logging
     from agent.simulator.runner import serve
@@ -136,7 +139,8 @@ def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> i
                        steps=args.steps, duration=args.duration, step_interval=args.step_interval,
                        interval=args.interval, heartbeat_s=args.heartbeat, val_every=args.val_every,
                        metrics_per_event=args.metrics_per_event, max_rate=args.max_rate, project=args.project,
-                       prefix=args.prefix, seed=args.seed, faults=tuple(FaultSpec.parse(f) for f in args.fault))
+                       prefix=args.prefix, seed=args.seed, faults=tuple(FaultSpec.parse(f) for f in args.fault),
+                       hazards=tuple(args.hazard))
     serve(settings, config, spool_dir=Path(args.spool_dir).expanduser() if args.spool_dir else None,
           rate_report=args.rate_report, progress=_progress)
     return 0
@@ -265,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser(
         "simulate",
-        help="publish a synthetic GPU cluster running training jobs, with optional injected faults",
+        help="publish a synthetic GPU cluster running training jobs, with optional injected faults and hazards",
         description="N nodes x G GPUs running M runs with realistic training curves and hardware figures, "
         "published in real time through the agent's publisher (and its spool) like real nodes; named "
         "faults trip the shipped alert rules. Doubles as the benchmarks' load generator (--max-rate). "
@@ -300,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "a full id), with /RANK or /GPU where the fault takes one (default: spread over runs and "
                           "busy nodes); repeatable; see --list-faults")
     simulate.add_argument("--list-faults", action="store_true", help="list the faults and the rules they trip, and exit")
+    simulate.add_argument("--hazard", action="append", default=[], metavar="NAME",
+                          help="live through a hazard that must not page (checkpoint and eval pauses, warm-up spikes, "
+                          "noisy loss, resumes, late delivery, a skewed clock); repeatable, or 'all'; see --list-hazards")
+    simulate.add_argument("--list-hazards", action="store_true",
+                          help="list the hazards and the rules they put to the test, and exit")
     simulate.add_argument("--rate-report", action="store_true",
                           help="print progress every 5 s: events/s, metric values/s, CPU, publisher delivery")
     simulate.add_argument("--max-rate", type=float, default=None, metavar="VALUES_PER_S",

@@ -6,11 +6,14 @@ and load generation. See docs/simulate.md.
 - hardware.py: host and GPU figures
 - cluster.py: nodes, GPUs, runs and ranks, and the contract events they send
 - faults.py: the named fault scenarios (FAULTS)
+- hazards.py: the named hazards that must not page (HAZARDS): pauses, spikes, noise, resumes, delivery
 - runner.py: the schedule, the pure event generator and the real-time, published Simulation
 """
 
 from agent.simulator.config import FaultSpec, SimConfig, SimulateError
 from agent.simulator.faults import FAULTS, describe_faults
-from agent.simulator.runner import Simulation, Tally, generate
+from agent.simulator.hazards import HAZARDS, describe_hazards
+from agent.simulator.runner import Simulation, Tally, generate, published
 
-__all__ = ["FAULTS", "FaultSpec", "SimConfig", "SimulateError", "Simulation", "Tally", "describe_faults", "generate"]
+__all__ = ["FAULTS", "HAZARDS", "FaultSpec", "SimConfig", "SimulateError", "Simulation", "Tally", "describe_faults",
+           "describe_hazards", "generate", "published"]

@@ -4,7 +4,9 @@ they send (run lifecycle, heartbeats and metrics per rank, one system sample per
 `step()` is the hot path (one metrics event per rank per step): per run it evaluates the curves once,
 per rank it draws from a precomputed noise table, and the per-layer extras of wide events are
 ready-made rows scaled by one number. Fault state lives on the objects here (a stalled run, a silent
-node, a slow rank, effects on values and figures); faults.py sets it, this module honours it.
+node, a slow rank, effects on values and figures); faults.py sets it, this module honours it. Hazards
+(hazards.py) use the same state plus step hooks and pauses (a checkpoint, an evaluation, a restart);
+without hazards these cost a few attribute checks per run per step, nothing per rank.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from agent.simulator.hardware import Effect
 from trainmon.contract import envelope
 
 ValueEffect = Callable[[dict[str, float]], None]  # edits one metrics event's values in place
+StepHook = Callable[["Run", int, float], None]  # (run, step it is about to log, now): may queue a Pause
+GRAD_NOISE = 0.1  # relative per-rank noise of the logged grad norm
 LAYER_ROWS = 64  # precomputed per-layer jitter rows per run, used in turn
 NOMINAL_HORIZON = 20_000  # learning-rate schedule length of runs without --steps
 ARCHITECTURES = (("resnet50", 25_557_032, 50), ("vit-b16", 86_567_656, 12), ("convnext-t", 28_589_128, 18),
@@ -64,6 +68,22 @@ class Rank:
         return self.dead or self.node.silent
 
 
+@dataclass(eq=False, slots=True)
+class Pause:
+    """A stretch in which the run's steps stop: a checkpoint save, an evaluation, a restart. While it
+    lasts its heartbeats declare `phase` (None: none), none at all is sent for its first `quiet_s`
+    (a save holding the GIL, a process restarting) and `gpu` edits its ranks' GPU figures; `end`
+    adds the events it finishes with (the validation metrics, a restart's run_start)."""
+
+    phase: str | None
+    seconds: float
+    quiet_s: float = 0.0
+    gpu: Effect | None = None
+    end: Callable[[Run, float], list[dict]] | None = None
+    until: float = 0.0  # event time it ends, set when it begins
+    quiet_until: float = 0.0
+
+
 @dataclass(eq=False)
 class Run:
     index: int
@@ -82,6 +102,10 @@ class Run:
     stalled: bool = False  # steps stop, heartbeats go on (a hung collective)
     done: bool = False
     effects: list[ValueEffect] = field(default_factory=list)
+    loss_noise: float = LOSS_NOISE  # relative per-rank noise of the loss
+    grad_noise: float = GRAD_NOISE
+    pause: Pause | None = None  # the pause under way: no steps until it ends
+    queued: list[Pause] = field(default_factory=list)  # pauses to begin after the current step, in order
 
 
 class Cluster:
@@ -90,6 +114,7 @@ class Cluster:
 
     def __init__(self, config: SimConfig, start: float) -> None:
         self.config = config
+        self.start = start  # event time of the first instant
         self.rng = random.Random(config.seed)
         self.noise = Noise(self.rng)
         width = max(2, len(str(config.nodes)))
@@ -102,6 +127,8 @@ class Cluster:
         self._place()
         self.layer_names = [f"grad_norm/layer_{i:03d}" for i in range(config.metrics_per_event)]
         self._layer_cursor = 0
+        self.hooks: list[StepHook] = []  # hazards' per-step hooks, called before a step's metrics
+        self.inline_validation = True  # False: an evaluation pause logs the validation metrics at its end
 
     # --- construction -------------------------------------------------------------------------------
 
@@ -185,28 +212,43 @@ class Cluster:
     def running(self) -> bool:
         return any(not run.done for run in self.runs)
 
-    def run_starts(self, now: float) -> list[dict]:
+    def run_starts(self, now: float, run: Run | None = None) -> list[dict]:
+        """run_start from every rank of every run, or (a restart) from the live ranks of `run`."""
+        runs = self.runs if run is None else [run]
         return [envelope("run_start", project=self.config.project, run=run.id, rank=r.rank, host=r.node.host,
                          time=now, world_size=len(run.ranks), local_rank=r.local_rank, **run.start)
-                for run in self.runs for r in run.ranks]
+                for run in runs for r in run.ranks if not r.silent]
 
     def step(self, now: float) -> list[dict]:
         """One training step of every run that is making progress: one metrics event per live rank;
-        a run that reaches its last step ends (run_end, finished)."""
+        a run that reaches its last step ends (run_end, finished). A paused run steps again once its
+        pause is over."""
         out: list[dict] = []
         noise, project, val_every, limit = self.noise, self.config.project, self.config.val_every, self.config.steps
-        step_time, layers = self.config.step_interval, self.layer_names
+        step_time, layers, hooks = self.config.step_interval, self.layer_names, self.hooks
         for run in self.runs:
-            if run.done or run.stalled:
+            if run.done:
+                continue
+            if run.pause is not None:
+                if now < run.pause.until:
+                    continue
+                out += self._end_pause(run, now)
+                if run.pause is not None:  # the next queued pause began
+                    continue
+            if run.stalled:
                 continue
             step = run.step = 0 if run.step is None else run.step + 1
+            if hooks:
+                for hook in hooks:
+                    hook(run, step, now)
             curve, healthy = run.curve, run.healthy
             loss = curve.loss(step)
             acc = accuracy(loss, healthy.start, healthy.floor)
             lr = run.lr(step)
             grad = run.grad_norm * (0.4 + 0.6 * math.exp(-step / healthy.tau_fast))
             epoch = round(step / run.steps_per_epoch, 4)
-            validate = step % val_every == 0 and step > 0
+            validate = step % val_every == 0 and step > 0 and self.inline_validation
+            loss_noise, grad_noise = run.loss_noise, run.grad_noise
             if layers:
                 row = run.layer_rows[self._layer_cursor % LAYER_ROWS]
                 self._layer_cursor += 1
@@ -215,9 +257,9 @@ class Cluster:
                 if rank.silent:
                     continue
                 seconds = step_time * (1.0 + 0.02 * noise()) * rank.slow
-                values = {"loss": loss * (1.0 + LOSS_NOISE * noise()),
+                values = {"loss": loss * (1.0 + loss_noise * noise()),
                           "accuracy": min(1.0, max(0.0, acc + 0.01 * noise())),
-                          "lr": lr, "grad_norm": grad * (1.0 + 0.1 * noise()),
+                          "lr": lr, "grad_norm": grad * (1.0 + grad_noise * noise()),
                           "step_time_s": seconds, "samples_per_s": run.batch_size / seconds}
                 if validate and rank.rank == 0:
                     values.update(self._validation(run, step))
@@ -230,7 +272,46 @@ class Cluster:
                                     time=now, step=step, epoch=epoch, values=values))
             if limit is not None and step + 1 >= limit:
                 out.extend(self.end(run, now, "finished"))
+            elif run.queued:
+                out += self._begin_pause(run, now)
         return out
+
+    # --- pauses (hazards.py queues them from its step hooks) ---------------------------------------------
+
+    def _begin_pause(self, run: Run, now: float) -> list[dict]:
+        """The next queued pause starts now; a declared phase is announced at once, as the SDK does."""
+        pause = run.pause = run.queued.pop(0)
+        pause.until = now + pause.seconds
+        pause.quiet_until = now + pause.quiet_s
+        if pause.gpu is not None:
+            for rank in run.ranks:
+                rank.gpu.effects.append(pause.gpu)
+        return self._beats(run, now, pause.phase) if pause.phase else []
+
+    def _end_pause(self, run: Run, now: float) -> list[dict]:
+        """The pause is over: its closing events, a heartbeat back in training, and the next one if queued."""
+        pause, run.pause = run.pause, None
+        assert pause is not None
+        if pause.gpu is not None:
+            for rank in run.ranks:
+                rank.gpu.effects.remove(pause.gpu)
+        out = pause.end(run, now) if pause.end is not None else []
+        if pause.phase:
+            out += self._beats(run, now, None)
+        if run.queued:
+            out += self._begin_pause(run, now)
+        return out
+
+    def validation(self, run: Run, step: int, now: float) -> list[dict]:
+        """Rank 0's validation metrics of `step`, logged on their own (at the end of an evaluation)."""
+        rank = run.ranks[0]
+        if rank.silent:
+            return []
+        values = self._validation(run, step)
+        for effect in run.effects:
+            effect(values)
+        return [envelope("metrics", project=self.config.project, run=run.id, rank=rank.rank, host=rank.node.host,
+                         time=now, step=step, epoch=round(step / run.steps_per_epoch, 4), values=values)]
 
     def _validation(self, run: Run, step: int) -> dict[str, float]:
         curve, healthy = run.curve, run.healthy
@@ -242,10 +323,23 @@ class Cluster:
                 "val_f1": 2 * precision * recall / (precision + recall)}
 
     def heartbeats(self, now: float) -> list[dict]:
-        """Every live rank of every unfinished run, with its current step (frozen while stalled)."""
+        """Every live rank of every unfinished run, with its current step (frozen while stalled or
+        paused) and the phase of a pause under way; none during a pause's quiet start."""
+        out: list[dict] = []
+        for run in self.runs:
+            if run.done:
+                continue
+            pause = run.pause
+            if pause is None:
+                out += self._beats(run, now, None)
+            elif now >= pause.quiet_until:
+                out += self._beats(run, now, pause.phase)
+        return out
+
+    def _beats(self, run: Run, now: float, phase: str | None) -> list[dict]:
         return [envelope("heartbeat", project=self.config.project, run=run.id, rank=r.rank, host=r.node.host,
-                         time=now, step=run.step, world_size=len(run.ranks))
-                for run in self.runs if not run.done for r in run.ranks if not r.silent]
+                         time=now, step=run.step, world_size=len(run.ranks), phase=phase)
+                for r in run.ranks if not r.silent]
 
     def samples(self, now: float) -> list[dict]:
         """One system event per node that still reports, naming the runs active on it."""
@@ -278,6 +372,10 @@ class Cluster:
     def end(self, run: Run, now: float, status: str) -> list[dict]:
         """The run is over: run_end from each rank that can still send."""
         run.done = True
+        if run.pause is not None and run.pause.gpu is not None:
+            for rank in run.ranks:
+                rank.gpu.effects.remove(run.pause.gpu)
+        run.pause, run.queued = None, []
         return [envelope("run_end", project=self.config.project, run=run.id, rank=r.rank, host=r.node.host,
                          time=now, status=status, step=run.step)
                 for r in run.ranks if not r.silent]

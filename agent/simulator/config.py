@@ -1,4 +1,5 @@
-"""What a simulation is asked to do: the cluster's shape, pacing, and the faults to inject.
+"""What a simulation is asked to do: the cluster's shape, pacing, the faults to inject and the
+hazards (ordinary training events that must not page) to live through.
 
 Validated here, once, so a bad option fails before anything is published, with a message that
 names the option as the command line spells it.
@@ -66,6 +67,7 @@ class SimConfig:
     prefix: str = "sim"  # host names <prefix>-node-NN, run ids <prefix>-<start stamp>-run-N
     seed: int = 0
     faults: tuple[FaultSpec, ...] = field(default=())
+    hazards: tuple[str, ...] = ()  # names in hazards.HAZARDS, or "all"; normalised to HAZARDS order
 
     def __post_init__(self) -> None:
         _at_least("--nodes", self.nodes, 1)
@@ -92,6 +94,11 @@ class SimConfig:
         for option, value in (("--project", self.project), ("--prefix", self.prefix)):
             if not 0 < len(value) <= MAX_TEXT_LEN // 2 or value != value.strip():
                 raise SimulateError(f"{option} {value[:40]!r}: 1..{MAX_TEXT_LEN // 2} characters without edge spaces")
+        if isinstance(self.hazards, str):
+            raise SimulateError(f"hazards: a tuple of names, got the string {self.hazards!r}")
+        from agent.simulator.hazards import names  # here: hazards.py imports the cluster, which imports this
+
+        object.__setattr__(self, "hazards", names(self.hazards))
 
     @property
     def ranks_per_run(self) -> int:

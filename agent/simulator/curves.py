@@ -41,6 +41,10 @@ class Noise:
         self._cursor = cursor = (self._cursor + 1) & self._mask
         return self.table[cursor]
 
+    def clip(self, limit: float) -> None:
+        """No draw beyond +-limit from now on: noise that stays noise, never a spike by chance."""
+        self.table = [max(-limit, min(limit, x)) for x in self.table]
+
     def rows(self, count: int, width: int, scale: float) -> list[list[float]]:
         """`count` rows of `width` factors 1 + scale * noise: per-layer jitter drawn a row at a time."""
         return [[1.0 + scale * self() for _ in range(width)] for _ in range(count)]

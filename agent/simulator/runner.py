@@ -1,10 +1,13 @@
 """Driving the simulated cluster through time.
 
 `Schedule` says what is due when (seconds since the start): run starts at once, then steps, system
-samples and heartbeats on their own grids, and faults at their times. Two drivers share it and
-differ only in their clock:
+samples and heartbeats on their own grids, and faults at their times. Delivery hazards (hazards.py:
+a node's clock behind, a node's events held back and released shuffled) sit between it and the
+sink, so an event may be published later than its time says. Two drivers share it and differ only
+in their clock:
 - `generate()` jumps from one due time to the next: every event of a whole simulation at once, with
   event times from `start`; no waiting, no Kafka (tests, benchmarks that bring their own producer);
+  `published()` gives the same events with the time each is published at;
 - `Simulation.run()` waits for the wall clock and publishes through the agent's real Publisher, the
   way the SDK and the node daemon do; with `max_rate` it steps as fast as allowed (load generation).
 Event times are wall-clock times in real runs: the processors compare them with their own clock
@@ -26,6 +29,7 @@ from typing import Any, Callable, Iterator, Protocol
 from agent.simulator.cluster import Cluster
 from agent.simulator.config import SimConfig
 from agent.simulator.faults import Planned, plan
+from agent.simulator.hazards import Delivery, install
 from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.simulate")
@@ -33,6 +37,7 @@ log = logging.getLogger("trainmon.simulate")
 REPORT_EVERY_S = 5.0
 HIGH_WATER_EVENTS = 5_000  # publisher queue depth past which the generator lets it catch up
 BACKOFF_S = 0.002
+IDLE_S = 0.005  # unpaced, with every run paused or hung: how soon to try stepping again
 BENCH_LINGER_S = 0.005
 CLOSE_TIMEOUT_S = 15.0
 
@@ -58,9 +63,11 @@ class _Timer:
 class Schedule:
     """The due times of one simulation; `due()` returns the events of everything that has come due."""
 
-    def __init__(self, cluster: Cluster, faults: list[Planned], *, paced_steps: bool = True) -> None:
+    def __init__(self, cluster: Cluster, faults: list[Planned], *, paced_steps: bool = True,
+                 delivery: Delivery | None = None) -> None:
         config = cluster.config
         self.cluster = cluster
+        self.delivery = delivery
         self._faults = deque(faults)
         self._started = False
         steps = [_Timer(config.step_interval, cluster.step)] if paced_steps else []
@@ -79,27 +86,56 @@ class Schedule:
             if timer.due_at <= elapsed:
                 out += timer.make(now)
                 timer.fired(elapsed)
-        return out
+        return out if self.delivery is None else self.delivery(out, elapsed)
+
+    def deliver(self, events: list[dict], elapsed: float) -> list[dict]:
+        """Events made outside due() (unpaced steps, the final run_end) through the delivery hazards."""
+        return events if self.delivery is None else self.delivery(events, elapsed)
+
+    def drain(self) -> list[tuple[float, dict]]:
+        """Events still held back, with the elapsed time each is due to be released."""
+        return [] if self.delivery is None else self.delivery.drain()
 
     def next_due(self) -> float:
         due = min(timer.due_at for timer in self._timers)
+        if self.delivery is not None:
+            due = min(due, self.delivery.next_due())
         return min(due, self._faults[0].at_s) if self._faults else due
 
 
 def generate(config: SimConfig, start: float) -> Iterator[dict]:
-    """Every event of the simulation in time order, event times from `start` (Unix seconds), without
-    waiting. Ends when every run has finished, or at config.duration (runs still going end "killed");
-    with neither it never ends: take what you need."""
+    """Every event of the simulation in publication order, event times from `start` (Unix seconds),
+    without waiting. Ends when every run has finished, or at config.duration (runs still going end
+    "killed"), then what delivery hazards still hold; with neither it never ends: take what you need."""
+    for _now, events in _instants(config, start):
+        yield from events
+
+
+def published(config: SimConfig, start: float) -> Iterator[tuple[float, dict]]:
+    """generate()'s events, each with the time it is published at: its own time, except where a
+    delivery hazard holds it back or a skewed clock stamps it (what a consumer's clock reads then)."""
+    for now, events in _instants(config, start):
+        for event in events:
+            yield now, event
+
+
+def _instants(config: SimConfig, start: float) -> Iterator[tuple[float, list[dict]]]:
+    """(publication time, its events) for every instant at which something is published."""
     cluster = Cluster(config, start)
-    schedule = Schedule(cluster, plan(cluster, config.faults))
+    faults = plan(cluster, config.faults)
+    delivery, _notes = install(cluster, config.hazards)
+    schedule = Schedule(cluster, faults, delivery=delivery)
     end = config.duration
     elapsed = 0.0
     while end is None or elapsed < end:
-        yield from schedule.due(elapsed, start + elapsed)
+        yield start + elapsed, schedule.due(elapsed, start + elapsed)
         if not cluster.running:
-            return
+            break
         elapsed = schedule.next_due()
-    yield from cluster.end_all(start + end, "killed")
+    else:
+        yield start + end, schedule.deliver(cluster.end_all(start + end, "killed"), end)
+    for at, event in schedule.drain():
+        yield start + at, [event]
 
 
 @dataclass(slots=True)
@@ -145,6 +181,7 @@ class Simulation:
         self.config = config
         self.cluster = Cluster(config, time.time())
         self.faults = plan(self.cluster, config.faults)  # a bad target fails here, before anything is sent
+        self.delivery, self.hazards = install(self.cluster, config.hazards)
         self.report = report
         self.tally = Tally()
         self.elapsed_s = self.cpu_s = 0.0
@@ -166,10 +203,10 @@ class Simulation:
         going then end "killed". Returns what was sent."""
         config, cluster = self.config, self.cluster
         paced = config.max_rate is None
-        schedule = Schedule(cluster, self.faults, paced_steps=paced)
-        log.info("simulating %d nodes x %d GPUs, %d runs x %d ranks (%s); faults: %s", config.nodes, config.gpus,
-                 config.runs, config.ranks_per_run, ", ".join(run.id for run in cluster.runs),
-                 "; ".join(f.describe() for f in self.faults) or "none")
+        schedule = Schedule(cluster, self.faults, paced_steps=paced, delivery=self.delivery)
+        log.info("simulating %d nodes x %d GPUs, %d runs x %d ranks (%s); faults: %s; hazards: %s", config.nodes,
+                 config.gpus, config.runs, config.ranks_per_run, ", ".join(run.id for run in cluster.runs),
+                 "; ".join(f.describe() for f in self.faults) or "none", "; ".join(self.hazards) or "none")
         t0, cpu0 = time.monotonic(), time.process_time()
         self._last = (0.0, 0, 0, cpu0)
         try:
@@ -179,8 +216,11 @@ class Simulation:
                     break
                 now = time.time()
                 events = schedule.due(elapsed, now)
+                idle = False  # unpaced, and no run could step (all paused or hung): do not spin
                 if not paced and self._rate_pause(elapsed) == 0.0:
-                    events += cluster.step(now)
+                    stepped = cluster.step(now)
+                    idle = not stepped
+                    events += schedule.deliver(stepped, elapsed)
                 self._publish(events)
                 if not cluster.running:
                     break
@@ -188,11 +228,12 @@ class Simulation:
                     self.report(self._progress(elapsed))
                 pause = schedule.next_due() - (time.monotonic() - t0)
                 if not paced:
-                    pause = min(pause, self._rate_pause(time.monotonic() - t0))
+                    pause = min(pause, IDLE_S if idle else self._rate_pause(time.monotonic() - t0))
                 if pause > 0:
                     stop.wait(pause)
-        finally:
-            self._publish(cluster.end_all(time.time(), "killed"))
+        finally:  # what delivery hazards still hold goes now: the simulation is over
+            ended = schedule.deliver(cluster.end_all(time.time(), "killed"), time.monotonic() - t0)
+            self._publish(ended + [event for _at, event in schedule.drain()])
             self.elapsed_s = time.monotonic() - t0
             self.cpu_s = time.process_time() - cpu0
             if self._owns_sink:

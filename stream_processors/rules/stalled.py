@@ -68,10 +68,11 @@ class _Run:
     paused_at: float = 0.0  # event time the current pause began (0: not paused)
     resumed_at: float = 0.0  # event time the latest pause ended: a stall counts from here too
     pauses: dict[str, tuple[float, ...]] = field(default_factory=dict)  # phase -> latest durations
+    said: dict[int, float] = field(default_factory=dict)  # rank -> its own time of its newest event read
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Snapshots from before phases restore without them."""
-        self.__dict__.update({"phases": {}, "pauses": {}, **state})
+        self.__dict__.update({"phases": {}, "pauses": {}, "said": {}, **state})
 
 
 class Stalled(Rule):
@@ -102,7 +103,8 @@ class Stalled(Rule):
             if run is not None:  # a rank (re)started: a resume from a checkpoint may go back in steps
                 run.step, run.advanced_at = -1, max(run.advanced_at, now)
             return ()
-        if run is not None and event["kind"] == "heartbeat":
+        newest = run is not None and self._newest(run, event)
+        if newest and event["kind"] == "heartbeat":
             self._phase(run, event["rank"], event.get("phase"), now)
         step = event.get("step")
         if step is None:
@@ -113,7 +115,7 @@ class Stalled(Rule):
         if step <= run.step:
             return ()
         paused = bool(run.phases) or run.resumed_at > run.advanced_at  # that gap says nothing of the pace
-        if run.phases:  # stepping again: the pause is over, whatever the heartbeats say next
+        if run.phases and newest:  # stepping again: the pause is over
             self._end_pause(run, now)
         if now > run.advanced_at and not paused:
             run.gaps = (run.gaps + (now - run.advanced_at,))[-_GAPS:]
@@ -142,10 +144,21 @@ class Stalled(Rule):
         """How long this run's step may stand still (module doc)."""
         if run.phases:
             past = run.pauses.get(min(run.phases.values()), ())
-            return self.pause_times * max(past) if len(past) >= 2 else self.pause_s
+            return max(self.min_stall_s, self.pause_times * max(past)) if len(past) >= 2 else self.pause_s
         if len(run.gaps) < _KNOWN:
             return self.stall_s
         return max(self.min_stall_s, self.advances * median(run.gaps))
+
+    @staticmethod
+    def _newest(run: _Run, event: Mapping[str, Any]) -> bool:
+        """Whether this is the newest word from its rank, on the rank's own clock. Heartbeats and metrics
+        travel on different topics and a late node's arrive out of order: a stale heartbeat must not
+        start or end a pause (each such 0 s pause shrank the phase's learned limit to nothing)."""
+        rank, at = event["rank"], event["time"]
+        if at < run.said.get(rank, at):
+            return False
+        run.said[rank] = at
+        return True
 
     def _phase(self, run: _Run, rank: int, phase: str | None, at: float) -> None:
         """A rank's heartbeat said what it is doing; the run is paused while any rank is in a phase."""

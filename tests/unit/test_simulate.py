@@ -9,11 +9,11 @@ import statistics
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
 import pytest
 
-from agent.simulator import FAULTS, FaultSpec, SimConfig, SimulateError, Simulation, describe_faults, generate
+from agent.simulator import FAULTS, FaultSpec, SimConfig, SimulateError, Simulation, describe_faults, published
 from stream_processors.alerts import AlertBook
 from stream_processors.config import load_pipeline
 from stream_processors.engine import Engine
@@ -26,9 +26,14 @@ T0 = 1_764_230_400.0  # 2025-11-27 08:00 UTC
 SMALL = dict(nodes=2, gpus=2, runs=2)  # one node per run, 2 ranks each
 
 
-def simulate(**options: Any) -> list[dict]:
+def timeline(**options: Any) -> list[tuple[float, dict]]:
+    """(time published, event) of a whole simulation: what a consumer reads, and when."""
     faults = tuple(FaultSpec.parse(f) for f in options.pop("faults", ()))
-    return list(generate(SimConfig(**{**SMALL, **options}, faults=faults), T0))
+    return list(published(SimConfig(**{**SMALL, **options}, faults=faults), T0))
+
+
+def simulate(**options: Any) -> list[dict]:
+    return [event for _at, event in timeline(**options)]
 
 
 def of(events: list[dict], kind: str, **match: Any) -> list[dict]:
@@ -204,20 +209,29 @@ def test_memory_pressure_fills_host_memory_too() -> None:
 # --- faults: the shipped rules they trip -------------------------------------------------------------------
 
 
-def alerts_of(events: list[dict]) -> set[str]:
-    """Rules that fired when the events go through the shipped pipeline's engine, ticked each second;
-    system samples also feed the run_hardware summaries the processors derive for the stall rule."""
+def firing(stream: Iterable[dict | tuple[float, dict]]) -> list[dict]:
+    """Every firing alert when the events go through the shipped pipeline's engine, in the order
+    given. An item is an event or (time published, event): the engine's `now` for it is the time it
+    is published at (the processors' read time), or its own time; the engine is ticked each second
+    on that same clock. System samples also feed the run_hardware summaries the processors derive
+    for the stall rule."""
     engine = Engine([build_rule(spec) for spec in load_pipeline().rules], AlertBook(repeat_interval_s=3600))
-    fired: set[str] = set()
+    fired: list[dict] = []
     tick = T0 + 1
-    for event in events:
-        while tick <= event["time"]:
-            fired.update(a["rule"] for a in engine.on_tick(tick) if a["state"] == "firing")
+    for item in stream:
+        now, event = item if isinstance(item, tuple) else (item["time"], item)
+        while tick <= now:
+            fired += [a for a in engine.on_tick(tick) if a["state"] == "firing"]
             tick += 1
         derived = run_hardware(event) if event["kind"] == "system" else []
         for each in (event, *derived):
-            fired.update(a["rule"] for a in engine.on_event(each, event["time"]) if a["state"] == "firing")
+            fired += [a for a in engine.on_event(each, now) if a["state"] == "firing"]
     return fired
+
+
+def alerts_of(stream: Iterable[dict | tuple[float, dict]]) -> set[str]:
+    """The rules that fired (firing())."""
+    return {alert["rule"] for alert in firing(stream)}
 
 
 @pytest.mark.parametrize("fault, seconds, rules", [
@@ -235,18 +249,18 @@ def alerts_of(events: list[dict]) -> set[str]:
 ])
 def test_each_fault_trips_its_shipped_rule_and_nothing_else(fault: str, seconds: int, rules: set[str]) -> None:
     slow = fault in ("stall", "idle_gpu")  # 5 minutes of steps: fewer of them keeps the test quick
-    events = simulate(nodes=2, gpus=4, runs=2, duration=seconds, step_interval=0.25 if slow else 0.05,
+    events = timeline(nodes=2, gpus=4, runs=2, duration=seconds, step_interval=0.25 if slow else 0.05,
                       faults=[fault])
     assert alerts_of(events) == rules
 
 
 def test_a_dead_node_stalls_the_run_it_shared_with_another_node() -> None:
-    events = simulate(nodes=2, gpus=4, runs=1, duration=45, step_interval=0.25, faults=["dead_node"])
+    events = timeline(nodes=2, gpus=4, runs=1, duration=45, step_interval=0.25, faults=["dead_node"])
     assert alerts_of(events) == {"node_silent", "rank_heartbeat_lost", "run_stalled"}
 
 
 def test_a_healthy_cluster_trips_no_shipped_rule_in_twenty_minutes() -> None:
-    assert alerts_of(simulate(nodes=2, gpus=4, runs=2, duration=1200, step_interval=0.1)) == set()
+    assert alerts_of(timeline(nodes=2, gpus=4, runs=2, duration=1200, step_interval=0.1)) == set()
 
 
 # --- fault specs, options and the command ---------------------------------------------------------------------
