@@ -321,8 +321,7 @@ class Processing:
         for (topic, partition), (highwater, fetched) in (progress or {}).items():
             state = self.partitions.get(partition)
             if state is not None:
-                caught_up = state.applied.get(self.topic_keys.get(topic, topic), -1) + 1 >= highwater
-                state.clock.fetched(topic, fetched, caught_up)
+                state.clock.fetched(topic, fetched, highwater, state.applied.get(self.topic_keys.get(topic, topic), -1))
         for state in self.partitions.values():
             if not state.clock.events:
                 continue  # nothing read yet: the partition has no time
