@@ -41,6 +41,7 @@ class PartitionClock:
     # per topic: (wall time, high watermark) of fetches whose high watermark is not processed yet
     fetches: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     live: bool = False
+    live_since: float = 0.0  # the partition's time when it last became live
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Snapshots written before per-topic liveness or read-through times restore without them."""
@@ -92,7 +93,9 @@ class PartitionClock:
         """The partition's time at this wall-clock moment; marks whether it is live."""
         if self.events > 0:
             candidate = min([wall] + [self.topic_time(topic, wall) for topic in self.topics])
-            self.live = wall - candidate <= self.live_lag_s
+            was, self.live = self.live, wall - candidate <= self.live_lag_s
             if candidate > self.now:
                 self.now = candidate
+            if self.live and not was:
+                self.live_since = self.now
         return self.now

@@ -29,6 +29,7 @@ class Engine:
                 routes.setdefault(kind, []).append(rule)
         self._by_kind = {kind: tuple(rules_) for kind, rules_ in routes.items()}
         self._ended: dict[str, float] = {}  # run -> event time of its latest run_end
+        self._live_since = 0.0  # the latest Rule.on_live given
 
     def on_event(self, event: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
         """Alert events caused by one decoded event (usually none)."""
@@ -57,12 +58,16 @@ class Engine:
             rule.forget(run)
         return self.book.resolve_run(run, now)
 
-    def on_tick(self, now: float, live: bool = True) -> list[dict[str, Any]]:
+    def on_tick(self, now: float, live: bool = True, live_since: float = 0.0) -> list[dict[str, Any]]:
         """Alert events of time-based rules and repeats; call about once a second. While the partition
         is not live (catching up on a backlog) time-based verdicts are held: silence is not judged on
-        data that has not been read yet."""
+        data that has not been read yet. live_since: when it last became live (Rule.on_live)."""
         out: list[dict[str, Any]] = []
         update = self.book.update
+        if live and live_since > self._live_since:
+            self._live_since = live_since
+            for rule in self.rules:
+                rule.on_live(live_since)
         for rule in self.rules if live else ():
             for condition in rule.on_tick(now):
                 out.extend(update(rule.spec, condition, now))

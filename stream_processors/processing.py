@@ -328,7 +328,7 @@ class Processing:
             now = state.clock.advance(wall)
             before = len(outcome.alerts)
             for engine in state.engines.values():
-                outcome.alerts.extend(engine.on_tick(now, state.clock.live))
+                outcome.alerts.extend(engine.on_tick(now, state.clock.live, state.clock.live_since))
             if state.clock.live:
                 self._lose_runs(state, now, outcome)
             rows = state.windows.close_due(now if state.clock.live else None, wall)

@@ -54,6 +54,11 @@ class Rule(ABC):
         clock, or the event's time if that is later): silence and stalls are measured in it, so a
         host whose clock runs minutes behind is not taken for silent."""
 
+    def on_live(self, since: float) -> None:
+        """The partition became live at `since` (after a start, a takeover or a backlog). What was
+        read before was read on a clock that was not yet the partition's (events' own times while
+        it caught up, a skewed host's among them): time-based kinds count silence from here."""
+
     def on_tick(self, now: float) -> Iterable[Condition]:
         """Called about once a second; time-based kinds (heartbeat lost, stall) report here."""
         return ()

@@ -134,6 +134,10 @@ class HeartbeatLost(Rule):
         self._lost.discard(key)
         return (Condition(seen.subject, False, at),)
 
+    def on_live(self, since: float) -> None:
+        for seen in self._seen.values():
+            seen.last = max(seen.last, since)
+
     def on_tick(self, now: float) -> Iterable[Condition]:
         out: list[Condition] = []
         for key, seen in self._seen.items():

@@ -125,6 +125,10 @@ class Stalled(Rule):
             return (Condition(self._subject(event["run"], run), False, now),)
         return ()
 
+    def on_live(self, since: float) -> None:
+        for run in self._runs.values():
+            run.advanced_at = max(run.advanced_at, since)
+
     def on_tick(self, now: float) -> Iterable[Condition]:
         out: list[Condition] = []
         for name, run in self._runs.items():
