@@ -51,6 +51,14 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def write_figures(path: Path, args: argparse.Namespace, figures: dict[str, float]) -> None:
+    """A benchmark's named figures, with the machine and the options that made them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    machine = f"{os.cpu_count()} CPUs, {os.uname().sysname} {os.uname().release}"
+    path.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+                                "figures": figures}, indent=2) + "\n")
+
+
 def bench_settings(partitions: int, database: str = "trainmon_bench_pipeline") -> Settings:
     return Settings(services_home=str(ROOT / ".trainmon" / "bench"), services_kafka_port=29092,
                     services_kafka_controller_port=29093, services_clickhouse_http_port=28123,
