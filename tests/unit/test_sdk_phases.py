@@ -4,56 +4,22 @@ step is expected (evaluation, checkpoint save, data-loader restart), with a fake
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import trainmon
 from agent import sdk
 from trainmon import TrainmonWarning
+from tests.unit.test_sdk import FakePublisher, isolated, publisher  # noqa: F401 (fixtures)
 from trainmon.contract import validate
 
 
-class FakePublisher:
-    """The publisher's interface; keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def publish(self, event: dict[str, Any]) -> bool:
-        self.events.append(event)
-        return True
-
-    def flush(self, timeout_s: float = 10.0) -> bool:
-        return True
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        pass
-
-    def beats(self) -> list[dict[str, Any]]:
-        """The heartbeats so far, each checked against the contract."""
-        return [validate(dict(event)) for event in self.events if event["kind"] == "heartbeat"]
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
-    """No launcher variables from the outer environment; registry in tmp; no run left open."""
-    for name in list(os.environ):
-        if name.startswith(("SLURM_", "TORCHELASTIC_", "TRAINMON_", "JOBSET_")) or name in (
-                "RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("TRAINMON_REGISTRY_DIR", str(tmp_path / "procs"))
-    yield
-    for run in list(sdk._active):
-        run.finish()
-
-
-@pytest.fixture
-def publisher() -> FakePublisher:
-    return FakePublisher()
+def beats(publisher: FakePublisher) -> list[dict[str, Any]]:
+    """The heartbeats so far, each checked against the contract."""
+    return [validate(dict(event)) for event in publisher.kinds("heartbeat")]
 
 
 def start(publisher: FakePublisher, heartbeat_s: float = 60.0) -> sdk.Run:
@@ -62,7 +28,7 @@ def start(publisher: FakePublisher, heartbeat_s: float = 60.0) -> sdk.Run:
 
 
 def phases(publisher: FakePublisher) -> list[str | None]:
-    return [beat.get("phase") for beat in publisher.beats()]
+    return [beat.get("phase") for beat in beats(publisher)]
 
 
 def wait_for(condition: Any, what: str) -> None:
@@ -77,12 +43,12 @@ def test_a_phase_is_sent_at_once_in_a_valid_heartbeat(publisher: FakePublisher) 
     run.log({"loss": 1.0}, step=5)
     handle = run.phase("eval")
     assert isinstance(handle, sdk.Phase) and run.current_phase == "eval"
-    [beat] = publisher.beats()  # no waiting for the heartbeat thread
+    [beat] = beats(publisher)  # no waiting for the heartbeat thread
     assert (beat["phase"], beat["step"], beat["world_size"], beat["run"]) == ("eval", 5, 1, run.id)
     run.phase("eval")  # no change: nothing new to tell
-    assert len(publisher.beats()) == 1
+    assert len(beats(publisher)) == 1
     run.phase("train")  # training again: a heartbeat without the field
-    assert run.current_phase is None and "phase" not in publisher.beats()[-1]
+    assert run.current_phase is None and "phase" not in beats(publisher)[-1]
     run.phase("data")
     run.phase(None)
     assert phases(publisher) == ["eval", None, "data", None]
@@ -90,13 +56,13 @@ def test_a_phase_is_sent_at_once_in_a_valid_heartbeat(publisher: FakePublisher) 
 
 def test_periodic_heartbeats_carry_the_phase_while_it_lasts(publisher: FakePublisher) -> None:
     run = start(publisher, heartbeat_s=0.01)
-    wait_for(lambda: len(publisher.beats()) >= 2, "no periodic heartbeat")
+    wait_for(lambda: len(beats(publisher)) >= 2, "no periodic heartbeat")
     run.phase("checkpoint")
-    changed = len(publisher.beats())
-    wait_for(lambda: len(publisher.beats()) >= changed + 2, "no periodic heartbeat in the phase")
+    changed = len(beats(publisher))
+    wait_for(lambda: len(beats(publisher)) >= changed + 2, "no periodic heartbeat in the phase")
     run.phase(None)
-    ended = len(publisher.beats())
-    wait_for(lambda: len(publisher.beats()) >= ended + 3, "no periodic heartbeat after the phase")
+    ended = len(beats(publisher))
+    wait_for(lambda: len(beats(publisher)) >= ended + 3, "no periodic heartbeat after the phase")
     run.finish()
     seen = phases(publisher)
     # training, then the phase, then training again: never a beat with an older phase queued late
@@ -113,7 +79,7 @@ def test_the_context_manager_restores_the_previous_phase(publisher: FakePublishe
         assert run.current_phase == "checkpoint"
     assert run.current_phase is None
     assert phases(publisher) == ["checkpoint", "eval", "checkpoint", None]
-    assert "phase" not in publisher.beats()[-1]  # back to training: the field is absent
+    assert "phase" not in beats(publisher)[-1]  # back to training: the field is absent
 
 
 def test_a_lasting_phase_survives_a_nested_pause_and_an_exception_unwinds(publisher: FakePublisher) -> None:
@@ -185,4 +151,4 @@ def test_an_array_as_name_is_a_bad_name_not_an_internal_error(publisher: FakePub
     run = start(publisher)
     with pytest.warns(TrainmonWarning, match=r"ignored: expected string, got ndarray"):
         run.phase(np.array(["eval"]))
-    assert run.current_phase is None and publisher.beats() == []
+    assert run.current_phase is None and beats(publisher) == []
