@@ -737,7 +737,8 @@ def _start_fields(run: Run, config: Any, tags: Any) -> dict[str, Any]:
     launch = {"launcher": identity.launcher, "run_id_source": identity.run_id_source,
               "node_rank": identity.node_rank, "master_addr": os.environ.get("MASTER_ADDR"),
               "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-    fields: dict[str, Any] = {"name": run.name, "world_size": identity.world_size, "local_rank": identity.local_rank}
+    fields: dict[str, Any] = {"name": run.name, "world_size": identity.world_size, "local_rank": identity.local_rank,
+                              "pid": os.getpid()}  # as registered: the daemon's samples list it while it lives
     for key, probe in (
         ("user", lambda: _text(environment.user())),
         ("config", lambda: _config(config, run._warn_once)),

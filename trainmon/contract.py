@@ -339,6 +339,8 @@ SPECS: dict[str, dict[str, tuple[Check, bool]]] = {
         "name": (optional(text), False),
         "world_size": (rank_number, True),
         "local_rank": (optional(rank_number), False),
+        # the rank's process id, as the node daemon lists it: a rank whose process is gone is dead
+        "pid": (optional(rank_number), False),
         "user": (optional(text), False),
         **_RUN_META,
         "code": (obj, False),  # git commit, dirty flag, command line

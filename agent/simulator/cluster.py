@@ -213,10 +213,14 @@ class Cluster:
         return any(not run.done for run in self.runs)
 
     def run_starts(self, now: float, run: Run | None = None) -> list[dict]:
-        """run_start from every rank of every run, or (a restart) from the live ranks of `run`."""
+        """run_start from every rank of every run, or (a restart) from the live ranks of `run`, which
+        are new processes: new pids, as the node's samples list them from now on."""
         runs = self.runs if run is None else [run]
+        if run is not None:
+            for r in run.ranks:  # drawn from the old pid, not self.rng: the other draws stay as they were
+                r.pid = random.Random(r.pid).randint(2_000, 4_000_000)
         return [envelope("run_start", project=self.config.project, run=run.id, rank=r.rank, host=r.node.host,
-                         time=now, world_size=len(run.ranks), local_rank=r.local_rank, **run.start)
+                         time=now, world_size=len(run.ranks), local_rank=r.local_rank, pid=r.pid, **run.start)
                 for run in runs for r in run.ranks if not r.silent]
 
     def step(self, now: float) -> list[dict]:
@@ -342,13 +346,15 @@ class Cluster:
                 for r in run.ranks if not r.silent]
 
     def samples(self, now: float) -> list[dict]:
-        """One system event per node that still reports, naming the runs active on it."""
+        """One system event per node that still reports, naming the runs active on it and, as the node
+        daemon does, their live processes (`pid`, `run`): a dead rank's process is gone from both lists
+        (a run whose last rank on the node died is no longer listed there)."""
         rng, interval = self.rng, self.config.interval
         out: list[dict] = []
         for node in self.nodes:
             if node.silent:
                 continue
-            active = [r for r in node.ranks if not r.run.done]
+            active = [r for r in node.ranks if not r.run.done and not r.dead]
             figures = hardware.host_figures(rng, len(active), node.disk_used_percent)
             for effect in node.effects:
                 effect(figures, rng)
@@ -360,7 +366,7 @@ class Cluster:
                     effect(gpu_figures, rng)
                 entry: dict[str, Any] = {"index": gpu.index, "uuid": gpu.uuid, "name": hardware.GPU_NAME,
                                          "figures": gpu_figures}
-                if busy:
+                if busy and not gpu.rank.dead:
                     entry["processes"] = [{"pid": gpu.rank.pid, "mem_used_bytes": gpu_figures["mem_used_bytes"]}]
                 gpus.append(entry)
             processes = [{"pid": r.pid, "run": r.run.id, "figures": hardware.process_figures(rng)} for r in active]

@@ -113,8 +113,10 @@ class Straggler(RunFault):
 
 class DeadRank(RunFault):
     name = "dead_rank"
-    summary = "one rank's process dies (default: the last): it sends nothing, its GPU idles, the run hangs"
-    trips = "rank_heartbeat_lost after 5 s (5 missed 1 s beats); run_stalled after 20 s; gpu_idle after 45 s"
+    summary = ("one rank's process dies (default: the last): it sends nothing, leaves its node's process "
+               "list, its GPU idles, the run hangs")
+    trips = ("rank_heartbeat_lost after 2 s, in a declared pause too (its process gone from 2 samples; 5 s as "
+             "before when it was its run's only rank on the node); run_stalled after 20 s; gpu_idle after 45 s")
     index = "rank"
 
     def inject(self, run: Run, index: int | None) -> None:

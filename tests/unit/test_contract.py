@@ -49,7 +49,7 @@ VALID = {
     "metrics": metrics(),
     "system": system(),
     "run_start": envelope("run_start", project="p", run="r1", rank=0, host="node-1", time=T, world_size=16,
-                          local_rank=0, name="bert-large", config={"lr": 1e-4, "optim": {"name": "adamw"}},
+                          local_rank=0, pid=4242, name="bert-large", config={"lr": 1e-4, "optim": {"name": "adamw"}},
                           tags=["baseline"], datasets=[{"name": "c4", "version": "2024-01"}],
                           model={"params": 340_000_000}, code={"commit": "abc", "dirty": False},
                           environment={"python": "3.11"}),
@@ -138,6 +138,9 @@ BAD = [
     ("bad alert state", as_bytes({**VALID["alert"], "state": "pending"}), Reason.INVALID_VALUE, "state"),
     ("phase as number", as_bytes({**VALID["heartbeat"], "phase": 1}), Reason.WRONG_TYPE, "phase"),
     ("empty phase", as_bytes({**VALID["heartbeat"], "phase": ""}), Reason.INVALID_VALUE, "phase"),
+    ("pid as string", as_bytes({**VALID["run_start"], "pid": "4242"}), Reason.WRONG_TYPE, "pid"),
+    ("negative pid", as_bytes({**VALID["run_start"], "pid": -1}), Reason.INVALID_VALUE, "pid"),
+    ("pid past UInt32", as_bytes({**VALID["run_start"], "pid": 2**32}), Reason.INVALID_VALUE, "pid"),
 ]
 
 

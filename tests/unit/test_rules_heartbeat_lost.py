@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.alert_streams import T0, Driver, heartbeat, metrics, run_end, spec, system
+from stream_processors.snapshots import dumps, loads
+from tests.unit.alert_streams import T0, Driver, heartbeat, metrics, run_end, run_hardware, spec, system
+from trainmon.contract import envelope, validate
 
 RANK = spec("heartbeat_lost", "rank_lost", severity="critical", params={"timeout_s": "1m"},
             annotations={"summary": "rank {rank} of {run} on {host} silent {silent_s:.0f}s"})
@@ -171,3 +173,145 @@ def test_a_stale_heartbeat_read_late_does_not_end_a_declared_pause() -> None:
     d.send(heartbeat(T0 + 14.5, rank=0, phase="checkpoint"), now=T0 + 18.5)
     d.tick(T0 + 21)
     assert d.alerts == []
+
+
+# --- a dead process inside a declared pause: the node's process list (run_hardware `pids`) ---------------
+
+
+def run_start(t: float, rank: int, pid: int | None, host: str = "node-1") -> dict:
+    return validate(envelope("run_start", project="p", run="r1", rank=rank, host=host, time=t, world_size=2,
+                             pid=pid))
+
+
+def listing(t: float, *pids: int, host: str = "node-1") -> dict:
+    """The processors' run_hardware summary of a sample from `host` listing these pids of run r1."""
+    return {**run_hardware(t, host=host), "pids": list(pids)}
+
+
+def two_ranks(d: Driver, pid: int | None = 101, seconds: int = 10) -> None:
+    """Ranks 0 (pid 100) and 1 (`pid`) on node-1 beat every second and their node's 1 s samples list both."""
+    d.send(run_start(T0, 0, 100), run_start(T0, 1, pid))
+    for i in range(seconds):
+        d.send(heartbeat(T0 + i, rank=0), heartbeat(T0 + i, rank=1), listing(T0 + i + 0.5, 100, 101))
+        d.tick(T0 + i + 0.6)
+
+
+def firing_ranks(d: Driver) -> list[tuple[str, float, float, float]]:
+    return [(a["labels"]["rank"], a["time"], a["values"]["timeout_s"], a["values"]["process_gone"])
+            for a in d.alerts if a["state"] == "firing"]
+
+
+def test_a_rank_dead_inside_an_evaluation_is_found_once_its_node_no_longer_lists_its_process() -> None:
+    d = Driver(FAST)
+    two_ranks(d)
+    d.send(heartbeat(T0 + 10, rank=0, phase="eval"), heartbeat(T0 + 10, rank=1, phase="eval"),
+           listing(T0 + 10.5, 100, 101))
+    for i in range(11, 40):  # rank 1 dies at T0 + 10.8: its process leaves the sample at T0 + 11.5
+        d.send(heartbeat(T0 + i, rank=0, phase="eval"), listing(T0 + i + 0.5, 100))
+        d.tick(T0 + i + 0.6)
+    assert firing_ranks(d) == [("1", T0 + 12.6, 2.0, 1.0)]  # 1.8 s after it died: 2 beats missed
+
+
+def test_a_paused_rank_whose_process_is_still_listed_gets_the_paused_timeout() -> None:
+    d = Driver(FAST)
+    two_ranks(d)
+    d.send(heartbeat(T0 + 10, rank=0, phase="checkpoint"), heartbeat(T0 + 10, rank=1, phase="checkpoint"))
+    for i in range(10, 40):  # rank 1's checkpoint write holds the GIL: no beat, but its process lives
+        d.send(heartbeat(T0 + i, rank=0, phase="checkpoint"), listing(T0 + i + 0.5, 100, 101))
+        d.tick(T0 + i + 0.6)
+    assert firing_ranks(d) == [("1", T0 + 30.6, 20.0, 0.0)]
+
+
+@pytest.mark.parametrize("pid, pids", [(None, (100,)), (101, None)], ids=["no pid in run_start", "no process list"])
+def test_without_pids_a_dead_paused_rank_keeps_the_paused_timeout(pid: int | None, pids: tuple | None) -> None:
+    d = Driver(FAST)
+    two_ranks(d, pid=pid)
+    d.send(heartbeat(T0 + 10, rank=0, phase="eval"), heartbeat(T0 + 10, rank=1, phase="eval"))
+    for i in range(11, 40):  # rank 1 died at T0 + 10.8
+        sample = run_hardware(T0 + i + 0.5) if pids is None else listing(T0 + i + 0.5, *pids)
+        d.send(heartbeat(T0 + i, rank=0, phase="eval"), sample)
+        d.tick(T0 + i + 0.6)
+    assert firing_ranks(d) == [("1", T0 + 30.6, 20.0, 0.0)]
+
+
+def test_samples_taken_before_the_ranks_latest_event_say_nothing_of_now() -> None:
+    """Two samples without its pid, read late but taken before its last heartbeat: not a death."""
+    d = Driver(FAST)
+    two_ranks(d)
+    d.send(heartbeat(T0 + 10, rank=0, phase="checkpoint"), heartbeat(T0 + 10, rank=1, phase="checkpoint"))
+    d.send(listing(T0 + 9.7, 100), listing(T0 + 9.9, 100), now=T0 + 10.2)
+    for i in range(10, 29):  # rank 1 alive, its checkpoint holds the GIL
+        d.send(heartbeat(T0 + i, rank=0, phase="checkpoint"))
+        d.tick(T0 + i + 0.6)
+    assert d.alerts == []
+
+
+def test_a_pid_its_node_never_listed_says_nothing() -> None:
+    """The SDK could not register with the node daemon: its samples never list the rank's pid."""
+    d = Driver(FAST)
+    d.send(run_start(T0, 0, 100), run_start(T0, 1, 101))
+    for i in range(10):
+        d.send(heartbeat(T0 + i, rank=0), heartbeat(T0 + i, rank=1), listing(T0 + i + 0.5, 100))
+        d.tick(T0 + i + 0.6)
+    d.send(heartbeat(T0 + 10, rank=1, phase="checkpoint"))
+    for i in range(10, 40):  # its checkpoint holds the GIL: no beat, process alive but never listed
+        d.send(heartbeat(T0 + i, rank=0), listing(T0 + i + 0.5, 100))
+        d.tick(T0 + i + 0.6)
+    assert firing_ranks(d) == [("1", T0 + 30.6, 20.0, 0.0)]
+
+
+def test_a_restarted_rank_is_watched_by_its_new_pid() -> None:
+    d = Driver(FAST)
+    two_ranks(d)
+    # Rank 1 restarts at T0 + 10.2: its old process is gone, the new one (pid 202) starts at T0 + 11 and
+    # beats from T0 + 14 on; the node lists it from its sample at T0 + 12.5.
+    d.send(listing(T0 + 10.5, 100), heartbeat(T0 + 10, rank=0))
+    d.tick(T0 + 10.6)
+    d.send(run_start(T0 + 11, 1, 202), listing(T0 + 11.5, 100))  # not registered yet: not listed
+    d.tick(T0 + 11.6)
+    for i in range(12, 30):
+        d.send(heartbeat(T0 + i, rank=0), listing(T0 + i + 0.5, 100, 202), *(
+            [heartbeat(T0 + i, rank=1)] if i >= 14 else []))
+        d.tick(T0 + i + 0.6)
+    assert d.alerts == []
+    d.send(heartbeat(T0 + 30, rank=0, phase="eval"), heartbeat(T0 + 30, rank=1, phase="eval"))
+    for i in range(31, 40):  # and the new process dies inside an evaluation
+        d.send(heartbeat(T0 + i, rank=0, phase="eval"), listing(T0 + i + 0.5, 100))
+        d.tick(T0 + i + 0.6)
+    assert firing_ranks(d) == [("1", T0 + 32.6, 2.0, 1.0)]
+
+
+def test_a_sign_of_life_after_the_samples_that_missed_the_pid_withdraws_the_verdict() -> None:
+    d = Driver(FAST)
+    two_ranks(d)
+    d.send(heartbeat(T0 + 10, rank=1, phase="eval"), listing(T0 + 10.5, 100), listing(T0 + 11.5, 100))
+    d.send(heartbeat(T0 + 11.8, rank=1, phase="eval"))  # alive after all: the process list was wrong
+    for i in range(12, 40):  # then quiet in its evaluation, and the samples list no processes
+        d.send(heartbeat(T0 + i, rank=0), run_hardware(T0 + i + 0.5))
+        d.tick(T0 + i + 0.6)
+    assert firing_ranks(d) == [("1", T0 + 32.6, 20.0, 0.0)]
+
+
+def test_the_process_watch_survives_a_snapshot_and_an_older_snapshot_restores() -> None:
+    d = Driver(FAST)
+    two_ranks(d)
+    state = loads(dumps("g", 0, (1, 1), d.engine.state()), "g", 0)[1]
+    restored = Driver(FAST)
+    restored.engine.restore(state)
+    restored.send(heartbeat(T0 + 10, rank=0, phase="eval"), heartbeat(T0 + 10, rank=1, phase="eval"))
+    for i in range(11, 20):
+        restored.send(heartbeat(T0 + i, rank=0, phase="eval"), listing(T0 + i + 0.5, 100))
+        restored.tick(T0 + i + 0.6)
+    assert firing_ranks(restored) == [("1", T0 + 12.6, 2.0, 1.0)]
+    fields = state["rules"]["rank_lost"][1]  # a snapshot from before pids: none of their fields
+    del fields["_pids_on"]
+    for seen in fields["_seen"].values():
+        for name in ("pid", "pid_host", "listed", "missing", "said", "sampled"):
+            del seen.__dict__[name]
+    old = Driver(FAST)
+    old.engine.restore(state)
+    old.send(heartbeat(T0 + 10, rank=0, phase="eval"), heartbeat(T0 + 10, rank=1, phase="eval"))
+    for i in range(11, 40):
+        old.send(heartbeat(T0 + i, rank=0, phase="eval"), listing(T0 + i + 0.5, 100))
+        old.tick(T0 + i + 0.6)
+    assert firing_ranks(old) == [("1", T0 + 30.6, 20.0, 0.0)]

@@ -44,6 +44,25 @@ def test_init_registers_and_finish_removes(monkeypatch: pytest.MonkeyPatch, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+class ListPublisher(NullPublisher):
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def publish(self, event: dict) -> bool:
+        self.events.append(event)
+        return True
+
+
+def test_run_start_names_the_pid_the_daemon_lists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The liveness rule matches run_start's pid against the node's process list (the registry's)."""
+    monkeypatch.setenv("TRAINMON_REGISTRY_DIR", str(tmp_path))
+    publisher = ListPublisher()
+    run = trainmon.init("llm", run_id="r-1", publisher=publisher, heartbeat_s=60)
+    start = next(event for event in publisher.events if event["kind"] == "run_start")
+    assert registry.active_processes([tmp_path]) == {start["pid"]: "r-1"}
+    run.finish()
+
+
 def test_finish_of_an_older_run_keeps_the_newer_runs_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TRAINMON_REGISTRY_DIR", str(tmp_path))
     first = trainmon.init("llm", run_id="a", publisher=NullPublisher(), heartbeat_s=60)

@@ -304,9 +304,35 @@ def _stepping(times: list[float], start: float, end: float, gap: float) -> bool:
 def test_each_fault_trips_its_shipped_rule_and_nothing_else_with_all_hazards(fault: str, seconds: int) -> None:
     """Injected while its run trains: one injected in a declared pause is judged by the pause limits
     (a rank that dies during an evaluation leaves its phase declared: run_stalled waits for the pause
-    limit; its heartbeat timeout is the rule's paused_timeout_s, 20 s)."""
+    limit; its heartbeat timeout is the rule's paused_timeout_s, 20 s, unless its node no longer lists
+    its process: test_a_rank_dead_in_an_evaluation_is_found_once_its_node_no_longer_lists_it)."""
     options = dict(CLUSTER, step_interval=0.25 if fault in ("stall", "idle_gpu") else 0.05, hazards=ALL)
     hit = 0 if FAULTS[fault].target == "run" else 1  # run-1; a node fault's node (the last) runs run-2
     at = training_moment(10.0, hit, duration=seconds + 30, **options)
     alerts = firing(timeline(duration=at + seconds, faults=[f"{fault}:{at}"], **options))
     assert {a["rule"] for a in alerts} == FAULT_RULES[fault], describe(alerts)
+
+
+def test_a_rank_dead_in_an_evaluation_is_found_once_its_node_no_longer_lists_it() -> None:
+    """Its heartbeats declared `eval` (20 s of silence allowed), but the other ranks of its run on the
+    node keep the run listed, and the dead rank's pid is gone from the samples: 2 s, as in training."""
+    options = dict(CLUSTER, duration=60, hazards=("eval",))
+    events = simulate(**options)
+    start, end = pauses(events, run_ids(events)[0], "eval")[0]
+    at = round(start - T0 + 1.0, 2)  # one second into run-1's first evaluation
+    alerts = firing(timeline(**{**options, "duration": at + 25}, faults=[f"dead_rank:{at}"]))
+    lost = [a for a in alerts if a["rule"] == "rank_heartbeat_lost"]
+    assert [(a["labels"]["rank"], a["values"]["process_gone"]) for a in lost] == [("3", 1.0)], describe(alerts)
+    assert lost[0]["time"] - (T0 + at) <= 3.0 < end - lost[0]["time"]  # found while the evaluation lasts
+
+
+def test_a_resumed_rank_is_a_new_process_and_its_node_lists_the_new_pid() -> None:
+    events = simulate(duration=60, hazards=("resume",))
+    for run in run_ids(events):
+        starts = of(events, "run_start", run=run)
+        before, after = ({e["rank"]: e["pid"] for e in part} for part in (starts[:2], starts[2:]))
+        assert before.keys() == after.keys() == {0, 1} and not set(before.values()) & set(after.values())
+        for pids, window in ((before, lambda t: t < starts[2]["time"] - 3), (after, lambda t: t > starts[2]["time"])):
+            listed = [{p["pid"] for p in e["processes"] if p["run"] == run} for e in of(events, "system")
+                      if window(e["time"]) and run in e["runs"]]
+            assert listed and all(seen == set(pids.values()) for seen in listed)
