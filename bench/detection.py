@@ -7,9 +7,10 @@ and one route, a local webhook that timestamps every arrival.
 1. faults, --repeats times: one simulation (agent/simulator, in this process, through the agent's
    Publisher) with a run on a node of its own for every fault kind; each kind is injected into its own
    run or node at --inject-at s, once every rule has learned the cadences. A fault's delay is from the
-   wall time the simulator injected it to the arrival of the first firing alert of its detecting rule
-   about its run or host; its pages are every firing alert about its run or host (a dead node is also
-   its ranks' and its run's); an alert about nothing injected is unexpected.
+   wall time the simulator injected it to the arrival of the first page (an incident's notification,
+   stream_processors/incidents.py) with an alert of its detecting rule about its run or host among
+   its members; its pages are the incidents with a member about its run or host (a dead node is also
+   its ranks' and its run's); a page about nothing injected is unexpected.
 2. clean: the same cluster without faults for --clean-minutes; every firing alert is a false page.
 
 Both phases run the simulator's --hazards (default: all of them: checkpoint pauses, evaluation
@@ -120,8 +121,8 @@ def simulate(args: argparse.Namespace, settings, workdir: Path, project: str, fa
 
 
 def firing(receiver: Receiver, project: str, since: int) -> list[tuple[float, dict]]:
-    """Firing alerts received after request `since` about this round (its project, or its hosts,
-    which the simulator names after the project)."""
+    """Firing notifications received after request `since` about this round (its project, or its
+    hosts, which the simulator names after the project)."""
     alerts = [(r.wall, r.json()) for r in list(receiver.requests)[since:]]
     return [(wall, a) for wall, a in alerts if a["state"] == "firing"
             and (a.get("project") == project or a["labels"].get("host", "").startswith(f"{project}-"))]
@@ -146,15 +147,18 @@ def fault_round(args: argparse.Namespace, settings, workdir: Path, receiver: Rec
         fault.at = times.times[planned.describe()]
         faults.append(fault)
     unexpected = set()
-    for wall, alert in firing(receiver, project, since):
-        owners = [f for f in faults if f.owns(alert)]
+    for wall, page in firing(receiver, project, since):
+        members = [{"labels": m["labels"], "run": m["labels"].get("run"), "rule": m["rule"]}
+                   for m in page.get("members") or [page]]  # an incident's, or an alert routed alone
+        owners = [f for f in faults if any(f.owns(m) for m in members)]
         for fault in owners:
-            fault.pages[alert["fingerprint"]] = alert["rule"]
-            if alert["rule"] == DETECTOR[fault.kind][0] and fault.delay_s is None:
+            fault.pages[page["fingerprint"]] = page["rule"]
+            detector = DETECTOR[fault.kind][0]
+            if fault.delay_s is None and any(m["rule"] == detector and fault.owns(m) for m in members):
                 fault.delay_s = wall - fault.at
         if not owners:
-            unexpected.add(alert["fingerprint"])
-            say(f"  unexpected: {alert['rule']} {alert['labels']}")
+            unexpected.add(page["fingerprint"])
+            say(f"  unexpected: {page['rule']} {page['labels']}")
     for fault in faults:
         rules = ", ".join(f"{rule} x{n}" if n > 1 else rule for rule, n in Counter(fault.pages.values()).items())
         say(f"  {fault.kind:16} " + ("missed" if fault.delay_s is None else f"{fault.delay_s:6.1f} s") +

@@ -804,6 +804,28 @@ class Queries:
             f"updated AS updated_at FROM ({episodes}) {outer_sql} "
             f"ORDER BY starts_at DESC, fingerprint LIMIT {limit_p}", q)
 
+    def incidents(self, *, firing_only: bool = False, project: str | None = None, run: str | None = None,
+                  host: str | None = None, since: Any = None, limit: int = 200) -> pd.DataFrame:
+        """Incidents (FINAL: each one's latest notification), newest first. run and host match any
+        member's; since: incidents still firing or updated after it."""
+        q = _Sql()
+        conditions = []
+        if firing_only:
+            conditions.append("state = 'firing'")
+        if project is not None:
+            conditions.append(f"project = {q.text(project)}")
+        if run is not None:
+            conditions.append(f"has(runs, {q.text(run)})")
+        if host is not None:
+            conditions.append(f"has(hosts, {q.text(host)})")
+        if since is not None:
+            conditions.append(f"(state = 'firing' OR time >= fromUnixTimestamp64Milli({q.bind(_millis(since), 'Int64')}, 'UTC'))")
+        limit_p = q.bind(max(0, min(int(limit), MAX_LIMIT)), "UInt32")
+        return self._frame(
+            "SELECT incident, state, rule, severity, summary, cause, project, run, hosts, runs, members, "
+            "member_rules, members_total, starts_at, ends_at, time AS updated_at "
+            f"FROM incidents FINAL {q.where(conditions)} ORDER BY starts_at DESC, incident LIMIT {limit_p}", q)
+
     def deliveries(self, *, fingerprint: str | None = None, outcome: str | Iterable[str] | None = None,
                    limit: int = 500) -> pd.DataFrame:
         """Delivery attempts (FINAL), newest first; fingerprint bounds the read by the sort key."""

@@ -24,6 +24,10 @@ from trainmon.contract import envelope
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
+# The processors' own alert when a run stops without run_end; one per run, never repeated.
+RUN_LOST = RuleSpec(name="run_lost", kind="run_lost", severity="warning",
+                    annotations={"summary": "run {run} of {project} stopped without run_end: no event for {silent_s:.0f} s"})
+
 
 def fingerprint(rule: str, subject: Mapping[str, str], labels: Mapping[str, str]) -> str:
     """Stable across processes and restarts (unlike hash()): sha256 of name, subject and labels."""
@@ -139,8 +143,10 @@ class AlertBook:
         return out
 
     def once(self, spec: RuleSpec, condition: Condition, now: float) -> dict[str, Any]:
-        """A firing alert that is not kept (a final verdict, such as a run given up as lost)."""
-        return self._event(_Alert(spec, condition.subject, condition.at, condition.values), "firing", now)
+        """A firing alert that is not kept (a final verdict, such as a run given up as lost). Its
+        `ends_at` is set: no resolve will follow, so an incident it joins need not wait for one."""
+        return self._event(_Alert(spec, condition.subject, condition.at, condition.values), "firing", now,
+                           ends_at=now)
 
     def firing(self) -> list[dict[str, Any]]:
         """The firing alerts as of their last notification (for inspection and tests)."""

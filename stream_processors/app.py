@@ -11,7 +11,9 @@ all state, per source partition. Offsets are committed only behind a durable sta
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
    the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
    in the processing thread), so an alert that a snapshot records as sent is never lost, at shutdown
-   either.
+   either. With an `incidents` section in the pipeline, alerts go to the incident topic instead of
+   the routes; its partition's owner groups them (incidents.py) and sends the incidents' notifications
+   to the routes by the same rule: after the snapshot that records them.
 
 A worker that dies loses at most what came after its last checkpoint; whoever takes its partitions
 over restores the snapshot and re-reads from the committed offset, which the snapshot covers, so
@@ -34,7 +36,8 @@ import faust
 
 from stream_processors.config import PipelineConfig
 from stream_processors.copartitioning import split_partitions
-from stream_processors.internal_topics import HOST_RUN_ENDS, RUN_HARDWARE, STATE, internal_topic_name
+from stream_processors.internal_topics import (HOST_RUN_ENDS, INCIDENT_ALERTS, INCIDENT_PARTITION, RUN_HARDWARE, STATE,
+                                               internal_topic_name)
 from stream_processors.kafka_consumer import ProcessorsTransport
 from stream_processors.processing import Message, Outcome, Processing
 from stream_processors.sink import ClickHouseSink
@@ -111,11 +114,13 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     run_hardware_topic = internal(RUN_HARDWARE)  # GPU busyness per run, for the stall rule
     host_run_ends_topic = internal(HOST_RUN_ENDS)  # run_end per host, for the node rules
+    incident_topic = internal(INCIDENT_ALERTS)  # released alerts, to the incident book
     read_topics = {t.get_topic_name() for t in (metrics_topic, runs_topic, system_topic, run_hardware_topic,
-                                                host_run_ends_topic)}
+                                                host_run_ends_topic, incident_topic)}
 
     pending_events: list[tuple[Any, Any]] = []  # (stream, event) processed, not yet behind a snapshot
     held_alerts: list[dict] = []  # released with snapshots that could not be written: sent next time
+    held_notifications: list[dict] = []  # the same, of incidents
     checkpoint_lock = asyncio.Lock()
     # Closed from a rebalance's start until the new assignment's state is ready: Faust may hand over
     # events of a newly assigned partition before its on_partitions_assigned handlers finish, and state
@@ -147,35 +152,44 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 for partition, data in snapshots.items()]
         await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
 
-    def snapshot_and_release(revoked: list[int] | None) -> tuple[dict[int, bytes], list[dict]]:
-        """In the processing thread, in one step: the snapshots and exactly the alerts they cover."""
+    def snapshot_and_release(revoked: list[int] | None) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]]]:
+        """In the processing thread, in one step: the snapshots and exactly the alerts and incident
+        notifications they cover."""
         if revoked is not None:
             snapshots = processing.revoke(revoked)
         else:
             snapshots = processing.snapshot() if durable_state else {}
         return snapshots, processing.release()
 
+    async def publish(alerts: list[dict], notifications: list[dict]) -> None:
+        """Released alerts to the alerts topic, and to the incident book or straight to the routes."""
+        for alert in alerts:
+            await alerts_topic.send(key=alert["fingerprint"].encode(), value=encode(alert))
+            if pipeline.incidents is not None:
+                await incident_topic.send(key=alert["fingerprint"].encode(), value=encode(alert),
+                                          partition=INCIDENT_PARTITION)
+        processing.dispatch(notifications if pipeline.incidents is not None else alerts + notifications)
+
     async def checkpoint(revoked: list[int] | None = None) -> None:
         """Snapshots of changed state made durable, then acks and alerts released (see module doc)."""
         async with checkpoint_lock:
             events = list(pending_events)  # all handled, so in the snapshots about to be taken
             pending_events.clear()
-            snapshots, alerts = await in_thread(snapshot_and_release, revoked)
-            alerts[:0] = held_alerts
+            snapshots, (alerts, notifications) = await in_thread(snapshot_and_release, revoked)
+            alerts[:0], notifications[:0] = held_alerts, held_notifications
             held_alerts.clear()
+            held_notifications.clear()
             try:
                 await write_snapshots(snapshots)
             except Exception as exc:  # Kafka unreachable: keep everything pending, try again next time
                 log.warning("state snapshot not written (%s); offsets and alerts held", exc)
-                pending_events[:0], held_alerts[:0] = events, alerts
+                pending_events[:0], held_alerts[:0], held_notifications[:0] = events, alerts, notifications
                 for state in processing.partitions.values():
                     state.dirty = True
                 return
             for stream, event in events:
                 await stream.ack(event)
-            for alert in alerts:
-                await alerts_topic.send(key=alert["fingerprint"].encode(), value=encode(alert))
-            processing.dispatch(alerts)
+            await publish(alerts, notifications)
 
     async def consume(stream, source: str = "contract") -> None:
         async for events in stream.noack_take(batch_events, within=batch_within_s):
@@ -185,7 +199,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             outcome = await in_thread(processing.handle, messages, source)
             await send(outcome)
             pending_events.extend((stream, e) for e in events if e.message.partition not in outcome.unowned)
-            if outcome.alerts:
+            if outcome.alerts or outcome.notifications:
                 await checkpoint()  # alerts leave as soon as the state that made them is durable
 
     @app.agent(metrics_topic)
@@ -208,9 +222,16 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     async def host_run_ends(stream):
         await consume(stream, "host_run_ends")
 
+    @app.agent(incident_topic)
+    async def incident_alerts(stream):
+        await consume(stream, "incidents")
+
     @app.timer(interval=1.0)
     async def tick() -> None:
-        await send(await in_thread(processing.tick, app.consumer.read_progress()))
+        outcome = await in_thread(processing.tick, app.consumer.read_progress())
+        await send(outcome)
+        if outcome.alerts or outcome.notifications:
+            await checkpoint()  # a silence or a group_wait ending pages now, not a checkpoint later
 
     @app.timer(interval=checkpoint_interval_s)
     async def periodic_checkpoint() -> None:
@@ -251,15 +272,13 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     @app.on_before_shutdown.connect
     async def flush(sender: Any, **kwargs: Any) -> None:
         async with checkpoint_lock:
-            snapshots, alerts = await in_thread(lambda: (processing.close(), processing.release()))
+            snapshots, (alerts, notifications) = await in_thread(lambda: (processing.close(), processing.release()))
             try:  # open windows and run snapshots written, then the alerts they cover sent
                 await write_snapshots(snapshots)
             except Exception as exc:
                 log.warning("final state snapshot not written, %d alerts not sent: %s", len(alerts), exc)
             else:
-                for alert in held_alerts + alerts:
-                    await alerts_topic.send(key=alert["fingerprint"].encode(), value=encode(alert))
-                processing.dispatch(held_alerts + alerts)
+                await publish(held_alerts + alerts, held_notifications + notifications)
         log.warning("stopping: %s", summary())
 
     @app.timer(interval=30.0)

@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from stream_processors.alerts import RUN_LOST
+from stream_processors.incidents import KEYS, Cause, IncidentSpec
+from stream_processors.refusals import ROWS_REFUSED
 from stream_processors.rules import RULE_KINDS
 from stream_processors.rules.base import RuleSpec
 from stream_processors.rules.params import parse_duration
@@ -35,7 +38,10 @@ DEFAULT_WINDOWS_S = (10.0, 60.0, 300.0)
 DEFAULT_REPEAT_INTERVAL_S = 3600.0
 DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8501"
 
-_SECTIONS = ("windows", "alerting", "rules", "routes")
+_SECTIONS = ("windows", "alerting", "rules", "routes", "incidents")
+_INCIDENT_KEYS = ("group_wait", "group_interval", "causes")
+_CAUSE_KEYS = ("rule", "explains", "by")  # not `on`: YAML 1.1 reads it as true
+_OWN_RULES = (RUN_LOST.name, ROWS_REFUSED.name)  # the processors' own alerts: edges may name them too
 _ALERTING_KEYS = ("repeat_interval", "dashboard_url")
 _RULE_KEYS = ("name", "kind", "severity", "selector", "params", "for", "labels", "annotations")
 _ROUTE_KEYS = ("name", "kind", "url", "match", "params", "timeout_s", "retries", "backoff_s")
@@ -64,6 +70,7 @@ class PipelineConfig:
     repeat_interval_s: float
     dashboard_url: str
     path: str
+    incidents: IncidentSpec | None = None  # None: no `incidents` section, every alert is its own page
 
 
 def load_pipeline(path: str | os.PathLike[str] = DEFAULT_PIPELINE,
@@ -257,17 +264,49 @@ class _Reader:
         top = self.mapping(self.substitute(data, ()), (), _SECTIONS)
         alerting = self.mapping(top.get("alerting"), ("alerting",), _ALERTING_KEYS)
         dashboard = alerting.get("dashboard_url")
+        rules = self.unique([self.rule(item, ("rules", i)) for i, item in
+                             enumerate(self.sequence(top.get("rules"), ("rules",)))], "rules")
+        repeat_s = self.duration(alerting.get("repeat_interval"), ("alerting", "repeat_interval"),
+                                 DEFAULT_REPEAT_INTERVAL_S)
         return PipelineConfig(
-            rules=self.unique([self.rule(item, ("rules", i)) for i, item in
-                               enumerate(self.sequence(top.get("rules"), ("rules",)))], "rules"),
+            rules=rules,
             routes=self.unique([self.route(item, ("routes", i)) for i, item in
                                 enumerate(self.sequence(top.get("routes"), ("routes",)))], "routes"),
             windows_s=self.windows(top.get("windows")),
-            repeat_interval_s=self.duration(alerting.get("repeat_interval"), ("alerting", "repeat_interval"),
-                                            DEFAULT_REPEAT_INTERVAL_S),
+            repeat_interval_s=repeat_s,
             dashboard_url=(DEFAULT_DASHBOARD_URL if dashboard is None
                            else self.url(dashboard, ("alerting", "dashboard_url"))).rstrip("/"),
             path=self.name,
+            incidents=None if "incidents" not in top else self.incidents(top["incidents"], rules, repeat_s),
+        )
+
+    def incidents(self, value: Any, rules: list[RuleSpec], repeat_s: float) -> IncidentSpec:
+        section = self.mapping(value, ("incidents",), _INCIDENT_KEYS)
+        known = {spec.name for spec in rules} | set(_OWN_RULES)
+        causes = []
+        for i, item in enumerate(self.sequence(section.get("causes"), ("incidents", "causes"))):
+            path = ("incidents", "causes", i)
+            entry = self.mapping(item, path, _CAUSE_KEYS)
+            for key in ("rule", "explains"):
+                if key not in entry:
+                    raise self.error(path, f"missing {key}")
+            names = [entry["rule"], *self.sequence(entry["explains"], path + ("explains",))]
+            for j, name in enumerate(names):
+                where = path + (("rule",) if j == 0 else ("explains", j - 1))
+                if name not in known:
+                    raise self.error(where, f"no rule named {name!r} (rules: {', '.join(sorted(known))})")
+            by = self.sequence(entry.get("by", list(KEYS)), path + ("by",))
+            for j, key in enumerate(by):
+                if key not in KEYS:
+                    raise self.error(path + ("by", j), f"expected one of {', '.join(KEYS)}, got {key!r}")
+            if not by:
+                raise self.error(path + ("by",), f"expected at least one of {', '.join(KEYS)}")
+            causes.append(Cause(names[0], frozenset(names[1:]), tuple(by)))
+        return IncidentSpec(
+            tuple(causes),
+            group_wait_s=self.duration(section.get("group_wait"), ("incidents", "group_wait"), 2.0, positive=False),
+            group_interval_s=self.duration(section.get("group_interval"), ("incidents", "group_interval"), 30.0),
+            repeat_interval_s=repeat_s,
         )
 
     def windows(self, value: Any) -> list[float]:

@@ -15,6 +15,7 @@ from stream_processors.alerts import AlertBook
 from stream_processors.clock import PartitionClock
 from stream_processors.config import PipelineConfig
 from stream_processors.engine import Engine
+from stream_processors.incidents import IncidentBook
 from stream_processors.rules import build_rule
 from stream_processors.runs import RunBook
 from stream_processors.windows import Windows
@@ -27,6 +28,9 @@ class PartitionState:
         self.partition = partition
         self.engines = {scope: self._engine(pipeline) for scope in ("run", "host")}
         self.book = RunBook()
+        # fed only on the incident topic's partition (internal_topics.INCIDENT_PARTITION); None: no
+        # `incidents` section in the pipeline, every alert is routed on its own
+        self.incidents = IncidentBook(pipeline.incidents) if pipeline.incidents is not None else None
         self.windows = Windows(pipeline.windows_s, lateness_s=lateness_s)
         self.clock = PartitionClock()
         self.applied: dict[str, int] = {}  # topic -> highest offset whose event is in this state
@@ -62,14 +66,15 @@ class PartitionState:
     def size(self) -> int:
         """Entries remembered, for the bounded-memory checks."""
         return (len(self.book.runs) + sum(len(p) for p in self.producers.values()) + len(self.windows.open)
-                + sum(engine.size() for engine in self.engines.values()))
+                + sum(engine.size() for engine in self.engines.values()) + len(self.incidents or ()))
 
     # --- snapshots -----------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         return {"format": FORMAT, "engines": {scope: e.state() for scope, e in self.engines.items()},
                 "book": vars(self.book), "windows": vars(self.windows), "clock": self.clock,
-                "applied": self.applied, "producers": self.producers}
+                "applied": self.applied, "producers": self.producers,
+                "incidents": self.incidents.state() if self.incidents is not None else None}
 
     def restore(self, state: dict[str, Any], version: tuple[int, int]) -> None:
         if state.get("format") != FORMAT:
@@ -81,5 +86,7 @@ class PartitionState:
         vars(self.windows).update(state["windows"])
         self.windows.sizes = sizes
         self.clock = state["clock"]
+        if self.incidents is not None and state.get("incidents"):  # absent in snapshots of older workers
+            self.incidents.restore(state["incidents"])
         self.applied, self.producers = dict(state["applied"]), dict(state["producers"])
         self.version, self.dirty = version, False

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from stream_processors.config import PipelineConfig
-from stream_processors.alerts import AlertBook
+from stream_processors.alerts import RUN_LOST, AlertBook
 from stream_processors.partition import PartitionState
 from stream_processors.refusals import RefusalNotices
-from stream_processors.rules.base import Condition, RuleSpec
+from stream_processors.rules.base import Condition
 from stream_processors.runs import raw_event_row
 from stream_processors.sink import Batch, ClickHouseSink, Source, utc
 from stream_processors.snapshots import SnapshotError, dumps, loads
@@ -36,10 +36,8 @@ from trainmon.contract import (DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON
 log = logging.getLogger("trainmon.processors")
 
 RUN_KINDS = frozenset({"run_start", "run_meta", "heartbeat", "run_end"})
-INTERNAL_KINDS = {"run_hardware": frozenset({"run_hardware"}), "host_run_ends": frozenset({"run_end"})}
-# The processors' own alert when a run stops without run_end; one per run, never repeated.
-RUN_LOST = RuleSpec(name="run_lost", kind="run_lost", severity="warning",
-                    annotations={"summary": "run {run} of {project} stopped without run_end: no event for {silent_s:.0f} s"})
+INTERNAL_KINDS = {"run_hardware": frozenset({"run_hardware"}), "host_run_ends": frozenset({"run_end"}),
+                  "incidents": frozenset({"alert"})}
 STALE_PAGE_S = 3600.0  # alerts about events older than this are recorded but not paged (history replays)
 
 DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
@@ -59,23 +57,32 @@ class Message:
 @dataclass
 class Outcome:
     """What a batch asks the async side to send to Kafka afterwards. Alerts go to the alerts topic and
-    the routes only once a snapshot covering the state that made them is durable."""
+    the incident topic (or, without incidents, the routes), notifications to the routes, only once a
+    snapshot covering the state that made them is durable."""
 
     dead_letters: list[DeadLetter] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
+    notifications: list[dict] = field(default_factory=list)  # of incidents (incidents.py)
     run_hardware: list[dict] = field(default_factory=list)  # re-keyed by run, for the stall rule
     host_run_ends: list[dict] = field(default_factory=list)  # run_end re-keyed by host, for node rules
     unowned: set[int] = field(default_factory=set)  # partitions read but no longer ours: do not ack
 
 
 def run_hardware(event: Mapping[str, Any]) -> list[dict]:
-    """System sample -> one GPU-busyness summary per run on the node, re-keyed by run (stall rule)."""
+    """System sample -> one GPU-busyness summary per run on the node, re-keyed by run (stall rule).
+    Where the sample lists processes, each summary names the run's `pids` still alive there: a rank
+    whose process is gone is dead even inside a declared pause (heartbeat_lost)."""
     gpus = [g["figures"]["util_percent"] for g in event.get("gpus") or () if "util_percent" in g["figures"]]
     if not gpus or not event.get("runs"):
         return []
     busy = statistics.fmean(gpus)
-    return [{"v": 1, "kind": "run_hardware", "run": run, "host": event["host"], "time": event["time"],
-             "gpu_util_percent": busy, "gpus": len(gpus)} for run in event["runs"]]
+    processes = event.get("processes")
+    out = [{"v": 1, "kind": "run_hardware", "run": run, "host": event["host"], "time": event["time"],
+            "gpu_util_percent": busy, "gpus": len(gpus)} for run in event["runs"]]
+    if processes:
+        for summary in out:
+            summary["pids"] = [p["pid"] for p in processes if p.get("run") == summary["run"]]
+    return out
 
 
 def _internal(raw: bytes, source: str) -> dict:
@@ -87,13 +94,19 @@ def _internal(raw: bytes, source: str) -> dict:
         raise ContractError(Reason.MALFORMED, f"not JSON ({str(exc)[:80]})") from None
     if type(event) is not dict or event.get("kind") not in INTERNAL_KINDS[source]:
         raise ContractError(Reason.UNKNOWN_KIND, f"expected {', '.join(INTERNAL_KINDS[source])}", "kind")
-    if event["kind"] == "run_end":
+    if event["kind"] in ("run_end", "alert"):
         return validate(event)
     for name, kind in (("run", str), ("host", str), ("time", (int, float)), ("gpu_util_percent", (int, float))):
         if not isinstance(event.get(name), kind) or isinstance(event.get(name), bool):
             raise ContractError(Reason.WRONG_TYPE, "missing or wrong type", name)
     if not 0.0 <= event["gpu_util_percent"] <= 100.0 or not 0 < event["time"] < 32503680000:
         raise ContractError(Reason.INVALID_VALUE, "out of range", "gpu_util_percent/time")
+    pids = event.get("pids")  # optional: only where the sample listed processes
+    if pids is not None:
+        if type(pids) is not list or not all(type(pid) is int for pid in pids):
+            raise ContractError(Reason.WRONG_TYPE, "expected a list of integers", "pids")
+        if len(pids) > 1024 or not all(0 <= pid <= 2**32 - 1 for pid in pids):  # as a sample's processes
+            raise ContractError(Reason.INVALID_VALUE, "at most 1024 pids, each 0..2**32-1", "pids")
     return event
 
 
@@ -117,6 +130,7 @@ class Processing:
         self.counts: Counter[str] = Counter()
         self.refusals = RefusalNotices(AlertBook(pipeline.repeat_interval_s, pipeline.dashboard_url))
         self.unreleased: list[dict] = []  # alerts made since the last snapshot: see release()
+        self.unnotified: list[dict] = []  # incident notifications made since the last snapshot
 
     # --- ownership ----------------------------------------------------------------------------------
 
@@ -180,12 +194,14 @@ class Processing:
             out[partition] = dumps(self.group, partition, state.version, state.state())
         return out
 
-    def release(self) -> list[dict]:
-        """The alerts made since the previous call, to send once the snapshots taken with them (call it
-        in the same thread step as `snapshot`, `revoke` or `close`) are durable: then no alert is sent
-        whose state could be lost, and none is lost whose state says it was sent."""
+    def release(self) -> tuple[list[dict], list[dict]]:
+        """The alerts and incident notifications made since the previous call, to send once the
+        snapshots taken with them (call it in the same thread step as `snapshot`, `revoke` or `close`)
+        are durable: then nothing is sent whose state could be lost, and nothing is lost whose state
+        says it was sent."""
         alerts, self.unreleased = self.unreleased, []
-        return alerts
+        notifications, self.unnotified = self.unnotified, []
+        return alerts, notifications
 
     def revoke(self, partitions: Iterable[int]) -> dict[int, bytes]:
         """Partitions moved to another worker: snapshots of every changed partition, the final ones
@@ -202,8 +218,9 @@ class Processing:
     # --- a batch from one topic ---------------------------------------------------------------------
 
     def handle(self, messages: Iterable[Message], source: str = "contract") -> Outcome:
-        """A batch from one topic. source: `contract` (agents' topics), or the processors' own re-keyed
-        internal topics `run_hardware` (by run) and `host_run_ends` (by host): validated, not written."""
+        """A batch from one topic. source: `contract` (agents' topics), or the processors' own internal
+        topics `run_hardware` (by run), `host_run_ends` (by host) and `incidents` (released alerts, to
+        the incident book): validated, not written."""
         outcome, wall = Outcome(), time.time()
         batches: dict[int, Batch] = {}  # per partition: rows to write, which feed its windows too
         replays: dict[int, Batch] = {}  # events new to the state whose rows ClickHouse already has: windows only
@@ -258,12 +275,16 @@ class Processing:
                 merged.merge(batches[partition])
         self._alert_rows(merged, outcome.alerts)
         self.unreleased.extend(outcome.alerts)
+        self._incident_rows(merged, outcome.notifications)
         if merged:
             self._write(merged, outcome, sources)
         return outcome
 
     def _route(self, state: PartitionState, event: dict, src: Source, batch: Batch, outcome: Outcome,
                source: str, wall: float) -> None:
+        if source == "incidents":
+            self._correlate(state, event, outcome, wall)
+            return
         kind = event["kind"]
         now = max(state.clock.now, min(event["time"], wall + state.clock.max_future_s))
         if source == "host_run_ends":
@@ -285,6 +306,20 @@ class Processing:
                 outcome.host_run_ends.append(event)
         outcome.alerts.extend(alerts)
 
+    def _correlate(self, state: PartitionState, alert: dict, outcome: Outcome, wall: float) -> None:
+        """A released alert into the incident book (a stale one is recorded, not paged)."""
+        if not self._pageable(alert, wall):
+            return
+        if state.incidents is None:  # the pipeline dropped its `incidents` section: route it alone
+            outcome.notifications.append(alert)
+        else:
+            outcome.notifications.extend(state.incidents.add(alert, wall))
+
+    def _incident_rows(self, batch: Batch, notifications: list[dict]) -> None:
+        self.counts["incident.notified"] += len(notifications)
+        self.unnotified.extend(notifications)
+        batch.add("incidents", (incident_row(n) for n in notifications if "incident" in n))
+
     def _alert_rows(self, batch: Batch, alerts: list[dict]) -> None:
         for alert in alerts:
             self.counts[f"alert.{alert['state']}"] += 1
@@ -302,14 +337,19 @@ class Processing:
         self.counts[f"dead_letter.{reason}"] += 1
 
     def dispatch(self, alerts: Iterable[dict], wall: float | None = None) -> None:
-        """Hand alerts to the routes, once their snapshot is durable. Alerts about events older than
-        STALE_PAGE_S (a new consumer group reading history) are recorded, not paged."""
+        """Hand alerts or incident notifications to the routes, once their snapshot is durable."""
         wall = time.time() if wall is None else wall
         for alert in alerts:
-            if alert["state"] == "firing" and wall - alert["time"] > STALE_PAGE_S:
-                self.counts["alert.not_paged_stale"] += 1
-            elif self.dispatcher is not None:
+            if self._pageable(alert, wall) and self.dispatcher is not None:
                 self.dispatcher.submit(alert)
+
+    def _pageable(self, alert: Mapping[str, Any], wall: float) -> bool:
+        """Alerts about events older than STALE_PAGE_S (a new consumer group reading history) are
+        recorded, not paged."""
+        if alert["state"] == "firing" and wall - alert["time"] > STALE_PAGE_S:
+            self.counts["alert.not_paged_stale"] += 1
+            return False
+        return True
 
     # --- the clock ----------------------------------------------------------------------------------
 
@@ -343,6 +383,12 @@ class Processing:
         outcome.alerts.extend(self.refusals.due(self.sink.refused, wall))
         self._alert_rows(batch, outcome.alerts)
         self.unreleased.extend(outcome.alerts)
+        for state in self.partitions.values():
+            if state.incidents is not None and state.incidents.open:
+                notifications = state.incidents.tick(wall)
+                state.dirty |= bool(notifications)
+                outcome.notifications.extend(notifications)
+        self._incident_rows(batch, outcome.notifications)
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
         if batch:
@@ -381,6 +427,21 @@ def alert_row(alert: Mapping[str, Any]) -> dict[str, Any]:
             "values": {k: float(v) for k, v in (alert.get("values") or {}).items()},
             "starts_at": utc(alert["starts_at"]), "ends_at": utc(alert["ends_at"]) if alert.get("ends_at") else None,
             "time": utc(alert["time"])}
+
+
+def incident_row(notification: Mapping[str, Any]) -> dict[str, Any]:
+    members = notification["members"]
+    annotations = notification.get("annotations") or {}
+    return {"incident": notification["incident"], "state": notification["state"], "rule": notification["rule"],
+            "severity": notification["severity"], "summary": annotations.get("summary", ""),
+            "cause": annotations.get("cause", ""), "project": notification.get("project") or "",
+            "run": notification.get("run") or "",
+            "hosts": sorted({m["labels"]["host"] for m in members if m["labels"].get("host")}),
+            "runs": sorted({m["labels"]["run"] for m in members if m["labels"].get("run")}),
+            "members": [m["fingerprint"] for m in members], "member_rules": [m["rule"] for m in members],
+            "members_total": notification["members_total"], "starts_at": utc(notification["starts_at"]),
+            "ends_at": utc(notification["ends_at"]) if notification.get("ends_at") else None,
+            "time": utc(notification["time"])}
 
 
 def _dead_letter(message: Message, reason: str, detail: str) -> DeadLetter:

@@ -1,4 +1,5 @@
-"""Alerts: what fires now, the history, filters by rule, run, host and severity, and delivery outcomes."""
+"""Alerts: incidents (one page per root cause, with their members), what fires now, the history,
+filters by rule, run, host and severity, and delivery outcomes."""
 
 from __future__ import annotations
 
@@ -37,14 +38,19 @@ def view(query: dict) -> None:
 
     # to the minute: one cached answer per minute and filter, not one per refresh
     since_at = (c.now() - since).replace(second=0, microsecond=0) if since else None
-    firing, history, _ = c.fetch_many([("alerts", (), {**query, "firing_only": True}),
-                                       ("alerts", (), {**query, "since": since_at}),
-                                       ("deliveries", (), {"limit": 500})])
+    scope = {k: query[k] for k in ("project", "run", "host")}
+    firing, history, incidents, _ = c.fetch_many([("alerts", (), {**query, "firing_only": True}),
+                                                  ("alerts", (), {**query, "since": since_at}),
+                                                  ("incidents", (), {**scope, "since": since_at}),
+                                                  ("deliveries", (), {"limit": 500})])
     cols = st.columns(4)
     cols[0].metric("Firing now", len(firing))
     cols[1].metric("Critical firing", int((firing["severity"] == "critical").sum()) if not firing.empty else 0)
     cols[2].metric("Alerts in range", len(history["fingerprint"].unique()) if not history.empty else 0)
     cols[3].metric("Rules in range", history["rule"].nunique() if not history.empty else 0)
+
+    st.subheader("Incidents")
+    incidents_table(incidents, history)
 
     st.subheader("Firing now")
     if firing.empty:
@@ -60,8 +66,35 @@ def view(query: dict) -> None:
         c.alerts_table(history, key="history")
 
     st.subheader("Deliveries")
-    fingerprints = list(dict.fromkeys(list(firing.get("fingerprint", [])) + list(history.get("fingerprint", []))))
+    fingerprints = list(dict.fromkeys(list(firing.get("fingerprint", [])) + list(history.get("fingerprint", []))
+                                      + list(incidents.get("incident", []))))  # an incident's pages carry its id
     deliveries(fingerprints)
+
+
+def incidents_table(incidents: pd.DataFrame, history: pd.DataFrame) -> None:
+    """One row per incident (what was paged), its likely cause first; pick one to see its members."""
+    if incidents is None or incidents.empty:
+        st.caption("No incidents in this range (the pipeline's `incidents` section groups alerts into them; "
+                   "docs/alerting.md).")
+        return
+    rows = [{
+        "severity": i["severity"], "state": i["state"], "cause": i["summary"], "alerts": int(i["members_total"]),
+        "rules": ", ".join(f"{rule} x{n}" if n > 1 else rule
+                           for rule, n in pd.Series(list(i["member_rules"])).value_counts().items()),
+        "hosts": ", ".join(i["hosts"]), "runs": ", ".join(i["runs"]), "started": c.utc(i["starts_at"]),
+        "lasted": c.duration(((c.utc(i["ends_at"]) or c.now()) - c.utc(i["starts_at"])).total_seconds()),
+        "id": i["incident"],
+    } for _, i in incidents.iterrows()]
+    st.dataframe(c.colored(pd.DataFrame(rows), ["severity", "state"]), hide_index=True, width="stretch",
+                 key="incidents", height=min(38 + 35 * len(rows), 420),
+                 column_config={"started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm:ss"),
+                                "cause": st.column_config.TextColumn("likely cause", width="large")})
+    chosen = st.selectbox("Members of incident", [r["id"] for r in rows], index=None, placeholder="pick an incident",
+                          format_func=lambda i: next(f"{r['id']}: {r['cause'][:90]}" for r in rows if r["id"] == i))
+    if chosen is not None:
+        members = list(incidents.loc[incidents["incident"] == chosen, "members"].iloc[0])
+        shown = history[history["fingerprint"].isin(members)] if not history.empty else history
+        c.alerts_table(shown, key="incident-members")
 
 
 def timeline(history: pd.DataFrame) -> None:

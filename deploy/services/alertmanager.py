@@ -33,6 +33,9 @@ route:
   group_wait: 1s
   group_interval: 2s
   repeat_interval: 1h
+  routes:  # trainmon's incidents (pipeline `incidents`): one notification per incident, all members in it
+    - matchers: ['incident=~".+"']
+      group_by: [incident]
 receivers:
   - name: {receiver}
 {receiver_config}"""

@@ -91,7 +91,7 @@ routes:
 
 ERRORS = [
     # (replace this, with this, line, key path, message)
-    ("rules:\n", "rulez:\n", 1, "rulez", "unknown key (known: windows, alerting, rules, routes)"),
+    ("rules:\n", "rulez:\n", 1, "rulez", "unknown key (known: windows, alerting, rules, routes, incidents)"),
     ("rules:\n", "alerting: {repeat: 1h}\nrules:\n", 1, "alerting.repeat", "unknown key (known: repeat_interval"),
     ("  - name: loss_plateau\n    kind: plateau\n", "  - kind: plateau\n", 2, "rules[0]", "missing name"),
     ("    kind: plateau\n", "", 2, "rules[0]", "missing kind"),

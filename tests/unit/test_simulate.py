@@ -17,6 +17,7 @@ from agent.simulator import FAULTS, FaultSpec, SimConfig, SimulateError, Simulat
 from stream_processors.alerts import AlertBook
 from stream_processors.config import load_pipeline
 from stream_processors.engine import Engine
+from stream_processors.incidents import IncidentBook
 from stream_processors.processing import run_hardware
 from stream_processors.rules import build_rule
 from trainmon import cli
@@ -178,6 +179,27 @@ def test_dead_node_goes_silent_and_its_run_hangs_elsewhere() -> None:
     assert sorted(e["rank"] for e in of(events, "run_end")) == [0, 1]
 
 
+def test_each_rank_names_its_pid_and_its_node_lists_it_as_the_daemon_does() -> None:
+    events = simulate(duration=5)
+    pids = {(e["host"], e["run"], e["pid"]) for e in of(events, "run_start")}
+    assert len({pid for _, _, pid in pids}) == 4
+    for sample in of(events, "system"):
+        listed = {(sample["host"], p["run"], p["pid"]) for p in sample["processes"]}
+        assert listed == {p for p in pids if p[0] == sample["host"]}
+        assert {p["pid"] for g in sample["gpus"] for p in g["processes"]} == {pid for _, _, pid in listed}
+
+
+def test_a_dead_ranks_process_leaves_its_nodes_lists_and_a_dead_node_sends_no_sample() -> None:
+    events = simulate(duration=20, faults=["dead_rank@run-1/1:10", "dead_node@node-2:10"])
+    dead = of(events, "run_start", rank=1)[0]
+    for sample in of(events, "system", host="sim-node-01"):
+        gone = sample["time"] >= T0 + 10  # injected before that instant's sample
+        assert sample["runs"] == [dead["run"]]  # rank 0 of the run lives on there
+        assert (dead["pid"] in {p["pid"] for p in sample["processes"]}) is not gone
+        assert ("processes" in sample["gpus"][1]) is not gone
+    assert not [e for e in of(events, "system", host="sim-node-02") if e["time"] > T0 + 10]
+
+
 def test_straggler_doubles_one_ranks_step_time() -> None:
     events = simulate(nodes=1, gpus=4, runs=1, duration=20, faults=["straggler@run-1/2:5"])
     late = [e for e in of(events, "metrics") if e["time"] > T0 + 5]
@@ -209,24 +231,44 @@ def test_memory_pressure_fills_host_memory_too() -> None:
 # --- faults: the shipped rules they trip -------------------------------------------------------------------
 
 
-def firing(stream: Iterable[dict | tuple[float, dict]]) -> list[dict]:
-    """Every firing alert when the events go through the shipped pipeline's engine, in the order
-    given. An item is an event or (time published, event): the engine's `now` for it is the time it
-    is published at (the processors' read time), or its own time; the engine is ticked each second
-    on that same clock. System samples also feed the run_hardware summaries the processors derive
-    for the stall rule."""
+def alerts(stream: Iterable[dict | tuple[float, dict]]) -> list[dict]:
+    """Every alert event (firing and resolved) when the events go through the shipped pipeline's
+    engine, in the order given. An item is an event or (time published, event): the engine's `now`
+    for it is the time it is published at (the processors' read time), or its own time; the engine is
+    ticked each second on that same clock. System samples also feed the run_hardware summaries the
+    processors derive for the stall rule."""
     engine = Engine([build_rule(spec) for spec in load_pipeline().rules], AlertBook(repeat_interval_s=3600))
-    fired: list[dict] = []
+    made: list[dict] = []
     tick = T0 + 1
     for item in stream:
         now, event = item if isinstance(item, tuple) else (item["time"], item)
         while tick <= now:
-            fired += [a for a in engine.on_tick(tick) if a["state"] == "firing"]
+            made += engine.on_tick(tick)
             tick += 1
         derived = run_hardware(event) if event["kind"] == "system" else []
         for each in (event, *derived):
-            fired += [a for a in engine.on_event(each, now) if a["state"] == "firing"]
-    return fired
+            made += engine.on_event(each, now)
+    return made
+
+
+def firing(stream: Iterable[dict | tuple[float, dict]]) -> list[dict]:
+    return [alert for alert in alerts(stream) if alert["state"] == "firing"]
+
+
+def pages(made: list[dict]) -> list[dict]:
+    """The latest firing notification of each incident when the alerts go through the shipped
+    incident book as they are made (its clock: the alerts' times, ticked each second)."""
+    spec = load_pipeline().incidents
+    assert spec is not None
+    book, out = IncidentBook(spec), []
+    tick = T0 + 1
+    for alert in made:
+        while tick <= alert["time"]:
+            out += book.tick(tick)
+            tick += 1
+        out += book.add(alert, alert["time"])
+    out += book.tick(tick + spec.group_wait_s)
+    return list({n["incident"]: n for n in out if n["state"] == "firing"}.values())
 
 
 def alerts_of(stream: Iterable[dict | tuple[float, dict]]) -> set[str]:
@@ -251,12 +293,19 @@ def test_each_fault_trips_its_shipped_rule_and_nothing_else(fault: str, seconds:
     slow = fault in ("stall", "idle_gpu")  # 5 minutes of steps: fewer of them keeps the test quick
     events = timeline(nodes=2, gpus=4, runs=2, duration=seconds, step_interval=0.25 if slow else 0.05,
                       faults=[fault])
-    assert alerts_of(events) == FAULT_RULES[fault]
+    made = alerts(events)
+    assert {a["rule"] for a in made if a["state"] == "firing"} == FAULT_RULES[fault]
+    # one page per root cause: GPU and host memory filling are two resources, two pages
+    assert len(pages(made)) == (2 if fault == "memory_pressure" else 1), pages(made)
 
 
-def test_a_dead_node_stalls_the_run_it_shared_with_another_node() -> None:
+def test_a_dead_node_stalls_the_run_it_shared_with_another_node_and_is_one_page() -> None:
     events = timeline(nodes=2, gpus=4, runs=1, duration=45, step_interval=0.25, faults=["dead_node"])
-    assert alerts_of(events) == {"node_silent", "rank_heartbeat_lost", "run_stalled"}
+    made = alerts(events)
+    assert {a["rule"] for a in made if a["state"] == "firing"} == {"node_silent", "rank_heartbeat_lost", "run_stalled"}
+    (page,) = pages(made)
+    assert page["rule"] == "node_silent"
+    assert {m["rule"] for m in page["members"]} == {"node_silent", "rank_heartbeat_lost", "run_stalled"}
 
 
 def test_a_healthy_cluster_trips_no_shipped_rule_in_twenty_minutes() -> None:
