@@ -29,6 +29,7 @@ FIRING_RULE = "gpu_temperature_high"
 FIRING_HOST_RULE = "node_silent"
 FIRING_RUN_RULE = "straggler"
 RESOLVED_RULE = "gpu_memory_high"
+INCIDENT = "inc-seeded"  # fp-hot and fp-straggler: the straggler is on the hot GPU's host
 METRICS = ["loss", "val_loss", "accuracy", "val_accuracy", "lr", "precision", "recall", "f1"]
 
 
@@ -210,6 +211,13 @@ def _alerts(client: Any, now: datetime, out: Seeded) -> None:
     for attempt, outcome in ((1, "retrying"), (2, "retrying"), (3, "failed")):
         deliveries.append(["fp-hot", FIRING_RULE, "firing", "slack-oncall", "slack", attempt, outcome, 503,
                            "HTTP 503 Service Unavailable", 150.0, starts, starts + timedelta(seconds=attempt)])
+    # the straggler runs on the hot GPU's host: one incident, the temperature its likely cause
+    client.insert("incidents", [[
+        INCIDENT, "firing", FIRING_RULE, "critical", f"GPU {hot_gpu} on {hot_host} at 88 °C (explains 1 {FIRING_RUN_RULE})",
+        f"{FIRING_RULE}: GPU {hot_gpu} on {hot_host} at 88 °C", "", "", [hot_host], [LIVE_RUN], ["fp-straggler", "fp-hot"],
+        [FIRING_RUN_RULE, FIRING_RULE], 2, now - timedelta(minutes=30), None, now - timedelta(minutes=12)]],
+        column_names=["incident", "state", "rule", "severity", "summary", "cause", "project", "run", "hosts", "runs",
+                      "members", "member_rules", "members_total", "starts_at", "ends_at", "time"])
     client.insert("alerts", rows, column_names=[
         "fingerprint", "rule", "state", "severity", "project", "run", "labels", "annotations", "values",
         "starts_at", "ends_at", "time"])

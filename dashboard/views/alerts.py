@@ -90,6 +90,7 @@ def incidents_table(incidents: pd.DataFrame, history: pd.DataFrame) -> None:
                  column_config={"started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm:ss"),
                                 "cause": st.column_config.TextColumn("likely cause", width="large")})
     chosen = st.selectbox("Members of incident", [r["id"] for r in rows], index=None, placeholder="pick an incident",
+                          key="incident",
                           format_func=lambda i: next(f"{r['id']}: {r['cause'][:90]}" for r in rows if r["id"] == i))
     if chosen is not None:
         members = list(incidents.loc[incidents["incident"] == chosen, "members"].iloc[0])

@@ -307,20 +307,28 @@ def test_cluster_colours_by_temperature(app) -> None:
 
 # ---------------------------------------------------------------- alerts
 
-def test_alerts_page_shows_firing_alerts_history_and_deliveries(app) -> None:
+def test_alerts_page_shows_incidents_firing_alerts_history_and_deliveries(app) -> None:
     at = app("alerts")
     assert metric(at, "Firing now") == "3"
-    firing = at.dataframe[0].value
+    incidents = at.dataframe[0].value
+    (incident,) = incidents.to_dict("records")
+    assert (incident["id"], incident["state"], incident["alerts"]) == (seed.INCIDENT, "firing", 2)
+    assert incident["cause"].startswith(f"GPU {seed.HOT[1]} on {seed.HOT[0]}") and incident["runs"] == seed.LIVE_RUN
+    firing = at.dataframe[1].value
     assert set(firing["rule"]) == {seed.FIRING_RULE, seed.FIRING_HOST_RULE, seed.FIRING_RUN_RULE}
     assert set(firing["state"]) == {"firing"}
-    history = at.dataframe[1].value
+    history = at.dataframe[2].value
     assert seed.RESOLVED_RULE in set(history["rule"])
     links = set(firing["open"])
     assert f"run?project={seed.PROJECT}&run={seed.LIVE_RUN}" in links
     assert f"host?host={seed.HOT[0]}" in links
-    deliveries = at.dataframe[2].value
+    deliveries = at.dataframe[3].value
     assert {"delivered", "retrying", "failed"} <= set(deliveries["outcome"])
     assert metric(at, "Failed") == "1"
+    at.selectbox(key="incident").set_value(seed.INCIDENT).run()  # its members, from the alerts table
+    assert not at.exception
+    members = at.dataframe[1].value  # under the incidents
+    assert sorted(members["rule"]) == sorted([seed.FIRING_RULE, seed.FIRING_RUN_RULE])
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -331,7 +339,7 @@ def test_alerts_page_shows_firing_alerts_history_and_deliveries(app) -> None:
 ])
 def test_alerts_filters(app, field, value, expected) -> None:
     at = app("alerts", **{field: value})
-    assert set(at.dataframe[0].value["rule"]) == expected
+    assert set(at.dataframe[1].value["rule"]) == expected  # after the incidents (in scope of every filter)
 
 
 # ---------------------------------------------------------------- host
