@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import trainmon
-from agent import environment, registry
+from agent import checkpoint_pauses, environment, registry
 from agent.identity import Identity, resolve, safe_id
 from trainmon import TrainmonWarning
 from trainmon.contract import MAX_EVENT_BYTES, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_VALUES, RUN_STATUSES, SCHEMA_VERSION
@@ -783,6 +783,9 @@ def init(project: str | None = None, name: str | None = None, config: Any = None
         run._start(_start_fields(run, config, tags))
         _active.add(run)
         _install_hooks()
+        for name in checkpoint_pauses.install(lambda: _active):
+            log.info("trainmon: %s runs inside run.pause(%r) (%s=0 turns it off)", name, checkpoint_pauses.PHASE,
+                     checkpoint_pauses.ENV)
     except Exception as exc:
         run._internal_error("init", exc)
     log.info("trainmon: run %s (project %s, rank %d/%d, run id from %s)", identity.run, identity.project,

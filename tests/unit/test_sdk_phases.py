@@ -152,3 +152,82 @@ def test_an_array_as_name_is_a_bad_name_not_an_internal_error(publisher: FakePub
     with pytest.warns(TrainmonWarning, match=r"ignored: expected string, got ndarray"):
         run.phase(np.array(["eval"]))
     assert run.current_phase is None and beats(publisher) == []
+
+
+# --- checkpoint saves pause by themselves (agent/checkpoint_pauses.py) -------------------------------
+# torch is not a dependency of trainmon (issue 12 brings the framework integrations): a stand-in module
+# with torch's save signatures sits at the boundary, in sys.modules as `import torch` leaves it.
+
+
+@pytest.fixture
+def torch_modules(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """Stand-ins for torch and torch.distributed.checkpoint whose save records the run's phase then."""
+    import sys
+    import types
+
+    seen: dict[str, list[Any]] = {"torch": [], "dcp": []}
+    torch, dcp = types.ModuleType("torch"), types.ModuleType("torch.distributed.checkpoint")
+
+    def torch_save(obj: Any, f: Any, pickle_module: Any = None) -> None:
+        seen["torch"].append([run.current_phase for run in sdk._active])
+        if hasattr(f, "write"):
+            f.write(b"x")
+
+    def dcp_save(state_dict: Any, *, checkpoint_id: Any = None) -> None:
+        seen["dcp"].append([run.current_phase for run in sdk._active])
+
+    torch.save, dcp.save = torch_save, dcp_save
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch.distributed.checkpoint", dcp)
+    return seen
+
+
+def test_a_checkpoint_save_to_a_file_is_an_expected_pause(publisher: FakePublisher, torch_modules, tmp_path) -> None:
+    import io
+    import sys
+
+    run = start(publisher)
+    run.phase("eval")
+    torch = sys.modules["torch"]
+    torch.save({"w": 1}, str(tmp_path / "ckpt.pt"))
+    with open(tmp_path / "ckpt2.pt", "wb") as f:
+        torch.save({"w": 1}, f)
+    torch.save({"w": 1}, io.BytesIO())  # in memory: quick, often per step, not a pause
+    sys.modules["torch.distributed.checkpoint"].save({"w": 1}, checkpoint_id=str(tmp_path / "dcp"))
+    assert torch_modules == {"torch": [["checkpoint"], ["checkpoint"], ["eval"]], "dcp": [["checkpoint"]]}
+    assert phases(publisher) == ["eval", "checkpoint", "eval", "checkpoint", "eval", "checkpoint", "eval"]
+    trainmon.init("llm", publisher=publisher, heartbeat_s=60.0)  # a second init does not wrap twice
+    torch.save({"w": 1}, str(tmp_path / "ckpt3.pt"))
+    assert torch_modules["torch"][-1] == ["checkpoint", "checkpoint"] and len(torch_modules["torch"]) == 4
+    run.finish()
+
+
+def test_auto_pause_can_be_turned_off(publisher: FakePublisher, torch_modules, tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setenv("TRAINMON_AUTO_PAUSE", "0")
+    run = start(publisher)
+    sys.modules["torch"].save({"w": 1}, str(tmp_path / "ckpt.pt"))
+    assert torch_modules["torch"] == [[None]] and phases(publisher) == []
+    run.finish()
+
+
+def test_a_save_after_the_run_finished_or_failing_leaves_training_alone(publisher: FakePublisher, torch_modules,
+                                                                        tmp_path) -> None:
+    import sys
+
+    run = start(publisher)
+    torch = sys.modules["torch"]
+    run.finish()
+    torch.save({"w": 1}, str(tmp_path / "ckpt.pt"))  # no open run: the save just runs
+    assert torch_modules["torch"] == [[]]
+
+    def broken(obj: Any, f: Any) -> None:
+        raise OSError("disk full")
+
+    sys.modules["torch"].save = broken
+    run = start(publisher)
+    with pytest.raises(OSError, match="disk full"):  # the save's own error reaches the caller
+        sys.modules["torch"].save({"w": 1}, str(tmp_path / "ckpt.pt"))
+    assert run.current_phase is None  # and the pause ended with it
+    run.finish()
