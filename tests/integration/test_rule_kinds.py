@@ -1,6 +1,6 @@
 """Every alert rule kind against the real stack: a crafted stream makes it fire, then resolve.
 
-One `trainmon process` worker (its own consumer group) runs a pipeline file with all nine kinds on
+One `trainmon process` worker (its own consumer group) runs a pipeline file with all ten kinds on
 durations of seconds, and two routes: a signed webhook to a local Receiver, and the `alertmanager`
 route to a real Alertmanager (Debian's prometheus-alertmanager, a second instance of our own under a
 temporary home) whose webhook receiver is another local Receiver. The real agent publisher sends
@@ -69,6 +69,10 @@ rules:
     kind: divergence
     selector: {{train: loss, val: val_loss, rank: 0}}
     params: {{mode: opposite, patience: 2, alpha: 1.0}}
+  - name: loss_spike
+    kind: spike
+    selector: {{metrics: [loss], rank: 0}}
+    params: {{window: 20, min_points: 10, z: 6}}
   - name: run_stalled
     kind: stalled
     severity: critical
@@ -297,6 +301,23 @@ def play_divergence(s: Stream, sc: Scenario) -> None:
     s.end_run(run, [0], alive)
 
 
+def play_spike(s: Stream, sc: Scenario) -> None:
+    (run,) = sc.runs
+    step = 0
+
+    def train(loss: float) -> Callable[[], None]:
+        def send() -> None:
+            nonlocal step
+            step += 1
+            s.publish(metrics(step, now(), run, 0, host=f"{run}-h0", loss=loss + 0.01 * (step % 3)))
+        return send
+
+    for _ in range(12):  # 10 values before any verdict: the warm-up
+        train(1.0)()
+    s.fire_then_resolve(sc.expects, train(9.0), train(1.0))  # one value 800 robust sigmas up, then normal again
+    s.end_run(run, [0], lambda: s.publish(heartbeat(now(), run, 0, host=f"{run}-h0")))
+
+
 def play_stalled(s: Stream, sc: Scenario) -> None:
     (run,), (host,) = sc.runs, sc.hosts
     step = 0
@@ -429,6 +450,8 @@ def scenarios() -> list[Scenario]:
                  [Expect("loss_plateau", {"run": r("plateau"), "metric": "loss"})], runs=(r("plateau"),)),
         Scenario("divergence", "divergence", play_divergence,
                  [Expect("overfitting", {"run": r("diverge"), "metric": "val_loss"})], runs=(r("diverge"),)),
+        Scenario("spike", "spike", play_spike,
+                 [Expect("loss_spike", {"run": r("spike"), "metric": "loss"})], runs=(r("spike"),)),
         Scenario("stalled", "stalled", play_stalled,
                  [Expect("run_stalled", {"run": r("stall")})], runs=(r("stall"),), hosts=(r("stall-h"),)),
         Scenario("heartbeat_lost", "rank_lost", play_rank_lost,
@@ -451,8 +474,8 @@ def scenarios() -> list[Scenario]:
     ]
 
 
-KINDS = ["threshold", "non_finite", "plateau", "divergence", "stalled", "heartbeat_lost", "idle_gpu", "straggler",
-         "hardware_errors"]
+KINDS = ["threshold", "non_finite", "plateau", "divergence", "spike", "stalled", "heartbeat_lost", "idle_gpu",
+         "straggler", "hardware_errors"]
 
 
 # --- fixtures ------------------------------------------------------------------------------------
