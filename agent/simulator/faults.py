@@ -63,7 +63,7 @@ class NonFinite(RunFault):
 class PlateauFault(RunFault):
     name = "plateau"
     summary = "training and validation loss stop improving"
-    trips = "loss_plateau after 1,000 more steps (50 s at the default --step-interval 0.05)"
+    trips = "loss_plateau once the last 40 % of the run is mostly flat (10-30 s early in a run; later ~0.4 x its age)"
 
     def inject(self, run: Run, index: int | None) -> None:
         run.curve = Plateau.of(run.curve, run.step or 0)
@@ -72,7 +72,7 @@ class PlateauFault(RunFault):
 class OverfittingFault(RunFault):
     name = "overfitting"
     summary = "validation loss rises while training loss falls faster (memorising)"
-    trips = "overfitting after 3-4 validation points (about 20 s at the defaults)"
+    trips = "overfitting at the 2nd or 3rd validation point (about 30-45 s at the defaults)"
 
     def inject(self, run: Run, index: int | None) -> None:
         run.curve = Overfitting.of(run.curve, run.step or 0)

@@ -278,17 +278,17 @@ def test_worker_sigkilled_mid_plateau_fires_at_the_step_it_would_have_and_resolv
     with Receiver([200] * 20) as receiver:
         pipeline = plateau_pipeline(tmp_path, receiver.url, patience)
         reference = Processing(load_pipeline(pipeline), MemorySink(), UnitDispatcher())
-        expected = [(a["state"], a["starts_at"], a["values"].get("evaluations"))
+        expected = [(a["state"], a["starts_at"], a["values"].get("steps"))
                     for i, e in enumerate(events) for a in reference.handle(
                         [Message("t.metrics" if e["kind"] == "metrics" else "t.runs", 0, i, b"k", encode(e))]).alerts]
-        fires_at = t0 + (100 + patience - 1) * 0.01  # the 150th value without improvement
+        fires_at = t0 + 155 * 0.01  # the window (40 % of the run, at least 150 values) 55 steps into the stall
         assert [(s, round(t, 6)) for s, t, _ in expected] == [("firing", round(fires_at, 6)),
                                                               ("resolved", round(fires_at, 6))]
         first = start_worker(own_topics, pipeline, group, tmp_path / "first.log")
         second = None
         try:
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
-            killed_at = 100 + patience // 2  # mid-plateau: 75 of the 150 stale values counted
+            killed_at = 130  # mid-plateau: 30 stale values counted, 25 steps before it fires
             for event in events[:killed_at + 2]:
                 publisher.publish(event)
             assert publisher.flush(30)
@@ -304,7 +304,7 @@ def test_worker_sigkilled_mid_plateau_fires_at_the_step_it_would_have_and_resolv
             assert publisher.flush(30)
             wait_until(lambda: "resolved" in states(receiver, run), 90, "the plateau's resolve after the takeover")
             time.sleep(3)  # a duplicate firing or resolve would arrive by now
-            got = [(r.json()["state"], r.json()["starts_at"], r.json()["values"].get("evaluations"))
+            got = [(r.json()["state"], r.json()["starts_at"], r.json()["values"].get("steps"))
                    for r in list(receiver.requests) if r.json().get("run") == run]
             assert [(s, round(t, 6), n) for s, t, n in got] == [(s, round(t, 6), n) for s, t, n in expected]
             assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", r=run) == len(losses)

@@ -64,14 +64,14 @@ rules:
     kind: plateau
     severity: info
     selector: {{metric: loss, rank: 0}}
-    params: {{mode: min, patience: 3}}
+    params: {{mode: min, patience: 8}}
   - name: overfitting
     kind: divergence
     selector: {{train: loss, val: val_loss, rank: 0}}
-    params: {{mode: opposite, patience: 2, alpha: 1.0}}
+    params: {{mode: opposite, patience: 2}}
   - name: loss_spike
     kind: spike
-    selector: {{metrics: [loss], rank: 0}}
+    selector: {{metrics: [grad_norm], rank: 0}}
     params: {{window: 20, min_points: 10, z: 6}}
   - name: run_stalled
     kind: stalled
@@ -279,7 +279,7 @@ def play_non_finite(s: Stream, sc: Scenario) -> None:
 
 def play_plateau(s: Stream, sc: Scenario) -> None:
     (run,) = sc.runs
-    losses = [1.0, 0.8, 0.6, 0.6, 0.61, 0.6]  # three evaluations without a new best
+    losses = [1.0, 0.8, 0.6] + [0.6] * 9  # then flat: fires at step 9, its window of 8 values no better in its newer half
     for step, loss in enumerate(losses):
         s.publish(metrics(step, now(), run, 0, host=f"{run}-h0", loss=loss))
     alive = lambda: s.publish(heartbeat(now(), run, 0, host=f"{run}-h0"))  # noqa: E731
@@ -305,11 +305,11 @@ def play_spike(s: Stream, sc: Scenario) -> None:
     (run,) = sc.runs
     step = 0
 
-    def train(loss: float) -> Callable[[], None]:
+    def train(norm: float) -> Callable[[], None]:
         def send() -> None:
             nonlocal step
             step += 1
-            s.publish(metrics(step, now(), run, 0, host=f"{run}-h0", loss=loss + 0.01 * (step % 3)))
+            s.publish(metrics(step, now(), run, 0, host=f"{run}-h0", grad_norm=norm + 0.01 * (step % 3)))
         return send
 
     for _ in range(12):  # 10 values before any verdict: the warm-up
@@ -451,7 +451,7 @@ def scenarios() -> list[Scenario]:
         Scenario("divergence", "divergence", play_divergence,
                  [Expect("overfitting", {"run": r("diverge"), "metric": "val_loss"})], runs=(r("diverge"),)),
         Scenario("spike", "spike", play_spike,
-                 [Expect("loss_spike", {"run": r("spike"), "metric": "loss"})], runs=(r("spike"),)),
+                 [Expect("loss_spike", {"run": r("spike"), "metric": "grad_norm"})], runs=(r("spike"),)),
         Scenario("stalled", "stalled", play_stalled,
                  [Expect("run_stalled", {"run": r("stall")})], runs=(r("stall"),), hosts=(r("stall-h"),)),
         Scenario("heartbeat_lost", "rank_lost", play_rank_lost,
@@ -646,7 +646,7 @@ def test_specific_firing_details(outcome: Outcome) -> None:
     assert firing["node_silent/"]["values"]["silent_s"] > TIMEOUT_S
     assert firing["straggler/"]["values"]["ratio"] == 3.0
     assert firing["loss_non_finite/"]["values"]["rank"] == 1 and firing["loss_non_finite/"]["severity"] == "critical"
-    assert firing["loss_plateau/"]["values"]["evaluations"] == 3
+    assert firing["loss_plateau/"]["values"]["steps"] == 8.0
     assert firing["overfitting/"]["values"]["evaluations"] == 2
     assert firing["gpu_hardware/ecc_uncorrected"]["values"]["increase"] == 2
     assert firing["gpu_temperature_high/"]["annotations"]["summary"] == f"GPU 0 on {TAG}-thr-h at 92 C"
