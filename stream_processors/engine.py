@@ -11,10 +11,14 @@ run) is watched as new.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 from stream_processors.alerts import AlertBook
 from stream_processors.rules.base import Rule
+from stream_processors.snapshots import retired_in
+
+log = logging.getLogger("trainmon.processors")
 
 ENDED_MEMORY_S = 3600.0  # how long an ended run's end time is kept to drop its stragglers
 
@@ -89,8 +93,13 @@ class Engine:
     def restore(self, state: Mapping[str, Any]) -> None:
         for rule in self.rules:
             kind, fields = state["rules"].get(rule.spec.name, (None, None))
-            if kind == rule.kind:  # a rule whose kind changed starts afresh
-                vars(rule).update(fields)
+            if kind != rule.kind:  # a rule whose kind changed starts afresh
+                continue
+            if retired_in(fields):
+                log.warning("rule %s: its state in the snapshot is of another version; it starts afresh",
+                            rule.spec.name)  # an upgrade reshaped it: the other rules keep theirs
+                continue
+            vars(rule).update(fields)
         self.book.restore(state["alerts"], {rule.spec.name: rule.spec for rule in self.rules})
         self._ended = dict(state["ended"])
 

@@ -2,7 +2,9 @@
 
 Pickle, because the state is plain dataclasses, dicts, sets and deques of this package; but read back
 through an unpickler that resolves only those (dataclasses of stream_processors, a few builtins and
-containers), so a forged message on the topic cannot name any other callable. zlib-compressed; a header names the format, the consumer
+containers), so a forged message on the topic cannot name any other callable; a state class this
+version no longer has loads as `Retired`, so an upgrade that reshapes one rule's state resets that
+rule, not the partition. zlib-compressed; a header names the format, the consumer
 group and the partition, so a snapshot is never applied to the wrong place.
 """
 
@@ -12,6 +14,7 @@ import dataclasses
 import io
 import pickle
 import zlib
+from collections import deque
 from typing import Any
 
 MAGIC = b"TMS1"
@@ -25,12 +28,39 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be used: wrong format, group or partition, or a forbidden type."""
 
 
+class Retired:
+    """Stands for a state class of stream_processors that this version no longer has (a rule's state
+    reshaped by an upgrade): the snapshot still loads, and whoever restores from it (Engine.restore)
+    starts only the part holding one afresh, not the whole partition."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def retired_in(value: Any, depth: int = 0) -> bool:
+    """Whether a restored value holds a Retired anywhere (containers and dataclasses, a few levels)."""
+    if isinstance(value, Retired):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, dict):
+        return any(retired_in(k, depth + 1) or retired_in(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset, deque)):
+        return any(retired_in(v, depth + 1) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(retired_in(getattr(value, f.name, None), depth + 1) for f in dataclasses.fields(value))
+    return False
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module == "builtins" and name in _BUILTINS) or (module, name) in _ALLOWED:
             return super().find_class(module, name)
         if module.startswith("stream_processors."):
-            found = super().find_class(module, name)
+            try:
+                found = super().find_class(module, name)
+            except (AttributeError, ImportError):  # written by a version whose class is gone
+                return Retired
             if isinstance(found, type) and dataclasses.is_dataclass(found):
                 return found
         raise SnapshotError(f"snapshot names {module}.{name}, which is not processor state")

@@ -323,3 +323,42 @@ def test_a_topic_read_ahead_of_the_metrics_backlog_makes_none_of_it_late(wall):
     proc.tick()
     written = [r for b in proc.sink.batches for r in b.rows["window_aggregates"] if r["name"] == "loss"]
     assert sum(r["count"] for r in written) == 20 and state.windows.late_events == 0
+
+
+def test_an_upgrade_that_retires_a_rules_state_class_resets_that_rule_and_keeps_the_rest(wall, monkeypatch):
+    """A snapshot written by a version whose plateau kept its state in a class this version no longer
+    has: the partition's other rules, its alerts and its offsets are restored, the plateau starts afresh."""
+    import dataclasses
+    import sys
+    import types
+
+    from stream_processors.snapshots import Retired, dumps
+
+    module = types.ModuleType("stream_processors.rules.old_plateau_state")
+
+    @dataclasses.dataclass
+    class Track:  # the retired version's per-run state
+        best: float = 0.0
+
+    Track.__module__, Track.__qualname__ = module.__name__, "Track"
+    module.Track = Track
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    proc, _ = make()
+    feed = Feed()
+    proc.handle(feed(metrics(0, T, loss="NaN")))  # loss_nan fires: its alert is in the book
+    state = proc.partitions[0].state()
+    plateau = next(rule for rule in proc.partitions[0].engines["run"].rules if rule.spec.name == "loss_plateau")
+    fields = state["engines"]["run"]["rules"]["loss_plateau"][1]
+    fields[next(iter(fields))] = {"r1": Track(0.5)}
+    data = dumps("trainmon-processors", 0, (1, 1), state)
+    monkeypatch.delitem(sys.modules, module.__name__)  # the upgrade: the class is gone
+    _, loaded = loads(data, "trainmon-processors", 0)
+    assert isinstance(next(iter(loaded["engines"]["run"]["rules"]["loss_plateau"][1].values()))["r1"], Retired)
+    restored, _ = make({0: data})
+    restored.assign([0])
+    state = restored.partitions[0]
+    assert state.applied == proc.partitions[0].applied  # offsets, book and the other rules kept
+    assert [a["rule"] for a in state.engines["run"].book.firing()] == ["loss_nan"]
+    fresh = next(rule for rule in state.engines["run"].rules if rule.spec.name == "loss_plateau")
+    assert {k: v for k, v in vars(fresh).items() if k.startswith("_")} == {
+        k: v for k, v in vars(type(plateau)(plateau.spec)).items() if k.startswith("_")}
