@@ -7,7 +7,9 @@ and one route, a local webhook that timestamps every arrival.
 1. faults, --repeats times: one simulation (agent/simulator, in this process, through the agent's
    Publisher) with a run on a node of its own for every fault kind; each kind is injected into its own
    run or node at --inject-at s, once every rule has learned the cadences. A fault's delay is from the
-   wall time the simulator injected it to the arrival of the first page (an incident's notification,
+   wall time the simulator injected it (a NaN: the first non-finite value published, since a NaN
+   injected while the run evaluates reaches the data only when it trains again; the delay from the
+   injection is reported too) to the arrival of the first page (an incident's notification,
    stream_processors/incidents.py) with an alert of its detecting rule about its run or host among
    its members; its pages are the incidents with a member about its run or host (a dead node is also
    its ranks' and its run's); a page about nothing injected is unexpected.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import statistics
 import subprocess
@@ -40,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.publisher import Publisher  # noqa: E402
 from agent.simulator import FaultSpec, SimConfig, Simulation  # noqa: E402
 from agent.simulator.faults import FAULTS, Planned  # noqa: E402
 from bench.pipeline import bench_settings, pipeline_file, say, start_worker, write_figures  # noqa: E402
@@ -67,7 +71,8 @@ class Injected:
     run: str | None  # the run a run fault hit
     host: str  # the node a node fault hit, or the run's node
     runs_on_host: set[str]
-    at: float = 0.0  # wall time injected
+    at: float = 0.0  # wall time the fault is in the data: injected, or for a NaN its first publication
+    injected_at: float = 0.0
     delay_s: float | None = None
     pages: dict[str, str] = field(default_factory=dict)  # fingerprint -> rule of each firing alert about it
 
@@ -112,12 +117,32 @@ def injected(planned: Planned) -> Injected:
     return Injected(planned.fault.name, None, subject.host, {rank.run.id for rank in subject.ranks})
 
 
+class FirstNaN:
+    """The simulator's publisher, noting when each run's first non-finite value is published: a NaN
+    injected while a run evaluates exists in the data only once it trains and logs again."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher, self.at = publisher, {}
+
+    def publish(self, event: dict) -> bool:
+        if event["kind"] == "metrics" and event["run"] not in self.at and not all(
+                math.isfinite(v) for v in event["values"].values() if isinstance(v, float)):
+            self.at[event["run"]] = time.time()
+        return self.publisher.publish(event)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.publisher.close(timeout_s)
+
+
 def simulate(args: argparse.Namespace, settings, workdir: Path, project: str, faults: tuple[FaultSpec, ...],
-             minutes: float) -> Simulation:
-    simulation = Simulation(settings, cluster_config(args, project, faults, minutes),
-                            spool_dir=workdir / f"spool-{project}")
-    simulation.run(threading.Event())
-    return simulation
+             minutes: float) -> tuple[Simulation, FirstNaN]:
+    sink = FirstNaN(Publisher(settings, spool_dir=workdir / f"spool-{project}"))
+    simulation = Simulation(settings, cluster_config(args, project, faults, minutes), sink=sink)
+    try:
+        simulation.run(threading.Event())
+    finally:
+        sink.close()
+    return simulation, sink
 
 
 def firing(receiver: Receiver, project: str, since: int) -> list[tuple[float, dict]]:
@@ -137,14 +162,15 @@ def fault_round(args: argparse.Namespace, settings, workdir: Path, receiver: Rec
     since = len(receiver.requests)
     say(f"round {round_ + 1}: {len(DETECTOR)} faults at {args.inject_at:g} s, {args.fault_seconds:g} s in all...")
     try:
-        simulation = simulate(args, settings, workdir, project, fault_specs(args), args.fault_seconds / 60)
+        simulation, sink = simulate(args, settings, workdir, project, fault_specs(args), args.fault_seconds / 60)
     finally:
         logging.getLogger("trainmon.simulate").removeHandler(times)
     time.sleep(args.settle)  # the last alerts reach the webhook
     faults = []
     for planned in simulation.faults:
         fault = injected(planned)
-        fault.at = times.times[planned.describe()]
+        fault.injected_at = times.times[planned.describe()]
+        fault.at = sink.at.get(fault.run, fault.injected_at) if fault.kind == "nan" else fault.injected_at
         faults.append(fault)
     unexpected = set()
     for wall, page in firing(receiver, project, since):
@@ -170,7 +196,7 @@ def clean_round(args: argparse.Namespace, settings, workdir: Path, receiver: Rec
     project = f"clean-{uuid.uuid4().hex[:4]}"
     since = len(receiver.requests)
     say(f"clean: {args.clean_minutes:g} min without faults...")
-    simulation = simulate(args, settings, workdir, project, (), args.clean_minutes)
+    simulation, _ = simulate(args, settings, workdir, project, (), args.clean_minutes)
     time.sleep(args.settle)
     pages = {a["fingerprint"] for _, a in firing(receiver, project, since)}
     for _, alert in firing(receiver, project, since):
@@ -192,6 +218,9 @@ def summarise(rounds: list[list[Injected]], unexpected: int, false_pages: int, r
             figures[f"{kind}_delay_max_s"] = max(delays)
         figures[f"{kind}_detected"] = float(len(delays))
         figures[f"{kind}_pages_max"] = float(max(pages))
+    from_injection = [f.delay_s + f.at - f.injected_at for r in rounds for f in r if f.kind == "nan" and f.delay_s]
+    if from_injection:
+        figures["nan_from_injection_p50_s"] = statistics.median(from_injection)
     figures["detected_ratio"] = detected / injected_count
     figures["unexpected_pages"] = float(unexpected)
     figures["false_pages"] = float(false_pages)
