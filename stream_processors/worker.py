@@ -9,6 +9,28 @@ from pathlib import Path
 from trainmon.settings import Settings
 
 
+def check(settings: Settings, pipeline_path: Path | None = None) -> str:
+    """`trainmon process --check`: the pipeline file read and every rule, route and incident edge built,
+    as a worker would at start, without Kafka or ClickHouse; PipelineConfigError names file, line
+    and key. Returns what a worker would run."""
+    from collections import Counter
+
+    from stream_processors.config import DEFAULT_PIPELINE, load_pipeline
+
+    path = pipeline_path or DEFAULT_PIPELINE
+    pipeline = load_pipeline(path, settings=settings)
+    kinds = Counter(spec.kind for spec in pipeline.rules)
+    incidents = ("off (every alert routed on its own)" if pipeline.incidents is None else
+                 f"{len(pipeline.incidents.causes)} cause edges, group_wait {pipeline.incidents.group_wait_s:g} s")
+    return "\n".join([
+        f"{path}: OK",
+        f"  rules ({len(pipeline.rules)}): " + ", ".join(f"{kind} x{n}" if n > 1 else kind for kind, n in kinds.items()),
+        f"  routes ({len(pipeline.routes)}): " + (", ".join(f"{r.name} ({r.kind})" for r in pipeline.routes) or "none"),
+        f"  windows: {', '.join(f'{w:g} s' for w in pipeline.windows_s)}; repeat interval {pipeline.repeat_interval_s:g} s",
+        f"  incidents: {incidents}",
+    ])
+
+
 def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str = "trainmon-processors",
         web_port: int | None = None, batch_events: int = 5000, loglevel: str = "info", durable_state: bool = True,
         session_timeout_s: float = 6.0) -> None:

@@ -96,6 +96,9 @@ def _session_timeout(text: str) -> float:
 def _process(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     from stream_processors import worker
 
+    if args.check:
+        print(worker.check(settings, args.pipeline))
+        return 0
     worker.run(settings, pipeline_path=args.pipeline, group_id=args.group, web_port=args.web_port,
                batch_events=args.batch_events, loglevel=args.loglevel, durable_state=args.durable_state,
                session_timeout_s=args.session_timeout)
@@ -252,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "worker restarts or a rebalance moves a partition, so alerts can fire again, never "
                          "resolve or be missed, and windows come out short; offsets are committed without "
                          "waiting for a snapshot (at-least-once)")
+    process.add_argument("--check", action="store_true",
+                         help="validate the pipeline file (every rule, route and incident edge built as at "
+                         "start, ${VARIABLES} filled from the settings) and print what a worker would run, "
+                         "then exit: 0 when valid, 2 with the file, line and key of the first mistake. "
+                         "Contacts neither Kafka nor ClickHouse")
     process.set_defaults(handler=_process)
 
     dashboard = commands.add_parser(

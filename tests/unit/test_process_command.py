@@ -51,3 +51,25 @@ def test_without_durable_state_no_snapshot_is_read(tmp_path: Path, durable: bool
     else:
         assert app.processing.snapshot_loader(0) == []
         assert app.processing.assign([0, 1]) is None and sorted(app.processing.partitions) == [0, 1]
+
+
+def test_check_validates_the_shipped_pipeline_without_any_service(capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_processors import worker
+
+    monkeypatch.setattr(worker, "run", lambda settings, **options: pytest.fail("--check started a worker"))
+    monkeypatch.setenv("TRAINMON_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
+    assert cli.main(["process", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{Path(worker.__file__).parent / 'pipeline.yml'}: OK")
+    assert "heartbeat_lost x2" in out and "alertmanager (alertmanager)" in out
+    assert "incidents: 8 cause edges, group_wait 2 s" in out
+
+
+def test_check_names_the_file_line_and_key_of_a_mistake(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "pipeline.yml"
+    path.write_text("rules:\n  - {name: hot, kind: threshold, selector: {figure: temperature_c, scope: gpu},\n"
+                    "     params: {op: '>', value: 85, clera: 80}}\n")
+    assert cli.main(["process", "--check", "--pipeline", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"trainmon: error: {path}:") and "rules[0].params.clera" in err
