@@ -26,7 +26,6 @@ one node's clock 90 s behind; docs/simulate.md), so clean runs are hard and faul
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import signal
 import statistics
@@ -81,18 +80,6 @@ class Injected:
         labels = alert["labels"]
         runs = {alert.get("run"), *labels.get("runs", "").split(",")} - {None, ""}
         return labels.get("host") == self.host or bool(runs & ({self.run} | self.runs_on_host))
-
-
-class InjectionTimes(logging.Handler):
-    """The simulator logs "injecting <fault> on <where> ..." just before it injects: its wall time."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.times: dict[str, float] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == "injecting %s":
-            self.times[str(record.args[0])] = record.created
 
 
 def cluster_config(args: argparse.Namespace, project: str, faults: tuple[FaultSpec, ...], minutes: float) -> SimConfig:
@@ -156,20 +143,14 @@ def firing(receiver: Receiver, project: str, since: int) -> list[tuple[float, di
 def fault_round(args: argparse.Namespace, settings, workdir: Path, receiver: Receiver, round_: int
                 ) -> tuple[list[Injected], int]:
     project = f"det{round_}-{uuid.uuid4().hex[:4]}"
-    times = InjectionTimes()
-    logging.getLogger("trainmon.simulate").addHandler(times)
-    logging.getLogger("trainmon.simulate").setLevel(logging.INFO)
     since = len(receiver.requests)
     say(f"round {round_ + 1}: {len(DETECTOR)} faults at {args.inject_at:g} s, {args.fault_seconds:g} s in all...")
-    try:
-        simulation, sink = simulate(args, settings, workdir, project, fault_specs(args), args.fault_seconds / 60)
-    finally:
-        logging.getLogger("trainmon.simulate").removeHandler(times)
+    simulation, sink = simulate(args, settings, workdir, project, fault_specs(args), args.fault_seconds / 60)
     time.sleep(args.settle)  # the last alerts reach the webhook
     faults = []
     for planned in simulation.faults:
         fault = injected(planned)
-        fault.injected_at = times.times[planned.describe()]
+        fault.injected_at = simulation.injected[planned.describe()]
         fault.at = sink.at.get(fault.run, fault.injected_at) if fault.kind == "nan" else fault.injected_at
         faults.append(fault)
     unexpected = set()

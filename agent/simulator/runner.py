@@ -69,6 +69,7 @@ class Schedule:
         self.cluster = cluster
         self.delivery = delivery
         self._faults = deque(faults)
+        self.injected: dict[str, float] = {}  # fault (its describe()) -> wall time it was injected
         self._started = False
         steps = [_Timer(config.step_interval, cluster.step)] if paced_steps else []
         self._timers = steps + [_Timer(config.interval, cluster.samples, k=1),
@@ -81,6 +82,7 @@ class Schedule:
         while self._faults and self._faults[0].at_s <= elapsed:
             fault = self._faults.popleft()
             log.info("injecting %s", fault.describe())
+            self.injected[fault.describe()] = now  # the instant this batch of events is stamped with
             fault.inject()
         for timer in self._timers:
             if timer.due_at <= elapsed:
@@ -184,6 +186,7 @@ class Simulation:
         self.delivery, self.hazards = install(self.cluster, config.hazards)
         self.report = report
         self.tally = Tally()
+        self.injected: dict[str, float] = {}  # fault (its describe()) -> wall time it was injected
         self.elapsed_s = self.cpu_s = 0.0
         self._last = (0.0, 0, 0, 0.0)  # the previous progress line: elapsed, events, values, cpu
         self._owns_sink = sink is None
@@ -204,6 +207,7 @@ class Simulation:
         config, cluster = self.config, self.cluster
         paced = config.max_rate is None
         schedule = Schedule(cluster, self.faults, paced_steps=paced, delivery=self.delivery)
+        self.injected = schedule.injected
         log.info("simulating %d nodes x %d GPUs, %d runs x %d ranks (%s); faults: %s; hazards: %s", config.nodes,
                  config.gpus, config.runs, config.ranks_per_run, ", ".join(run.id for run in cluster.runs),
                  "; ".join(f.describe() for f in self.faults) or "none", "; ".join(self.hazards) or "none")

@@ -10,7 +10,6 @@ last rank of run 2, kills node 3 and throttles a GPU of node 4; nodes 5 and 6 st
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -35,18 +34,6 @@ FOUND_BY = {"nan": ("loss_non_finite", 15.0), "dead_rank": ("rank_heartbeat_lost
             "dead_node": ("node_silent", 15.0), "throttled_gpu": ("gpu_throttled", 22.5)}
 
 
-class Injections(logging.Handler):
-    """The simulator logs "injecting <fault> on <where>" just before it injects: its wall time."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.at: dict[str, float] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == "injecting %s":
-            self.at[str(record.args[0]).split()[0]] = record.created
-
-
 def about(page: dict[str, Any], run: str | None, host: str) -> list[dict]:
     """The page's members about this run or host."""
     return [m for m in page.get("members") or () if m["labels"].get("host") == host
@@ -63,14 +50,12 @@ def test_faults_among_hazards_page_once_each_in_seconds_and_healthy_nodes_page_n
         pipeline["routes"] = [{"name": "hook", "kind": "webhook", "url": hook.url, "params": {"secret": "s"}}]
         (tmp_path / "pipeline.yml").write_text(yaml.safe_dump(pipeline))
         worker = start_worker(own_topics, tmp_path / "pipeline.yml", f"detection-{project}", tmp_path / "worker.log")
-        injections, simulator_log = Injections(), logging.getLogger("trainmon.simulate")
-        simulator_log.addHandler(injections)
-        simulator_log.setLevel(logging.INFO)
         try:
             simulation = Simulation(own_topics, config, spool_dir=tmp_path / "spool")
             simulation.run(threading.Event())
-            subjects = {}
+            subjects, injected_at = {}, {}
             for planned in simulation.faults:
+                injected_at[planned.fault.name] = simulation.injected[planned.describe()]
                 subject = planned.subject
                 run = subject.id if planned.fault.target == "run" else None
                 host = subject.ranks[0].node.host if run else subject.host
@@ -86,11 +71,10 @@ def test_faults_among_hazards_page_once_each_in_seconds_and_healthy_nodes_page_n
                                      f"pages: {[(p['rule'], [(m['rule'], m['labels']) for m in p['members']]) for _, p in pages()]}")
             time.sleep(3)  # a second page for one of them would have come by now (group_wait 2 s)
         finally:
-            simulator_log.removeHandler(injections)
             stop(worker)
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
     for kind, (rule, allowed_s) in FOUND_BY.items():
-        delay = found(kind)[0] - injections.at[kind]
+        delay = found(kind)[0] - injected_at[kind]
         assert 0 < delay <= allowed_s, f"{kind}: {rule} paged {delay:.1f} s after the fault (allowed {allowed_s})"
         incidents = {p["fingerprint"] for _, p in pages() if about(p, *subjects[kind])}
         assert len(incidents) == 1, f"{kind}: {len(incidents)} pages: {[p['rule'] for _, p in pages() if about(p, *subjects[kind])]}"

@@ -402,6 +402,19 @@ def test_real_time_run_paces_steps_and_ends_runs_killed() -> None:
     assert "metric values" in simulation.summary()
 
 
+def test_the_simulation_records_when_it_injected_each_fault() -> None:
+    sink = ListSink()
+    simulation = Simulation(None, SimConfig(**SMALL, duration=1.0, step_interval=0.05, faults=(
+        FaultSpec.parse("nan@run-1:0.5"),)), sink=sink)
+    started = time.time()
+    simulation.run(threading.Event())
+    (planned,) = simulation.faults
+    at = simulation.injected[planned.describe()]
+    assert started + 0.45 <= at <= started + 0.8
+    nan = [e["time"] for e in of(sink.events, "metrics") if not math.isfinite(e["values"]["loss"])]
+    assert nan and min(nan) >= at  # what it injected shows only after that time
+
+
 def test_max_rate_caps_values_per_second() -> None:
     sink = ListSink()
     simulation = Simulation(None, SimConfig(**SMALL, duration=1.0, max_rate=20_000), sink=sink)
