@@ -98,6 +98,14 @@ class _Sql:
         """An expression worth values[i] on rows of the i-th run in `names` (a bound run array)."""
         return f"transform(run, {names}, {self.bind(list(values), f'Array({type_})')}, {default})"
 
+    def limit(self, limit: int) -> str:
+        """A row limit clamped to 0..MAX_LIMIT, bound like any value."""
+        return self.bind(max(0, min(int(limit), MAX_LIMIT)), "UInt32")
+
+    def firing_or_since(self, column: str, since: Any) -> str:
+        """Still firing, or its `column` (a DateTime64) at or after `since`."""
+        return f"(state = 'firing' OR {column} >= fromUnixTimestamp64Milli({self.bind(_millis(since), 'Int64')}, 'UTC'))"
+
     def where(self, conditions: Sequence[str]) -> str:
         conditions = [*conditions, "0"] if self.void else list(conditions)
         return ("WHERE " + " AND ".join(conditions)) if conditions else ""
@@ -793,9 +801,9 @@ class Queries:
         if firing_only:
             outer.append("state = 'firing'")
         if since is not None:
-            outer.append(f"(state = 'firing' OR updated_at >= fromUnixTimestamp64Milli({q.bind(_millis(since), 'Int64')}, 'UTC'))")
+            outer.append(q.firing_or_since("updated_at", since))
         outer_sql = ("WHERE " + " AND ".join(outer)) if outer else ""
-        limit_p = q.bind(max(0, min(int(limit), MAX_LIMIT)), "UInt32")
+        limit_p = q.limit(limit)
         episodes = _EPISODES.format(where=q.where(conditions), key=key)
         return self._frame(
             "SELECT fingerprint, t.7 AS rule, t.1 AS state, t.8 AS severity, t.2 AS project, t.3 AS run, "
@@ -819,8 +827,8 @@ class Queries:
         if host is not None:
             conditions.append(f"has(hosts, {q.text(host)})")
         if since is not None:
-            conditions.append(f"(state = 'firing' OR time >= fromUnixTimestamp64Milli({q.bind(_millis(since), 'Int64')}, 'UTC'))")
-        limit_p = q.bind(max(0, min(int(limit), MAX_LIMIT)), "UInt32")
+            conditions.append(q.firing_or_since("time", since))
+        limit_p = q.limit(limit)
         return self._frame(
             "SELECT incident, state, rule, severity, summary, cause, project, run, hosts, runs, members, "
             "member_rules, members_total, starts_at, ends_at, time AS updated_at "
@@ -836,7 +844,7 @@ class Queries:
         outcomes = _strings(outcome)
         if outcomes is not None:
             conditions.append(f"outcome IN {q.texts(outcomes)}")
-        limit_p = q.bind(max(0, min(int(limit), MAX_LIMIT)), "UInt32")
+        limit_p = q.limit(limit)
         return self._frame(
             "SELECT fingerprint, rule, state, route, kind, attempt, outcome, http_status, error, latency_ms, "
             f"notified_at, time FROM alert_deliveries FINAL {q.where(conditions)} "
