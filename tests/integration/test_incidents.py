@@ -12,6 +12,7 @@ Every page at the webhook, every Alertmanager notification and the `incidents` r
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -121,12 +122,18 @@ def throttled_gpu(c: Cluster, host: str, run: str, cool: threading.Event) -> Non
     c.publish(*(run_end(now(), run, rank) for rank in range(3)))
 
 
+def pipeline_file(tmp_path: Path, webhook: Receiver, alertmanager) -> Path:
+    service, _ = alertmanager
+    pipeline = tmp_path / "pipeline.yml"
+    pipeline.write_text(PIPELINE.replace("{webhook}", webhook.url).replace("{alertmanager}", service.address))
+    return pipeline
+
+
 @pytest.fixture
 def worker_and_routes(own_topics: Settings, tmp_path: Path, webhook: Receiver,  # noqa: F811
                       alertmanager) -> Iterator[tuple[Settings, Receiver, Receiver]]:  # noqa: F811
-    service, am_receiver = alertmanager
-    pipeline = tmp_path / "pipeline.yml"
-    pipeline.write_text(PIPELINE.replace("{webhook}", webhook.url).replace("{alertmanager}", service.address))
+    _, am_receiver = alertmanager
+    pipeline = pipeline_file(tmp_path, webhook, alertmanager)
     worker = start_worker(own_topics, pipeline, f"incidents-{TAG}", tmp_path / "worker.log")
     try:
         yield own_topics, webhook, am_receiver
@@ -195,3 +202,39 @@ def test_a_dead_node_is_one_page_and_a_straggler_on_a_throttling_gpu_is_that_gpu
         for player in players:
             player.join(60)
         publisher.close()
+
+
+def test_the_worker_holding_the_incidents_sigkilled_mid_incident_neither_repeats_nor_loses_its_page(
+        own_topics: Settings, tmp_path: Path, webhook: Receiver, alertmanager) -> None:  # noqa: F811
+    """The incident book lives in partition 0's snapshotted state: SIGKILLed after the dead node's page,
+    the next worker restores it, so the members' resolves close that same incident once (a lost book
+    would ignore them: the incident would never resolve; a stale one would page again)."""
+    node, run, group = f"{TAG}-k-dead", f"{TAG}-k-run", f"incidents-kill-{TAG}"
+    pipeline = pipeline_file(tmp_path, webhook, alertmanager)
+    first = start_worker(own_topics, pipeline, group, tmp_path / "first.log")
+    second = None
+    publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+    alive = threading.Event()
+    player = threading.Thread(target=dead_node, args=(Cluster(publisher), node, run, alive))
+    try:
+        player.start()
+        wait_until(lambda: any(len(n["members"]) >= 3 for n in pages(webhook, node)), 60, "the dead node's incident")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+        time.sleep(8)  # the group gives the dead member's partitions to the new one (6 s session timeout)
+        alive.set()  # the node and its ranks come back: every member resolves
+        wait_until(lambda: pages(webhook, node)[-1]["state"] == "resolved", 60, "the incident's resolve")
+        time.sleep(3)  # a repeated page or a second resolve would have come by now
+        found = pages(webhook, node)
+        assert len({n["fingerprint"] for n in found}) == 1, [(n["rule"], n["state"]) for n in found]
+        assert [n["state"] for n in found].count("resolved") == 1 and found[-1]["members_total"] == 3
+        assert found[0]["state"] == "firing" and found[-1]["rule"] == "node_silent"
+    finally:
+        alive.set()
+        player.join(60)
+        publisher.close()
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert second.returncode == 0, (tmp_path / "second.log").read_text()[-3000:]
