@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from agent.collectors import CollectorSet, GpuCollector, build
-from agent.identity import host_name
+from trainmon.agent.collectors import CollectorSet, GpuCollector, build
+from trainmon.agent.identity import host_name
 from trainmon.contract import MAX_TEXT_LEN
 from trainmon.errors import TrainmonError
 from trainmon.settings import Settings
@@ -264,7 +264,7 @@ def describe(collectors: CollectorSet, pcie: bool) -> str:
 
 def serve(settings: Settings, options: Options) -> int:
     """Run the daemon until SIGTERM/SIGINT or --duration (or one sample with --once); exit status 0."""
-    from agent.registry import active_processes
+    from trainmon.agent.registry import active_processes
 
     host = options.host or default_host()
     if len(host) > MAX_TEXT_LEN or host != host.strip():
@@ -303,8 +303,8 @@ ORPHAN_SWEEP_S = 300.0
 
 def _sweep_orphans_in_background(settings: Settings, stop: threading.Event) -> None:
     """Replay spools left by processes that ended (crashed one-off runs) now and every 5 minutes."""
-    from agent.orphans import replay_orphans
-    from agent.sdk import spool_root
+    from trainmon.agent.orphans import replay_orphans
+    from trainmon.agent.sdk import spool_root
 
     def sweep() -> None:
         while not stop.is_set():
@@ -320,7 +320,7 @@ def _sweep_orphans_in_background(settings: Settings, stop: threading.Event) -> N
 def _sink(settings: Settings, options: Options, host: str) -> tuple[Sink, str]:
     if options.once:
         return StdoutSink(), "output=stdout (--once: nothing published)"
-    from agent.publisher import Publisher, PublisherOptions
+    from trainmon.agent.publisher import Publisher, PublisherOptions
 
     spool_dir = Path(options.spool_dir).expanduser() if options.spool_dir else default_spool_dir(host)
     try:

@@ -108,7 +108,7 @@ def _usable_cpus() -> int:
 
 
 def _gpu_inventory() -> dict[str, Any]:
-    from agent.collectors.gpu import gpu_inventory  # imports pynvml only now
+    from trainmon.agent.collectors.gpu import gpu_inventory  # imports pynvml only now
 
     return gpu_inventory()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent.spool import Spool, SpoolLocked
+from trainmon.agent.spool import Spool, SpoolLocked
 from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.agent")
@@ -38,7 +38,7 @@ def orphaned(root: Path) -> list[Path]:
 
 def replay_orphans(settings: Settings, root: Path, timeout_s: float = 60.0) -> int:
     """Deliver what orphaned spools hold; returns how many events were replayed."""
-    from agent.publisher import Publisher
+    from trainmon.agent.publisher import Publisher
 
     replayed = 0
     for directory in orphaned(root):

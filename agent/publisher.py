@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agent.spool import Record, Spool, SpoolLocked
+from trainmon.agent.spool import Record, Spool, SpoolLocked
 from trainmon.contract import TOPIC_OF_KIND, ContractError, Topic, encode, partition_key, topic_name
 from trainmon.settings import Settings
 

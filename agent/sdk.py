@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import trainmon
-from agent import checkpoint_pauses, environment, registry
-from agent.identity import Identity, resolve, safe_id
+from trainmon.agent import checkpoint_pauses, environment, registry
+from trainmon.agent.identity import Identity, resolve, safe_id
 from trainmon import TrainmonWarning
 from trainmon.contract import MAX_EVENT_BYTES, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_VALUES, RUN_STATUSES, SCHEMA_VERSION
 from trainmon.contract import HEARTBEAT_S, ContractError, encode, envelope, phase_name
@@ -722,7 +722,7 @@ def spool_root(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def _default_publisher(settings: Any, identity: Identity, spool_dir: str | os.PathLike[str] | None) -> Any:
-    from agent.publisher import Publisher  # confluent_kafka loads here, never at `import trainmon`
+    from trainmon.agent.publisher import Publisher  # confluent_kafka loads here, never at `import trainmon`
     from trainmon.settings import load
 
     root = Path(spool_dir).expanduser() if spool_dir is not None else spool_root()

@@ -42,13 +42,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.publisher import Publisher  # noqa: E402
-from agent.simulator import FaultSpec, SimConfig, Simulation  # noqa: E402
-from agent.simulator.faults import FAULTS, Planned  # noqa: E402
+from trainmon.agent.publisher import Publisher  # noqa: E402
+from trainmon.agent.simulator import FaultSpec, SimConfig, Simulation  # noqa: E402
+from trainmon.agent.simulator.faults import FAULTS, Planned  # noqa: E402
 from bench.pipeline import bench_settings, pipeline_file, say, start_worker, write_figures  # noqa: E402
-from deploy import services  # noqa: E402
-from deploy.migrate import migrate  # noqa: E402
-from deploy.topics import create_topics  # noqa: E402
+from trainmon.deploy import services  # noqa: E402
+from trainmon.deploy.migrate import migrate  # noqa: E402
+from trainmon.deploy.topics import create_topics  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 
 # fault kind -> the shipped rule that detects it; the goal (s) where issue 10 names one

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.pipeline import bench_settings, say, write_figures  # noqa: E402
-from deploy import services  # noqa: E402
-from deploy.topics import create_topics  # noqa: E402
+from trainmon.deploy import services  # noqa: E402
+from trainmon.deploy.topics import create_topics  # noqa: E402
 from trainmon.settings import env_name  # noqa: E402
 
 CHILD = """

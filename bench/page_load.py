@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.clickhouse_target import bench_clickhouse  # noqa: E402
-from deploy.migrate import migrate  # noqa: E402
+from trainmon.deploy.migrate import migrate  # noqa: E402
 from tests import dashboard_seed as seed  # noqa: E402
 from tests.headless import Chromium, Dashboard  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402

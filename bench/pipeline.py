@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 import yaml  # noqa: E402
 
-from agent.publisher import Publisher  # noqa: E402
-from deploy import services  # noqa: E402
-from deploy.migrate import migrate  # noqa: E402
-from deploy.topics import create_topics  # noqa: E402
-from stream_processors.config import DEFAULT_PIPELINE  # noqa: E402
+from trainmon.agent.publisher import Publisher  # noqa: E402
+from trainmon.deploy import services  # noqa: E402
+from trainmon.deploy.migrate import migrate  # noqa: E402
+from trainmon.deploy.topics import create_topics  # noqa: E402
+from trainmon.stream_processors.config import DEFAULT_PIPELINE  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 from trainmon.contract import envelope  # noqa: E402

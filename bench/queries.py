@@ -47,8 +47,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.clickhouse_target import bench_clickhouse  # noqa: E402
-from dashboard.queries import Queries  # noqa: E402
-from deploy.migrate import migrate  # noqa: E402
+from trainmon.dashboard.queries import Queries  # noqa: E402
+from trainmon.deploy.migrate import migrate  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 
 GOAL_MS = 300.0

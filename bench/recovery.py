@@ -46,12 +46,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.publisher import Publisher  # noqa: E402
+from trainmon.agent.publisher import Publisher  # noqa: E402
 from bench.pipeline import (PROBE_RUN, bench_settings, drive, pipeline_file, quantiles, run_once, say,  # noqa: E402
                             start_worker, wait_visible)
-from deploy import services  # noqa: E402
-from deploy.migrate import migrate  # noqa: E402
-from deploy.topics import create_topics  # noqa: E402
+from trainmon.deploy import services  # noqa: E402
+from trainmon.deploy.migrate import migrate  # noqa: E402
+from trainmon.deploy.topics import create_topics  # noqa: E402
 from tests.kafka_util import metrics_partitions  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from trainmon.cli import build_parser  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.spool import Spool  # noqa: E402
+from trainmon.agent.spool import Spool  # noqa: E402
 from trainmon.contract import encode, envelope, partition_key  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def replay_rate(directory: Path, count: int) -> float:
 
 
 def kafka_replay_rate(bootstrap: str, directory: Path, count: int) -> float:
-    from agent.publisher import Publisher
+    from trainmon.agent.publisher import Publisher
     from trainmon.settings import Settings
 
     publisher = Publisher(Settings(kafka_bootstrap_servers=bootstrap), spool_dir=directory)

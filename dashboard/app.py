@@ -9,17 +9,9 @@ All reads go through dashboard/queries.py (parameterised, downsampled SQL), cach
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-try:
-    import dashboard  # noqa: F401  (installed with trainmon, or the checkout is on sys.path)
-except ImportError:  # `streamlit run dashboard/app.py` from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dashboard import components  # noqa: E402
+from trainmon.dashboard import components
 
 st.set_page_config(page_title="trainmon", page_icon="📈", layout="wide",  # emoji: no request to fonts.gstatic.com
                    initial_sidebar_state="expanded")

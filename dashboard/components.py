@@ -1,6 +1,6 @@
 """What the pages share: settings, the cached read side, the auto-refresh control, charts and formats.
 
-Every read goes through `fetch(method, ...)`, which calls `dashboard.queries.Queries` (the only place
+Every read goes through `fetch(method, ...)`, which calls `trainmon.dashboard.queries.Queries` (the only place
 with SQL) and keeps the answer for TTL_S seconds, so a page re-rendered by the auto-refresh, or opened
 by several people at once, asks ClickHouse at most once per TTL for the same view.
 """
@@ -49,7 +49,7 @@ def _key(s: settings_module.Settings) -> tuple[str, str, str, str]:
 
 @st.cache_resource(show_spinner=False)
 def _queries(key: tuple[str, str, str, str]) -> Any:
-    from dashboard.queries import Queries
+    from trainmon.dashboard.queries import Queries
     from trainmon.clickhouse import connect
 
     url, database, user, password = key

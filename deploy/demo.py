@@ -61,9 +61,9 @@ class Children:
 
 def run(settings: Settings, *, nodes: int = 8, gpus: int = 8, faults: tuple[str, ...] = DEFAULT_FAULTS,
         epochs: int = 300, progress: Callable[[str], None] = print) -> int:
-    from deploy import services
-    from deploy.migrate import migrate
-    from deploy.topics import create_topics
+    from trainmon.deploy import services
+    from trainmon.deploy.migrate import migrate
+    from trainmon.deploy.topics import create_topics
 
     logs = settings.home / "demo"
     logs.mkdir(parents=True, exist_ok=True)

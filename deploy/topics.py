@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
+from trainmon.stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
 from trainmon.contract import Topic, topic_name
 from trainmon.settings import Settings
 

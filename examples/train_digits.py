@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import trainmon
-from agent.classification import classification_metrics
+from trainmon.agent.classification import classification_metrics
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

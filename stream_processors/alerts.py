@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
-from stream_processors.rules.base import Condition, RuleSpec
+from trainmon.stream_processors.rules.base import Condition, RuleSpec
 from trainmon.contract import envelope
 
 Key = tuple[str, tuple[tuple[str, str], ...]]

@@ -34,15 +34,15 @@ from typing import Any
 
 import faust
 
-from stream_processors.config import PipelineConfig
-from stream_processors.copartitioning import split_partitions
-from stream_processors.internal_topics import (HOST_RUN_ENDS, INCIDENT_ALERTS, INCIDENT_PARTITION, RUN_HARDWARE, STATE,
+from trainmon.stream_processors.config import PipelineConfig
+from trainmon.stream_processors.copartitioning import split_partitions
+from trainmon.stream_processors.internal_topics import (HOST_RUN_ENDS, INCIDENT_ALERTS, INCIDENT_PARTITION, RUN_HARDWARE, STATE,
                                                internal_topic_name)
-from stream_processors.kafka_consumer import ProcessorsTransport
-from stream_processors.processing import Message, Outcome, Processing
-from stream_processors.sink import ClickHouseSink
-from stream_processors.state_topic import latest_snapshots
-from stream_processors.topic_ids import topic_keys
+from trainmon.stream_processors.kafka_consumer import ProcessorsTransport
+from trainmon.stream_processors.processing import Message, Outcome, Processing
+from trainmon.stream_processors.sink import ClickHouseSink
+from trainmon.stream_processors.state_topic import latest_snapshots
+from trainmon.stream_processors.topic_ids import topic_keys
 from trainmon.contract import Topic, encode, topic_name
 from trainmon.settings import Settings
 

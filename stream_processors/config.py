@@ -22,13 +22,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from stream_processors.alerts import RUN_LOST
-from stream_processors.incidents import KEYS, Cause, IncidentSpec
-from stream_processors.refusals import ROWS_REFUSED
-from stream_processors.rules import RULE_KINDS
-from stream_processors.rules.base import RuleSpec
-from stream_processors.rules.params import parse_duration
-from stream_processors.routes.base import RouteSpec
+from trainmon.stream_processors.alerts import RUN_LOST
+from trainmon.stream_processors.incidents import KEYS, Cause, IncidentSpec
+from trainmon.stream_processors.refusals import ROWS_REFUSED
+from trainmon.stream_processors.rules import RULE_KINDS
+from trainmon.stream_processors.rules.base import RuleSpec
+from trainmon.stream_processors.rules.params import parse_duration
+from trainmon.stream_processors.routes.base import RouteSpec
 from trainmon.contract import SEVERITIES
 from trainmon.errors import TrainmonError
 from trainmon.settings import Settings
@@ -361,7 +361,7 @@ class _Reader:
         for key in ("name", "kind"):
             if key not in item:
                 raise self.error(path, f"missing {key}")
-        from stream_processors.routes import ROUTE_KINDS, build_route  # late: the rules side needs none of it
+        from trainmon.stream_processors.routes import ROUTE_KINDS, build_route  # late: the rules side needs none of it
 
         kind = item["kind"]
         if not isinstance(kind, str) or kind not in ROUTE_KINDS:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import aiohttp
 
-from stream_processors.routes.base import Route
+from trainmon.stream_processors.routes.base import Route
 
 MAX_BACKOFF_S = 30.0  # cap of the exponential backoff between attempts
 MAX_RETRY_AFTER_S = 300.0  # a receiver's Retry-After is honoured up to this

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
-from stream_processors.alerts import AlertBook
-from stream_processors.rules.base import Rule
-from stream_processors.snapshots import retired_in
+from trainmon.stream_processors.alerts import AlertBook
+from trainmon.stream_processors.rules.base import Rule
+from trainmon.stream_processors.snapshots import retired_in
 
 log = logging.getLogger("trainmon.processors")
 

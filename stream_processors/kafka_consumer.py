@@ -12,7 +12,7 @@ import aiokafka
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from stream_processors.copartitioning import CopartitionedAssignor
+from trainmon.stream_processors.copartitioning import CopartitionedAssignor
 
 Progress = dict[tuple[str, int], tuple[int, float]]  # (topic, partition) -> (high watermark, fetched at)
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream_processors.alerts import AlertBook
-from stream_processors.clock import PartitionClock
-from stream_processors.config import PipelineConfig
-from stream_processors.engine import Engine
-from stream_processors.incidents import IncidentBook
-from stream_processors.rules import build_rule
-from stream_processors.runs import RunBook
-from stream_processors.windows import Windows
+from trainmon.stream_processors.alerts import AlertBook
+from trainmon.stream_processors.clock import PartitionClock
+from trainmon.stream_processors.config import PipelineConfig
+from trainmon.stream_processors.engine import Engine
+from trainmon.stream_processors.incidents import IncidentBook
+from trainmon.stream_processors.rules import build_rule
+from trainmon.stream_processors.runs import RunBook
+from trainmon.stream_processors.windows import Windows
 
 FORMAT = 1
 

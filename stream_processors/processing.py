@@ -22,14 +22,14 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from stream_processors.config import PipelineConfig
-from stream_processors.alerts import RUN_LOST, AlertBook
-from stream_processors.partition import PartitionState
-from stream_processors.refusals import RefusalNotices
-from stream_processors.rules.base import Condition
-from stream_processors.runs import raw_event_row
-from stream_processors.sink import Batch, ClickHouseSink, Source, utc
-from stream_processors.snapshots import SnapshotError, dumps, loads
+from trainmon.stream_processors.config import PipelineConfig
+from trainmon.stream_processors.alerts import RUN_LOST, AlertBook
+from trainmon.stream_processors.partition import PartitionState
+from trainmon.stream_processors.refusals import RefusalNotices
+from trainmon.stream_processors.rules.base import Condition
+from trainmon.stream_processors.runs import raw_event_row
+from trainmon.stream_processors.sink import Batch, ClickHouseSink, Source, utc
+from trainmon.stream_processors.snapshots import SnapshotError, dumps, loads
 from trainmon.contract import (DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ContractError,
                                Reason, decode, validate)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
-from stream_processors.alerts import AlertBook
-from stream_processors.rules.base import Condition, RuleSpec
+from trainmon.stream_processors.alerts import AlertBook
+from trainmon.stream_processors.rules.base import Condition, RuleSpec
 
 ROWS_REFUSED = RuleSpec(
     name="clickhouse_rows_refused", kind="clickhouse_rows_refused", severity="warning",

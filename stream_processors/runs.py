@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from stream_processors.sink import utc
+from trainmon.stream_processors.sink import utc
 
 STATUS_ORDER = ("finished", "killed", "crashed", "failed", "lost")  # worst last
 RAW_KINDS = frozenset({"run_start", "run_meta", "run_end"})

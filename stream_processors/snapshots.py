@@ -52,11 +52,17 @@ def retired_in(value: Any, depth: int = 0) -> bool:
     return False
 
 
+_PACKAGE = "trainmon.stream_processors."
+_LEGACY_PACKAGE = "stream_processors."  # its name before the components were installed in trainmon
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module == "builtins" and name in _BUILTINS) or (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        if module.startswith("stream_processors."):
+        if module.startswith(_LEGACY_PACKAGE):  # a snapshot an older version wrote: same classes
+            module = "trainmon." + module
+        if module.startswith(_PACKAGE):
             try:
                 found = super().find_class(module, name)
             except (AttributeError, ImportError):  # written by a version whose class is gone

@@ -22,7 +22,7 @@ import statistics
 from datetime import datetime
 from typing import Any, Sequence
 
-from stream_processors.sink import Columns, utc
+from trainmon.stream_processors.sink import Columns, utc
 
 RANK_SPREAD_METRICS = frozenset({"step_time_s", "samples_per_s", "tokens_per_s"})
 SOURCE = {"run": "metrics", "ranks": "metrics", "host": "system", "gpu": "system"}  # scope -> what feeds it

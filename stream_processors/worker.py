@@ -15,7 +15,7 @@ def check(settings: Settings, pipeline_path: Path | None = None) -> str:
     and key. Returns what a worker would run."""
     from collections import Counter
 
-    from stream_processors.config import DEFAULT_PIPELINE, load_pipeline
+    from trainmon.stream_processors.config import DEFAULT_PIPELINE, load_pipeline
 
     path = pipeline_path or DEFAULT_PIPELINE
     pipeline = load_pipeline(path, settings=settings)
@@ -36,10 +36,10 @@ def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str 
         session_timeout_s: float = 6.0) -> None:
     import faust
 
-    from stream_processors.app import create_app
-    from stream_processors.config import DEFAULT_PIPELINE, load_pipeline
-    from stream_processors.delivery import Dispatcher
-    from stream_processors.routes import build_route
+    from trainmon.stream_processors.app import create_app
+    from trainmon.stream_processors.config import DEFAULT_PIPELINE, load_pipeline
+    from trainmon.stream_processors.delivery import Dispatcher
+    from trainmon.stream_processors.routes import build_route
 
     pipeline_path = pipeline_path or DEFAULT_PIPELINE
     pipeline = load_pipeline(pipeline_path, settings=settings)  # fails fast, naming file, line and key

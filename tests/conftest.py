@@ -58,7 +58,7 @@ def stack() -> Iterator[Settings]:
         bootstrap, url, stop = start_containers()
         settings = base.replace(kafka_bootstrap_servers=bootstrap, clickhouse_url=url)
     else:
-        from deploy import services
+        from trainmon.deploy import services
 
         already = {s.name for s in services.status_all(base) if s.pid is not None}
         try:
@@ -96,8 +96,8 @@ def _drop_session_data(settings: Settings) -> None:
 @pytest.fixture(scope="session")
 def migrated(stack: Settings) -> Settings:
     """The stack with this session's database migrated and topics created."""
-    from deploy.migrate import migrate
-    from deploy.topics import create_topics
+    from trainmon.deploy.migrate import migrate
+    from trainmon.deploy.topics import create_topics
 
     migrate(stack, progress=lambda message: None)
     create_topics(stack, progress=lambda message: None)
@@ -107,7 +107,7 @@ def migrated(stack: Settings) -> Settings:
 def with_own_topics(settings: Settings) -> Settings:
     """The stack with fresh topics of its own (under the session prefix, so the session drops them):
     for tests whose workers read topics from the start, or that put bad bytes on them."""
-    from deploy.topics import create_topics
+    from trainmon.deploy.topics import create_topics
 
     own = settings.replace(kafka_topic_prefix=f"{settings.kafka_topic_prefix}{uuid.uuid4().hex[:6]}.")
     create_topics(own, progress=lambda message: None)

@@ -6,7 +6,7 @@
     run.finish()
 
 `import trainmon` is cheap: this module and the shared core (contract, settings) import only the
-standard library. The SDK (agent.sdk), the Kafka client and the GPU library load inside init().
+standard library. The SDK (trainmon.agent.sdk), the Kafka client and the GPU library load inside init().
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import os
     from typing import Any, Iterable
 
-    from agent.sdk import Run
+    from trainmon.agent.sdk import Run
 
 __version__ = "0.1.0"
 __all__ = ["init", "Run", "TrainmonWarning", "classification_metrics", "__version__"]
@@ -40,7 +40,7 @@ def init(project: str | None = None, name: str | None = None, config: Any = None
     this rank says it is alive (trainmon.contract.HEARTBEAT_S). spool_dir: root of the disk spool (default $TRAINMON_SPOOL_DIR or
     ~/.cache/trainmon/spool). publisher: an object with publish/flush/close (tests, or to share one).
     """
-    from agent.sdk import init as _init
+    from trainmon.agent.sdk import init as _init
 
     return _init(project, name, config, tags, run_id=run_id, rank=rank, world_size=world_size,
                  local_rank=local_rank, settings=settings, heartbeat_s=heartbeat_s, spool_dir=spool_dir,
@@ -50,11 +50,11 @@ def init(project: str | None = None, name: str | None = None, config: Any = None
 def __getattr__(attribute: str) -> Any:
     """`trainmon.Run` and `trainmon.classification_metrics` load their modules on first use."""
     if attribute == "Run":
-        from agent.sdk import Run
+        from trainmon.agent.sdk import Run
 
         return Run
     if attribute == "classification_metrics":
-        from agent.classification import classification_metrics  # needs numpy
+        from trainmon.agent.classification import classification_metrics  # needs numpy
 
         return classification_metrics
     raise AttributeError(f"module 'trainmon' has no attribute {attribute!r}")

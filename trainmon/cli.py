@@ -20,7 +20,7 @@ def _progress(message: str) -> None:
 
 
 def _services(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from deploy import services
+    from trainmon.deploy import services
 
     names = args.names or None
     if args.action == "start":
@@ -37,14 +37,14 @@ def _services(args: argparse.Namespace, settings: settings_module.Settings) -> i
 
 
 def _topics(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from deploy.topics import create_topics
+    from trainmon.deploy.topics import create_topics
 
     create_topics(settings, progress=print)
     return 0
 
 
 def _db(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from deploy import migrate
+    from trainmon.deploy import migrate
 
     if args.action == "migrate":
         migrate.migrate(settings, progress=print)
@@ -55,7 +55,7 @@ def _db(args: argparse.Namespace, settings: settings_module.Settings) -> int:
 
 
 def _agent(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from agent.daemon import Options, configure_logging, serve
+    from trainmon.agent.daemon import Options, configure_logging, serve
 
     configure_logging()
     return serve(settings, Options(interval=args.interval, host=args.host, gpu=not args.no_gpu,
@@ -94,7 +94,7 @@ def _session_timeout(text: str) -> float:
 
 
 def _process(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from stream_processors import worker
+    from trainmon.stream_processors import worker
 
     if args.check:
         print(worker.check(settings, args.pipeline))
@@ -108,7 +108,7 @@ def _process(args: argparse.Namespace, settings: settings_module.Settings) -> in
 def _dashboard(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     import os
 
-    import dashboard
+    from trainmon import dashboard
 
     app = Path(dashboard.__file__).resolve().parent / "app.py"
     address = args.address or settings.dashboard_address
@@ -126,7 +126,7 @@ def _dashboard(args: argparse.Namespace, settings: settings_module.Settings) -> 
 
 
 def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from agent.simulator import FaultSpec, SimConfig, describe_faults, describe_hazards
+    from trainmon.agent.simulator import FaultSpec, SimConfig, describe_faults, describe_hazards
 
     if args.list_faults:
         print(describe_faults())
@@ -134,8 +134,8 @@ def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> i
     if args.list_hazards:
         print(describe_hazards())
         return 0
-    from agent.daemon import configure_logging
-    from agent.simulator.runner import serve
+    from trainmon.agent.daemon import configure_logging
+    from trainmon.agent.simulator.runner import serve
 
     configure_logging()
     config = SimConfig(nodes=args.nodes, gpus=args.gpus, runs=args.runs, world_size=args.world_size,
@@ -150,7 +150,7 @@ def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> i
 
 
 def _demo(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from deploy import demo
+    from trainmon.deploy import demo
 
     faults = tuple(args.fault) if args.fault else demo.DEFAULT_FAULTS
     return demo.run(settings, nodes=args.nodes, gpus=args.gpus, faults=faults, epochs=args.epochs,

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from agent.collectors.base import Collector, CollectorSet, Sample
-from agent.collectors.gpu import GpuCollector, gpu_inventory
-from agent.collectors.host import HostCollector
-from agent.collectors.processes import ProcessCollector
+from trainmon.agent.collectors.base import Collector, CollectorSet, Sample
+from trainmon.agent.collectors.gpu import GpuCollector, gpu_inventory
+from trainmon.agent.collectors.host import HostCollector
+from trainmon.agent.collectors.processes import ProcessCollector
 
 COLLECTORS: dict[str, type[Collector]] = {
     "host": HostCollector,

@@ -42,7 +42,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agent.collectors.base import Collector, Figures, Sample
+from trainmon.agent.collectors.base import Collector, Figures, Sample
 from trainmon.contract import MAX_TEXT_LEN
 
 log = logging.getLogger("trainmon.agent")

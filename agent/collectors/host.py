@@ -32,7 +32,7 @@ import time
 
 import psutil
 
-from agent.collectors.base import Collector, Figures, Sample
+from trainmon.agent.collectors.base import Collector, Figures, Sample
 
 
 class HostCollector(Collector):

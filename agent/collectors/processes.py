@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 
 import psutil
 
-from agent.collectors.base import Collector, Figures, Sample
+from trainmon.agent.collectors.base import Collector, Figures, Sample
 
 log = logging.getLogger("trainmon.agent")
 

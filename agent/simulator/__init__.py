@@ -10,10 +10,10 @@ and load generation. See docs/simulate.md.
 - runner.py: the schedule, the pure event generator and the real-time, published Simulation
 """
 
-from agent.simulator.config import FaultSpec, SimConfig, SimulateError
-from agent.simulator.faults import FAULTS, describe_faults
-from agent.simulator.hazards import HAZARDS, describe_hazards
-from agent.simulator.runner import Simulation, Tally, generate, published
+from trainmon.agent.simulator.config import FaultSpec, SimConfig, SimulateError
+from trainmon.agent.simulator.faults import FAULTS, describe_faults
+from trainmon.agent.simulator.hazards import HAZARDS, describe_hazards
+from trainmon.agent.simulator.runner import Simulation, Tally, generate, published
 
 __all__ = ["FAULTS", "HAZARDS", "FaultSpec", "SimConfig", "SimulateError", "Simulation", "Tally", "describe_faults",
            "describe_hazards", "generate", "published"]

@@ -18,10 +18,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agent.simulator import hardware
-from agent.simulator.config import SimConfig, SimulateError
-from agent.simulator.curves import CHANCE, LOSS_NOISE, Curve, Healthy, LearningRate, Noise, accuracy, val_noise_scale
-from agent.simulator.hardware import Effect
+from trainmon.agent.simulator import hardware
+from trainmon.agent.simulator.config import SimConfig, SimulateError
+from trainmon.agent.simulator.curves import CHANCE, LOSS_NOISE, Curve, Healthy, LearningRate, Noise, accuracy, val_noise_scale
+from trainmon.agent.simulator.hardware import Effect
 from trainmon.contract import envelope
 
 ValueEffect = Callable[[dict[str, float]], None]  # edits one metrics event's values in place

@@ -96,7 +96,7 @@ class SimConfig:
                 raise SimulateError(f"{option} {value[:40]!r}: 1..{MAX_TEXT_LEN // 2} characters without edge spaces")
         if isinstance(self.hazards, str):
             raise SimulateError(f"hazards: a tuple of names, got the string {self.hazards!r}")
-        from agent.simulator.hazards import names  # here: hazards.py imports the cluster, which imports this
+        from trainmon.agent.simulator.hazards import names  # here: hazards.py imports the cluster, which imports this
 
         object.__setattr__(self, "hazards", names(self.hazards))
 

@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from agent.simulator import hardware
-from agent.simulator.cluster import Cluster, Node, Run
-from agent.simulator.config import FaultSpec, SimulateError
-from agent.simulator.curves import CHANCE, Overfitting, Plateau
-from agent.simulator.hardware import Figures
+from trainmon.agent.simulator import hardware
+from trainmon.agent.simulator.cluster import Cluster, Node, Run
+from trainmon.agent.simulator.config import FaultSpec, SimulateError
+from trainmon.agent.simulator.curves import CHANCE, Overfitting, Plateau
+from trainmon.agent.simulator.hardware import Figures
 
 
 class Fault(ABC):

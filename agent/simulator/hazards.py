@@ -22,9 +22,9 @@ from abc import ABC, abstractmethod
 from functools import partial
 from typing import ClassVar, Iterable
 
-from agent.simulator.cluster import Cluster, Node, Pause, Run
-from agent.simulator.config import SimulateError
-from agent.simulator.hardware import Figures
+from trainmon.agent.simulator.cluster import Cluster, Node, Pause, Run
+from trainmon.agent.simulator.config import SimulateError
+from trainmon.agent.simulator.hardware import Figures
 
 CHECKPOINT_EVERY = (540, 660)  # steps between checkpoints, drawn once per run (~600)
 CHECKPOINT_S = (6.0, 10.0)  # seconds per save (~8)

@@ -26,10 +26,10 @@ from pathlib import Path
 from threading import Event
 from typing import Any, Callable, Iterator, Protocol
 
-from agent.simulator.cluster import Cluster
-from agent.simulator.config import SimConfig
-from agent.simulator.faults import Planned, plan
-from agent.simulator.hazards import Delivery, install
+from trainmon.agent.simulator.cluster import Cluster
+from trainmon.agent.simulator.config import SimConfig
+from trainmon.agent.simulator.faults import Planned, plan
+from trainmon.agent.simulator.hazards import Delivery, install
 from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.simulate")
@@ -191,7 +191,7 @@ class Simulation:
         self._last = (0.0, 0, 0, 0.0)  # the previous progress line: elapsed, events, values, cpu
         self._owns_sink = sink is None
         if sink is None:
-            from agent.publisher import Publisher, PublisherOptions
+            from trainmon.agent.publisher import Publisher, PublisherOptions
 
             if settings is None:
                 raise ValueError("settings are needed to publish (or pass a sink)")

@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import components as c
+from trainmon.dashboard import components as c
 
 SEVERITIES = ["critical", "warning", "info"]
 SINCE = {"1 h": timedelta(hours=1), "24 h": timedelta(days=1), "7 d": timedelta(days=7),

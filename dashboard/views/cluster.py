@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import components as c
+from trainmon.dashboard import components as c
 
 FIGURES = {  # label: (column of Queries.cluster, colour scheme, fixed domain or None, unit)
     "Utilisation": ("util_percent", "viridis", [0, 100], "%"),

@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import components as c
+from trainmon.dashboard import components as c
 
 st.title("Compare runs")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import components as c
+from trainmon.dashboard import components as c
 
 HOST_POINTS = 300  # per line: a 600-pixel-wide panel shows no more
 

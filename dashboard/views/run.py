@@ -12,8 +12,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import components as c
-from dashboard.queries import epochs_at
+from trainmon.dashboard import components as c
+from trainmon.dashboard.queries import epochs_at
 
 HOST_POINTS = 300  # per line: a 600-pixel-wide panel shows no more
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import components as c
+from trainmon.dashboard import components as c
 
 SORTS = {"started": "started_at", "last seen": "last_seen", "duration": "duration_s", "best": "best",
          "world size": "world_size", "alerts": "alerts_firing", "run": "run", "project": "project",

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from deploy.services.alertmanager import AlertmanagerService
-from deploy.services.base import LocalService, Progress, ServiceError, ServiceStatus, print_progress
-from deploy.services.clickhouse import ClickHouseService
-from deploy.services.kafka import KafkaService
+from trainmon.deploy.services.alertmanager import AlertmanagerService
+from trainmon.deploy.services.base import LocalService, Progress, ServiceError, ServiceStatus, print_progress
+from trainmon.deploy.services.clickhouse import ClickHouseService
+from trainmon.deploy.services.kafka import KafkaService
 from trainmon.settings import Settings
 
 # Start order; stop_all goes in reverse.

@@ -15,8 +15,8 @@ import urllib.error
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.services.base import LocalService, Progress, ServiceError
-from deploy.services.clickhouse import DIRECT_HTTP
+from trainmon.deploy.services.base import LocalService, Progress, ServiceError
+from trainmon.deploy.services.clickhouse import DIRECT_HTTP
 
 BINARY_NAMES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, then upstream's
 DEBIAN_BINARY = "/usr/bin/prometheus-alertmanager"

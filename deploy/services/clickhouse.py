@@ -1,4 +1,4 @@
-"""The local ClickHouse: the chdb-core engine run by `deploy.services.clickhouse_server`.
+"""The local ClickHouse: the chdb-core engine run by `trainmon.deploy.services.clickhouse_server`.
 
 Its data lives in `<home>/clickhouse/data`; the HTTP port is what trainmon's ClickHouse URL points at
 when none is configured, so the same SQL runs here and on a production server.
@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from deploy.services.base import LocalService, Progress, ServiceError
+from trainmon.deploy.services.base import LocalService, Progress, ServiceError
 
 # The checkout (or site-packages) that holds the `deploy` package, for `python -m` from any cwd.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ class ClickHouseService(LocalService):
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
-        module = ["-m", "deploy.services.clickhouse_server"]
+        module = ["-m", "trainmon.deploy.services.clickhouse_server"]
         where = ["--data", str(self.data_dir), "--run-dir", str(self.dir / "run")]
         ports = ["--http-port", str(self.http_port), "--tcp-port", str(self.tcp_port)]
         return [sys.executable, *module, *where, *ports]

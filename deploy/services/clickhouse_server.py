@@ -5,8 +5,8 @@ issues `SYSTEM START LISTEN` followed by a keep-alive query that sleeps one seco
 a background thread. SIGTERM or SIGINT ends that query with `KILL QUERY ... SYNC` over HTTP, so the
 engine shuts down cleanly (parts flushed, data-directory lock released), and the process exits 0.
 
-Run by `deploy.services.clickhouse.ClickHouseService`; standalone:
-    TZ=UTC python -m deploy.services.clickhouse_server --data DIR --http-port 8123 --tcp-port 9000
+Run by `trainmon.deploy.services.clickhouse.ClickHouseService`; standalone:
+    TZ=UTC python -m trainmon.deploy.services.clickhouse_server --data DIR --http-port 8123 --tcp-port 9000
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ USERS_XML = f"""<clickhouse>
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.services.clickhouse_server",
+        prog="python -m trainmon.deploy.services.clickhouse_server",
         description="Serve the chdb-core ClickHouse engine over HTTP and TCP on 127.0.0.1 until SIGTERM.",
     )
     parser.add_argument(

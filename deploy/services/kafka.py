@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-from deploy.services.base import LocalService, Progress, ServiceError
+from trainmon.deploy.services.base import LocalService, Progress, ServiceError
 from trainmon.settings import Settings
 
 POM = Path(__file__).with_name("kafka-pom.xml")

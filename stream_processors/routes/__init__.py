@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from stream_processors.routes.alertmanager import AlertmanagerRoute
-from stream_processors.routes.base import Request, Route, RouteSpec
-from stream_processors.routes.pagerduty import PagerDutyRoute
-from stream_processors.routes.slack import SlackRoute
-from stream_processors.routes.webhook import WebhookRoute
+from trainmon.stream_processors.routes.alertmanager import AlertmanagerRoute
+from trainmon.stream_processors.routes.base import Request, Route, RouteSpec
+from trainmon.stream_processors.routes.pagerduty import PagerDutyRoute
+from trainmon.stream_processors.routes.slack import SlackRoute
+from trainmon.stream_processors.routes.webhook import WebhookRoute
 
 ROUTE_KINDS: Mapping[str, type[Route]] = {
     cls.kind: cls for cls in (AlertmanagerRoute, SlackRoute, PagerDutyRoute, WebhookRoute)

@@ -21,8 +21,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from stream_processors.routes.base import Request, Route, RouteSpec
-from stream_processors.routes.common import (
+from trainmon.stream_processors.routes.base import Request, Route, RouteSpec
+from trainmon.stream_processors.routes.common import (
     JSON_HEADERS,
     check_params,
     check_url,

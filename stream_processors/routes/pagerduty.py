@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stream_processors.routes.base import Request, Route, RouteSpec
-from stream_processors.routes.common import (
+from trainmon.stream_processors.routes.base import Request, Route, RouteSpec
+from trainmon.stream_processors.routes.common import (
     JSON_HEADERS,
     check_params,
     check_url,

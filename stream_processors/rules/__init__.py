@@ -6,17 +6,17 @@ pipeline file's `severity` and `for` override.
 
 from __future__ import annotations
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.divergence import Divergence
-from stream_processors.rules.hardware_errors import HardwareErrors
-from stream_processors.rules.heartbeat_lost import HeartbeatLost
-from stream_processors.rules.idle_gpu import IdleGpu
-from stream_processors.rules.non_finite import NonFinite
-from stream_processors.rules.plateau import Plateau
-from stream_processors.rules.spike import Spike
-from stream_processors.rules.stalled import Stalled
-from stream_processors.rules.straggler import Straggler
-from stream_processors.rules.threshold import Threshold
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.divergence import Divergence
+from trainmon.stream_processors.rules.hardware_errors import HardwareErrors
+from trainmon.stream_processors.rules.heartbeat_lost import HeartbeatLost
+from trainmon.stream_processors.rules.idle_gpu import IdleGpu
+from trainmon.stream_processors.rules.non_finite import NonFinite
+from trainmon.stream_processors.rules.plateau import Plateau
+from trainmon.stream_processors.rules.spike import Spike
+from trainmon.stream_processors.rules.stalled import Stalled
+from trainmon.stream_processors.rules.straggler import Straggler
+from trainmon.stream_processors.rules.threshold import Threshold
 
 RULE_KINDS: dict[str, type[Rule]] = {
     cls.kind: cls

@@ -47,9 +47,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
-from stream_processors.rules.plateau import robust_noise
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.plateau import robust_noise
 
 HISTORY = 16  # validation points kept per run: the noise sample and the lowest recent point
 

@@ -35,8 +35,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 _COUNTERS = ("ecc_uncorrected", "ecc_corrected")
 _FLAGS = ("throttle_thermal", "throttle_power", "throttle_hw_slowdown")

@@ -58,8 +58,8 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 _RANK_EVENTS = frozenset({"run_start", "run_meta", "heartbeat", "metrics"})
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 
 @dataclass

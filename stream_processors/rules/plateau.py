@@ -50,8 +50,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 NOISE_VALUES = 128  # latest values the noise is estimated from: a steady estimate (+-9 %), a recent one
 MIN_NOISE_VALUES = 8  # fewer give no usable estimate

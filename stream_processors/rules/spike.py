@@ -49,8 +49,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 _MAD_FLOOR = 1e-12  # absolute floor: a series of exact zeros still gives a finite z

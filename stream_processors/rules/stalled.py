@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 _GAPS = 8  # step advances whose gaps give a run's cadence
 _KNOWN = 3  # gaps needed before the cadence counts

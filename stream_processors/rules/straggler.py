@@ -57,8 +57,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 _KEEP = 128  # step times kept per rank: bounds memory and the median's cost on 512-rank runs
 _MAD_FLOOR = 0.02  # MAD at least this fraction of the median: identical peers give a finite z

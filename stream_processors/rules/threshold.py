@@ -30,8 +30,8 @@ from __future__ import annotations
 import operator
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
-from stream_processors.rules.base import Condition, Rule, RuleSpec
-from stream_processors.rules.params import Params
+from trainmon.stream_processors.rules.base import Condition, Rule, RuleSpec
+from trainmon.stream_processors.rules.params import Params
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,

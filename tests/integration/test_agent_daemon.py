@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.topics import create_topics
+from trainmon.deploy.topics import create_topics
 from tests.kafka_util import consume
 from trainmon.contract import Topic, decode, topic_name
 from trainmon.settings import Settings

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.services.alertmanager import AlertmanagerService, find_binary
-from deploy.services.base import ServiceError, pid_alive
-from deploy.services.clickhouse import DIRECT_HTTP
-from stream_processors.delivery import Dispatcher
-from stream_processors.routes import RouteSpec, build_route
+from trainmon.deploy.services.alertmanager import AlertmanagerService, find_binary
+from trainmon.deploy.services.base import ServiceError, pid_alive
+from trainmon.deploy.services.clickhouse import DIRECT_HTTP
+from trainmon.stream_processors.delivery import Dispatcher
+from trainmon.stream_processors.routes import RouteSpec, build_route
 from tests.conftest import IN_CI
 from tests.receivers import DASHBOARD, Receiver, Recorder
 from tests.receivers import sample_alert as alert

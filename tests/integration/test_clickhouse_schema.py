@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from deploy.migrate import MigrationError, migrate
+from trainmon.deploy.migrate import MigrationError, migrate
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_migrate_twice_applies_once(migrated, clickhouse):
 
 
 def test_an_edited_applied_migration_is_refused(migrated, tmp_path):
-    from deploy.migrate import MIGRATIONS_DIR
+    from trainmon.deploy.migrate import MIGRATIONS_DIR
 
     for source in MIGRATIONS_DIR.glob("*.sql"):
         (tmp_path / source.name).write_text(source.read_text() + "\n-- edited\n")
@@ -87,7 +87,7 @@ def test_system_samples_roll_up_per_minute_and_hour(clickhouse):
 
 
 def test_the_epoch_map_is_backfilled_for_points_written_before_its_migration(migrated, tmp_path):
-    from deploy.migrate import MIGRATIONS_DIR
+    from trainmon.deploy.migrate import MIGRATIONS_DIR
     from trainmon.clickhouse import connect
 
     older = tmp_path / "older"

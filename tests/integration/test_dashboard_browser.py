@@ -43,7 +43,7 @@ PAGES = [  # page, path and query, what it must show once rendered (text outside
 
 @pytest.fixture(scope="module")
 def dashboard(stack: Settings) -> Iterator[Dashboard]:
-    from deploy.migrate import migrate
+    from trainmon.deploy.migrate import migrate
     from trainmon.clickhouse import connect
 
     binary = find_chromium()

@@ -29,7 +29,7 @@ DB_ERROR = "did not answer"  # the pages' message when ClickHouse refuses a quer
 
 @pytest.fixture(scope="module")
 def dashboard_db(stack: Settings) -> Iterator[tuple[Settings, seed.Seeded]]:
-    from deploy.migrate import migrate
+    from trainmon.deploy.migrate import migrate
     from trainmon.clickhouse import connect
 
     settings = stack.replace(clickhouse_database=stack.clickhouse_database + "_dash")

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.simulator import FaultSpec, SimConfig, Simulation
-from stream_processors.config import DEFAULT_PIPELINE
+from trainmon.agent.simulator import FaultSpec, SimConfig, Simulation
+from trainmon.stream_processors.config import DEFAULT_PIPELINE
 from tests.integration.test_processors import start_worker, stop, wait_until
 from tests.receivers import Receiver
 from trainmon.settings import Settings

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.publisher import Publisher
-from stream_processors.config import load_pipeline
-from stream_processors.processing import Message, Processing
-from stream_processors.sink import ClickHouseSink
+from trainmon.agent.publisher import Publisher
+from trainmon.stream_processors.config import load_pipeline
+from trainmon.stream_processors.processing import Message, Processing
+from trainmon.stream_processors.sink import ClickHouseSink
 from tests.integration.test_processors import (ROOT, lifecycle, metrics, pipeline_file, scalar,
                                                start_worker, stop, wait_until)
 from tests.kafka_util import consume
@@ -192,7 +192,7 @@ def recreate(settings, *topics: Topic) -> None:
     """Delete the topics and make them again under the same names (Kafka rebuilt, ClickHouse kept)."""
     from confluent_kafka.admin import AdminClient
 
-    from deploy.topics import create_topics
+    from trainmon.deploy.topics import create_topics
 
     names = [topic_name(t, settings.kafka_topic_prefix) for t in topics]
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})

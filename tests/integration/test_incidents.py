@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.publisher import Publisher
+from trainmon.agent.publisher import Publisher
 from tests.integration.test_processors import start_worker, stop, wait_until
 from tests.integration.test_rule_kinds import alertmanager, webhook  # noqa: F401 (fixtures)
 from tests.receivers import Receiver

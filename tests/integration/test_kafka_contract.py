@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from deploy.topics import create_topics
+from trainmon.deploy.topics import create_topics
 from tests.kafka_util import consume
 from trainmon.contract import Topic, decode, encode, envelope, partition_key, topic_name
 

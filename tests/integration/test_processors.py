@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from agent.publisher import Publisher
-from stream_processors.routes.webhook import signature
+from trainmon.agent.publisher import Publisher
+from trainmon.stream_processors.routes.webhook import signature
 from tests.kafka_util import consume, metrics_partitions
 from tests.receivers import Receiver
 from trainmon.clickhouse import connect

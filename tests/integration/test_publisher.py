@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.publisher import Publisher, PublisherOptions
-from deploy.services.kafka import KafkaService
-from deploy.topics import create_topics
+from trainmon.agent.publisher import Publisher, PublisherOptions
+from trainmon.deploy.services.kafka import KafkaService
+from trainmon.deploy.topics import create_topics
 from tests.kafka_util import consume
 from trainmon.contract import Topic, decode, envelope, topic_name
 
@@ -107,7 +107,7 @@ def test_broker_outage_training_keeps_logging_and_every_event_arrives_once_in_or
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from agent.publisher import Publisher
+    from trainmon.agent.publisher import Publisher
     from trainmon.contract import envelope
     from trainmon.settings import Settings
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:9", kafka_topic_prefix=sys.argv[2])  # nothing listens
@@ -148,7 +148,7 @@ def test_a_sigkilled_process_loses_nothing_spooled_and_the_next_one_replays_it(m
 
 
 def test_the_daemon_sweep_replays_spools_of_processes_that_ended(migrated, tmp_path):
-    from agent.orphans import orphaned, replay_orphans
+    from trainmon.agent.orphans import orphaned, replay_orphans
 
     root = tmp_path / "spools"
     assert spool_then_sigkill(root / "one-off-run-rank0", migrated.kafka_topic_prefix, "orphan") == 3000

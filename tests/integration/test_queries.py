@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dashboard.queries import MAX_POINTS, Queries
-from deploy.migrate import migrate
+from trainmon.dashboard.queries import MAX_POINTS, Queries
+from trainmon.deploy.migrate import migrate
 from trainmon.clickhouse import connect
 
 pytestmark = pytest.mark.integration

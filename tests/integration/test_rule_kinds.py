@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
-from agent.publisher import Publisher
-from deploy.services.alertmanager import AlertmanagerService, find_binary
-from deploy.services.base import ServiceError, pid_alive
-from stream_processors.routes.webhook import signature
+from trainmon.agent.publisher import Publisher
+from trainmon.deploy.services.alertmanager import AlertmanagerService, find_binary
+from trainmon.deploy.services.base import ServiceError, pid_alive
+from trainmon.stream_processors.routes.webhook import signature
 from tests.conftest import IN_CI, with_own_topics
 from tests.integration.test_alertmanager import free_port
 from tests.integration.test_processors import scalar, start_worker, stop, wait_until

@@ -16,11 +16,11 @@ import psutil
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from deploy.services import SERVICES, ServiceError, services, start_all, status_all, stop_all
-from deploy.services.alertmanager import AlertmanagerService
-from deploy.services.base import pid_alive
-from deploy.services.clickhouse import ClickHouseService
-from deploy.services.kafka import KafkaService
+from trainmon.deploy.services import SERVICES, ServiceError, services, start_all, status_all, stop_all
+from trainmon.deploy.services.alertmanager import AlertmanagerService
+from trainmon.deploy.services.base import pid_alive
+from trainmon.deploy.services.clickhouse import ClickHouseService
+from trainmon.deploy.services.kafka import KafkaService
 from trainmon.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def service_processes(settings: Settings) -> dict[str, list[int]]:
     clickhouse = ClickHouseService(settings)
     return {
         "kafka": processes_with("kafka.Kafka", str(kafka.properties)),
-        "clickhouse": processes_with("deploy.services.clickhouse_server", str(clickhouse.data_dir)),
+        "clickhouse": processes_with("trainmon.deploy.services.clickhouse_server", str(clickhouse.data_dir)),
         "alertmanager": processes_with("--config.file=" + str(AlertmanagerService(settings).config_file)),
     }
 

@@ -17,8 +17,8 @@ from typing import Callable
 
 import pytest
 
-from agent.publisher import Publisher
-from agent.simulator import FaultSpec, SimConfig, Simulation
+from trainmon.agent.publisher import Publisher
+from trainmon.agent.simulator import FaultSpec, SimConfig, Simulation
 from tests.kafka_util import consume
 from trainmon.contract import Topic, decode, topic_name
 from trainmon.settings import Settings, env_name

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stream_processors.sink import Batch, ClickHouseSink
+from trainmon.stream_processors.sink import Batch, ClickHouseSink
 from trainmon.clickhouse import connect
 from trainmon.contract import envelope
 

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from deploy.topics import create_topics
-from stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
+from trainmon.deploy.topics import create_topics
+from trainmon.stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
 from trainmon.contract import Topic, topic_name
 
 pytestmark = pytest.mark.integration

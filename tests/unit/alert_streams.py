@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from stream_processors.alerts import AlertBook
-from stream_processors.engine import Engine
-from stream_processors.rules import build_rule
-from stream_processors.rules.base import RuleSpec
+from trainmon.stream_processors.alerts import AlertBook
+from trainmon.stream_processors.engine import Engine
+from trainmon.stream_processors.rules import build_rule
+from trainmon.stream_processors.rules.base import RuleSpec
 from trainmon.contract import envelope, validate
 
 T0 = 1_764_230_400.0  # 2025-11-27 08:00 UTC

@@ -6,9 +6,9 @@ import copy
 import math
 from typing import Any, ClassVar, Iterable, Mapping
 
-from stream_processors.alerts import AlertBook, fingerprint, render
-from stream_processors.engine import Engine
-from stream_processors.rules.base import Condition, Rule
+from trainmon.stream_processors.alerts import AlertBook, fingerprint, render
+from trainmon.stream_processors.engine import Engine
+from trainmon.stream_processors.rules.base import Condition, Rule
 from tests.unit.alert_streams import T0, metrics, run_end, spec, system
 from trainmon.contract import validate
 

@@ -6,7 +6,7 @@ import pytest
 
 import numpy as np
 
-from agent.classification import classification_metrics
+from trainmon.agent.classification import classification_metrics
 
 # Binary: tp=2 (idx 0, 4), fp=1 (idx 2), fn=1 (idx 3), tn=2 (idx 1, 5).
 BINARY_TRUE = [1, 0, 0, 1, 1, 0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from stream_processors.clock import PartitionClock
+from trainmon.stream_processors.clock import PartitionClock
 
 W = 1_764_230_400.0
 

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from agent.collectors import COLLECTORS, Collector, CollectorSet, Sample, build
-from agent.collectors.host import HostCollector
-from agent.collectors.processes import ProcessCollector
+from trainmon.agent.collectors import COLLECTORS, Collector, CollectorSet, Sample, build
+from trainmon.agent.collectors.host import HostCollector
+from trainmon.agent.collectors.processes import ProcessCollector
 from trainmon.contract import decode, encode
 
 T = 1_764_230_400.25

@@ -12,8 +12,8 @@ from typing import Any
 import pynvml
 import pytest
 
-from agent.collectors import build
-from agent.collectors.gpu import (
+from trainmon.agent.collectors import build
+from trainmon.agent.collectors.gpu import (
     HW_POWER_BRAKE_SLOWDOWN,
     HW_SLOWDOWN,
     HW_THERMAL_SLOWDOWN,

@@ -20,7 +20,7 @@ import pytest
 
 import yaml
 
-from deploy.services.kafka import KafkaService
+from trainmon.deploy.services.kafka import KafkaService
 from trainmon.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,7 +247,7 @@ def test_users_file_has_default_and_a_read_only_reader(services):
 
 def test_users_file_matches_the_native_server(services):
     """Same users, passwords, profiles and settings as the native server; only `networks` differ."""
-    from deploy.services.clickhouse_server import USERS_XML
+    from trainmon.deploy.services.clickhouse_server import USERS_XML
 
     native = users_config(ET.fromstring(USERS_XML))
     docker = users_config(ET.parse(users_file(services["clickhouse"])).getroot())

@@ -7,7 +7,7 @@ import logging
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
-from stream_processors.copartitioning import CopartitionedAssignor, split_partitions
+from trainmon.stream_processors.copartitioning import CopartitionedAssignor, split_partitions
 
 TOPICS = ["t.metrics", "t.system", "t.runs", "trainmon-processors.run-hardware", "trainmon-processors.host-run-ends"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from agent.collectors import Collector, CollectorSet, Sample
-from agent.daemon import Daemon, Snapshot, build_collectors, default_host, default_spool_dir
-from agent.registry import register
+from trainmon.agent.collectors import Collector, CollectorSet, Sample
+from trainmon.agent.daemon import Daemon, Snapshot, build_collectors, default_host, default_spool_dir
+from trainmon.agent.registry import register
 from trainmon.cli import build_parser
 from trainmon.contract import decode, encode
 

@@ -4,8 +4,8 @@ import math
 
 import pandas as pd
 
-from dashboard.queries import epochs_at
-from dashboard.views.run import alert_marks
+from trainmon.dashboard.queries import epochs_at
+from trainmon.dashboard.views.run import alert_marks
 
 MAP = pd.DataFrame({"step": [100.0, 200.0, 400.0], "epoch": [1.0, 2.0, 3.0]})
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from agent.identity import host_name, ranks, resolve, run_id, slug
+from trainmon.agent.identity import host_name, ranks, resolve, run_id, slug
 
 TORCHRUN = {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "GROUP_RANK": "2",
             "TORCHELASTIC_RUN_ID": "job-42", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_processors.alerts import fingerprint
-from stream_processors.config import PipelineConfigError, load_pipeline
-from stream_processors.incidents import Cause, IncidentBook, IncidentSpec
-from stream_processors.snapshots import dumps, loads
+from trainmon.stream_processors.alerts import fingerprint
+from trainmon.stream_processors.config import PipelineConfigError, load_pipeline
+from trainmon.stream_processors.incidents import Cause, IncidentBook, IncidentSpec
+from trainmon.stream_processors.snapshots import dumps, loads
 
 SYMPTOMS_OF_NODE = frozenset({"rank_heartbeat_lost", "run_stalled", "straggler", "gpu_idle"})
 SPEC = IncidentSpec(

@@ -8,11 +8,11 @@ import zlib
 
 import pytest
 
-from stream_processors import processing as processing_module
-from stream_processors.config import PipelineConfig
-from stream_processors.processing import Message, Processing
-from stream_processors.sink import _types as sink_types
-from stream_processors.snapshots import MAGIC, SnapshotError, loads
+from trainmon.stream_processors import processing as processing_module
+from trainmon.stream_processors.config import PipelineConfig
+from trainmon.stream_processors.processing import Message, Processing
+from trainmon.stream_processors.sink import _types as sink_types
+from trainmon.stream_processors.snapshots import MAGIC, SnapshotError, loads
 from tests.unit.alert_streams import heartbeat, metrics, run_end, spec, system
 from tests.unit.test_processing import Dispatcher, MemorySink
 from trainmon.contract import encode
@@ -139,7 +139,7 @@ def test_resent_events_are_dropped_by_producer_and_seq(wall):
 def test_one_event_that_breaks_a_rule_is_dead_lettered_and_the_rest_goes_on(wall, monkeypatch):
     proc, _ = make()
     feed = Feed()
-    from stream_processors.rules.plateau import Plateau
+    from trainmon.stream_processors.rules.plateau import Plateau
 
     original = Plateau.on_event
 
@@ -332,9 +332,9 @@ def test_an_upgrade_that_retires_a_rules_state_class_resets_that_rule_and_keeps_
     import sys
     import types
 
-    from stream_processors.snapshots import Retired, dumps
+    from trainmon.stream_processors.snapshots import Retired, dumps
 
-    module = types.ModuleType("stream_processors.rules.old_plateau_state")
+    module = types.ModuleType("trainmon.stream_processors.rules.old_plateau_state")
 
     @dataclasses.dataclass
     class Track:  # the retired version's per-run state
@@ -362,3 +362,26 @@ def test_an_upgrade_that_retires_a_rules_state_class_resets_that_rule_and_keeps_
     fresh = next(rule for rule in state.engines["run"].rules if rule.spec.name == "loss_plateau")
     assert {k: v for k, v in vars(fresh).items() if k.startswith("_")} == {
         k: v for k, v in vars(type(plateau)(plateau.spec)).items() if k.startswith("_")}
+
+
+def test_a_snapshot_written_before_the_components_moved_inside_trainmon_restores_whole(wall):
+    """Snapshots name their classes by module; those of earlier versions say `stream_processors.…`,
+    the installed package now says `trainmon.stream_processors.…`. An upgrade must not reset state."""
+    import pickle
+    import zlib
+
+    from trainmon.stream_processors.snapshots import MAGIC
+
+    proc, _ = make()
+    feed = Feed()
+    proc.handle(feed(metrics(0, T, loss="NaN")))
+    record = {"group": "trainmon-processors", "partition": 0, "version": (1, 1), "state": proc.partitions[0].state()}
+    body = pickle.dumps(record, protocol=3)  # protocol 3 writes module names as plain text lines
+    assert b"ctrainmon.stream_processors." in body
+    legacy = MAGIC + zlib.compress(body.replace(b"ctrainmon.stream_processors.", b"cstream_processors."))
+    _, loaded = loads(legacy, "trainmon-processors", 0)
+    assert loaded["applied"] == proc.partitions[0].state()["applied"]
+    restored, _ = make({0: legacy})
+    restored.assign([0])
+    assert restored.partitions[0].applied == proc.partitions[0].applied
+    assert restored.partitions[0].state() == proc.partitions[0].state()

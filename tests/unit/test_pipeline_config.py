@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_processors.config import DEFAULT_PIPELINE, PipelineConfigError, load_pipeline
-from stream_processors.rules import RULE_KINDS, build_rule
+from trainmon.stream_processors.config import DEFAULT_PIPELINE, PipelineConfigError, load_pipeline
+from trainmon.stream_processors.rules import RULE_KINDS, build_rule
 from trainmon.errors import TrainmonError
 from trainmon.settings import Settings
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_processors.app import create_app
-from stream_processors.config import load_pipeline
+from trainmon.stream_processors.app import create_app
+from trainmon.stream_processors.config import load_pipeline
 from trainmon import cli
 from trainmon.settings import Settings
 
@@ -19,7 +19,7 @@ def test_defaults_keep_state_durable_with_a_6_s_session_timeout() -> None:
 
 
 def test_the_flags_parse_and_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream_processors import worker
+    from trainmon.stream_processors import worker
 
     seen: dict = {}
     monkeypatch.setattr(worker, "run", lambda settings, **options: seen.update(options))
@@ -55,7 +55,7 @@ def test_without_durable_state_no_snapshot_is_read(tmp_path: Path, durable: bool
 
 def test_check_validates_the_shipped_pipeline_without_any_service(capsys: pytest.CaptureFixture,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream_processors import worker
+    from trainmon.stream_processors import worker
 
     monkeypatch.setattr(worker, "run", lambda settings, **options: pytest.fail("--check started a worker"))
     monkeypatch.setenv("TRAINMON_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from stream_processors import processing as processing_module
-from stream_processors.config import PipelineConfig
-from stream_processors.processing import Message, Processing
+from trainmon.stream_processors import processing as processing_module
+from trainmon.stream_processors.config import PipelineConfig
+from trainmon.stream_processors.processing import Message, Processing
 from tests.unit.alert_streams import run_end, spec, system
 from trainmon.contract import encode
 

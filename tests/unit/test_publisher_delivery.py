@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import confluent_kafka
-from agent import publisher as publisher_module
-from agent.publisher import Publisher, PublisherOptions
-from agent.spool import Spool
+from trainmon.agent import publisher as publisher_module
+from trainmon.agent.publisher import Publisher, PublisherOptions
+from trainmon.agent.spool import Spool
 from trainmon import TrainmonWarning
 from trainmon.contract import decode, envelope
 from trainmon.settings import Settings

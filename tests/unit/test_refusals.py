@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from stream_processors.alerts import AlertBook
-from stream_processors.refusals import RefusalNotices
+from trainmon.stream_processors.alerts import AlertBook
+from trainmon.stream_processors.refusals import RefusalNotices
 
 
 def test_the_first_refusal_alerts_at_once_then_at_most_once_per_interval_with_the_count_since() -> None:

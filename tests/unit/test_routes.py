@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from stream_processors.delivery import Dispatcher, backoff_s, matches, retry_after_s
-from stream_processors.routes import ROUTE_KINDS, RouteSpec, build_route
-from stream_processors.routes.alertmanager import AlertmanagerRoute
-from stream_processors.routes.pagerduty import EVENTS_URL
-from stream_processors.routes.slack import COLORS
+from trainmon.stream_processors.delivery import Dispatcher, backoff_s, matches, retry_after_s
+from trainmon.stream_processors.routes import ROUTE_KINDS, RouteSpec, build_route
+from trainmon.stream_processors.routes.alertmanager import AlertmanagerRoute
+from trainmon.stream_processors.routes.pagerduty import EVENTS_URL
+from trainmon.stream_processors.routes.slack import COLORS
 from tests.receivers import DASHBOARD, T0, Receiver, Recorder, Reply
 from tests.receivers import sample_alert as alert
 from trainmon import contract

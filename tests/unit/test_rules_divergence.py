@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from agent.simulator import FaultSpec, SimConfig
-from stream_processors import snapshots
-from stream_processors.rules import build_rule
-from stream_processors.rules.divergence import HISTORY
+from trainmon.agent.simulator import FaultSpec, SimConfig
+from trainmon.stream_processors import snapshots
+from trainmon.stream_processors.rules import build_rule
+from trainmon.stream_processors.rules.divergence import HISTORY
 from tests.unit.alert_streams import T0, Driver, metrics, spec
 from tests.unit.test_rules_plateau import CLUSTER, shipped_firing
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_processors.rules import build_rule
+from trainmon.stream_processors.rules import build_rule
 from tests.unit.alert_streams import T0, Driver, gpu, spec, system
 
 CRITICAL = spec("hardware_errors", "gpu_hardware_error", severity="critical",

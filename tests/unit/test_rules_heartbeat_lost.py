@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_processors.snapshots import dumps, loads
+from trainmon.stream_processors.snapshots import dumps, loads
 from tests.unit.alert_streams import T0, Driver, heartbeat, metrics, run_end, run_hardware, spec, system
 from trainmon.contract import envelope, validate
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream_processors.config import load_pipeline
+from trainmon.stream_processors.config import load_pipeline
 from tests.unit.alert_streams import T0, Driver, gpu, spec, system
 
 IDLE = spec("idle_gpu", "gpu_idle", for_s=300, annotations={"summary": "GPU {gpu} on {host} idle ({runs})"})

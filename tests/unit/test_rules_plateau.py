@@ -11,13 +11,13 @@ from typing import Iterable
 
 import pytest
 
-from agent.simulator import FaultSpec, SimConfig, published
-from stream_processors import snapshots
-from stream_processors.alerts import AlertBook
-from stream_processors.config import load_pipeline
-from stream_processors.engine import Engine
-from stream_processors.rules import build_rule
-from stream_processors.rules.plateau import MAX_BINS, NOISE_VALUES, robust_noise
+from trainmon.agent.simulator import FaultSpec, SimConfig, published
+from trainmon.stream_processors import snapshots
+from trainmon.stream_processors.alerts import AlertBook
+from trainmon.stream_processors.config import load_pipeline
+from trainmon.stream_processors.engine import Engine
+from trainmon.stream_processors.rules import build_rule
+from trainmon.stream_processors.rules.plateau import MAX_BINS, NOISE_VALUES, robust_noise
 from tests.unit.alert_streams import T0, Driver, metrics, spec
 
 PLATEAU = spec("plateau", "loss_plateau", severity="info",

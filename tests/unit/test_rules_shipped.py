@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from stream_processors.config import load_pipeline
+from trainmon.stream_processors.config import load_pipeline
 from tests.unit.alert_streams import T0, Driver, gpu, heartbeat, metrics, run_end, run_hardware, system
 
 GIB = 2**30

@@ -11,9 +11,9 @@ from typing import Iterator
 
 import pytest
 
-from stream_processors.rules import build_rule
-from stream_processors.rules.spike import _Track
-from stream_processors.snapshots import dumps, loads
+from trainmon.stream_processors.rules import build_rule
+from trainmon.stream_processors.rules.spike import _Track
+from trainmon.stream_processors.snapshots import dumps, loads
 from tests.unit.alert_streams import T0, Driver, metrics, run_end, spec
 from tests.unit.test_rules_shipped import RANKS, healthy_run
 

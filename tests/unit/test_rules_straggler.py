@@ -9,8 +9,8 @@ from typing import Callable
 
 import pytest
 
-from stream_processors import snapshots
-from stream_processors.rules.straggler import Straggler
+from trainmon.stream_processors import snapshots
+from trainmon.stream_processors.rules.straggler import Straggler
 from tests.unit.alert_streams import T0, Driver, metrics, run_end, spec
 from trainmon.contract import envelope, validate
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from stream_processors.rules import build_rule
+from trainmon.stream_processors.rules import build_rule
 from tests.unit.alert_streams import T0, Driver, gpu, metrics, spec, system
 
 GIB = 2**30

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from stream_processors.processing import _internal, run_hardware
+from trainmon.stream_processors.processing import _internal, run_hardware
 from tests.unit.alert_streams import T0, gpu, system
 from trainmon.contract import ContractError, Reason
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stream_processors.runs import RunBook, raw_event_row
+from trainmon.stream_processors.runs import RunBook, raw_event_row
 from trainmon.contract import envelope
 
 T = 1_764_230_400.0

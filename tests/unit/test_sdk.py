@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 import trainmon
-from agent import sdk
+from trainmon.agent import sdk
 from trainmon import TrainmonWarning
 from trainmon.contract import MAX_VALUES, decode, encode
 
@@ -413,7 +413,7 @@ def test_default_publisher_gets_settings_spool_dir_and_client_id(monkeypatch: py
             super().__init__()
             made.append((settings, kwargs))
 
-    monkeypatch.setitem(sys.modules, "agent.publisher", SimpleNamespace(Publisher=Recording))
+    monkeypatch.setitem(sys.modules, "trainmon.agent.publisher", SimpleNamespace(Publisher=Recording))
     monkeypatch.setenv("TRAINMON_SPOOL_DIR", str(tmp_path / "spool"))
     from trainmon.settings import Settings
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import environment
+from trainmon.agent import environment
 
 
 def git(directory: Path, *args: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import trainmon
-from agent import sdk
+from trainmon.agent import sdk
 from trainmon import TrainmonWarning
 from tests.unit.test_sdk import FakePublisher, isolated, publisher  # noqa: F401 (fixtures)
 from trainmon.contract import validate

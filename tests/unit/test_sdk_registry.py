@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import trainmon
-from agent import registry
+from trainmon.agent import registry
 
 
 class NullPublisher:

@@ -13,13 +13,13 @@ from typing import Any, Iterable
 
 import pytest
 
-from agent.simulator import FAULTS, FaultSpec, SimConfig, SimulateError, Simulation, describe_faults, published
-from stream_processors.alerts import AlertBook
-from stream_processors.config import load_pipeline
-from stream_processors.engine import Engine
-from stream_processors.incidents import IncidentBook
-from stream_processors.processing import run_hardware
-from stream_processors.rules import build_rule
+from trainmon.agent.simulator import FAULTS, FaultSpec, SimConfig, SimulateError, Simulation, describe_faults, published
+from trainmon.stream_processors.alerts import AlertBook
+from trainmon.stream_processors.config import load_pipeline
+from trainmon.stream_processors.engine import Engine
+from trainmon.stream_processors.incidents import IncidentBook
+from trainmon.stream_processors.processing import run_hardware
+from trainmon.stream_processors.rules import build_rule
 from trainmon import cli
 from trainmon.contract import decode, encode
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.simulator import FAULTS, HAZARDS, SimConfig, SimulateError, Simulation, describe_hazards, generate
-from agent.simulator.cluster import Cluster
-from agent.simulator.hazards import CHECKPOINT_S, EVAL_S, GIL_S, LATE_S, RESUME_S, SKEW_S
+from trainmon.agent.simulator import FAULTS, HAZARDS, SimConfig, SimulateError, Simulation, describe_hazards, generate
+from trainmon.agent.simulator.cluster import Cluster
+from trainmon.agent.simulator.hazards import CHECKPOINT_S, EVAL_S, GIL_S, LATE_S, RESUME_S, SKEW_S
 from tests.unit.test_simulate import FAULT_RULES, SMALL, T0, ListSink, firing, of, simulate, timeline
 from trainmon import cli
 from trainmon.contract import decode, encode
@@ -76,12 +76,12 @@ def test_list_hazards_names_each_hazard_and_its_rules(capsys: pytest.CaptureFixt
 
 def test_cli_passes_hazards_and_refuses_unknown_ones(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import agent.daemon
-    import agent.simulator.runner
+    import trainmon.agent.daemon
+    import trainmon.agent.simulator.runner
 
     seen: list[SimConfig] = []
-    monkeypatch.setattr(agent.simulator.runner, "serve", lambda settings, config, **_: seen.append(config))
-    monkeypatch.setattr(agent.daemon, "configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr(trainmon.agent.simulator.runner, "serve", lambda settings, config, **_: seen.append(config))
+    monkeypatch.setattr(trainmon.agent.daemon, "configure_logging", lambda *a, **k: None)
     assert cli.main(["simulate", "--hazard", "resume", "--hazard", "checkpoint"]) == 0
     assert cli.main(["simulate", "--hazard", "all"]) == 0
     assert [config.hazards for config in seen] == [("checkpoint", "resume"), tuple(HAZARDS)]

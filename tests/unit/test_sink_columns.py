@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from stream_processors.sink import Batch, _types
+from trainmon.stream_processors.sink import Batch, _types
 from trainmon.contract import envelope
 
 

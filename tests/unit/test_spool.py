@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from agent import spool as spool_module
-from agent.spool import HEADER, Spool, SpoolLocked
+from trainmon.agent import spool as spool_module
+from trainmon.agent.spool import HEADER, Spool, SpoolLocked
 
 
 def open_spool(path, **overrides):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from stream_processors.sink import Batch
-from stream_processors.windows import Windows
+from trainmon.stream_processors.sink import Batch
+from trainmon.stream_processors.windows import Windows
 from trainmon.contract import envelope
 
 T0 = 1_764_230_400.0  # on a 5-minute boundary
