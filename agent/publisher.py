@@ -35,6 +35,7 @@ from typing import Any
 
 from trainmon.agent.spool import Record, Spool, SpoolLocked
 from trainmon.contract import TOPIC_OF_KIND, ContractError, Topic, encode, partition_key, topic_name
+from trainmon import kafka_client
 from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.agent")
@@ -75,9 +76,9 @@ class Publisher:
         self.options = options or PublisherOptions()
         self.spool = self._open_spool(Path(spool_dir))
         self._names = [topic_name(topic, settings.kafka_topic_prefix) for topic in TOPICS]
-        self._producer = Producer({
-            "bootstrap.servers": settings.bootstrap_servers,
-            "client.id": client_id,
+        self._producer = Producer(kafka_client.config(
+            settings,
+            **{"client.id": client_id,
             "enable.idempotence": True,  # implies acks=all; retries cannot duplicate or reorder
             "compression.type": "lz4",
             # The Java/aiokafka partitioner, so a run's events and what the Faust processors re-key
@@ -90,8 +91,7 @@ class Publisher:
             "reconnect.backoff.max.ms": 2000,
             "error_cb": self._on_error,
             "logger": _QuietKafkaLog(),  # state changes are reported once each by _on_error instead
-            **(producer_config or {}),
-        })
+            **(producer_config or {})}))
         self._queue: deque[dict] = deque()
         self._max_queue = self.options.max_queue_events
         self._pause_below = self.options.max_queue_events // 2

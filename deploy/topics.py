@@ -17,6 +17,7 @@ from typing import Callable
 
 from trainmon.stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
 from trainmon.contract import Topic, topic_name
+from trainmon import kafka_client
 from trainmon.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -42,7 +43,7 @@ class TopicState:
 def _admin(settings: Settings):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
+    return AdminClient(kafka_client.config(settings, log_level=0))
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:

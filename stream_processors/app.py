@@ -44,6 +44,7 @@ from trainmon.stream_processors.sink import ClickHouseSink
 from trainmon.stream_processors.state_topic import latest_snapshots
 from trainmon.stream_processors.topic_ids import topic_keys
 from trainmon.contract import Topic, encode, topic_name
+from trainmon import kafka_client
 from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.processors")
@@ -73,6 +74,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     app = faust.App(
         group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=kafka_client.faust_credentials(settings),
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=web_port is not None,
@@ -256,7 +258,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                       "(stream_processors/copartitioning.py)", partition, ", ".join(missing))
         generation = getattr(app, "consumer_generation_id", 0) or 0
         try:
-            keys = await in_thread(topic_keys, settings.bootstrap_servers, {tp.topic for tp in assigned})
+            keys = await in_thread(topic_keys, settings, {tp.topic for tp in assigned})
             await in_thread(processing.assign, partitions, generation, keys)
         finally:
             assignment_ready.set()

@@ -7,6 +7,7 @@ Each read is a short-lived consumer with no group of its own (assign, read to th
 
 from __future__ import annotations
 
+from trainmon import kafka_client
 from trainmon.settings import Settings
 
 TAIL = 64  # messages read back from the end: other groups' snapshots may share the partition
@@ -18,9 +19,9 @@ def latest_snapshots(settings: Settings, topic: str, partition: int, group: str,
 
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{group}-state-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0,
-                         "fetch.message.max.bytes": 67108864, "receive.message.max.bytes": 134217728})
+    consumer = Consumer(kafka_client.config(
+        settings, **{"group.id": f"{group}-state-reader", "enable.auto.commit": False, "enable.partition.eof": True,
+                     "log_level": 0, "fetch.message.max.bytes": 67108864, "receive.message.max.bytes": 134217728}))
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
         if high <= low:

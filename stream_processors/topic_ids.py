@@ -11,16 +11,19 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
+from trainmon import kafka_client
+from trainmon.settings import Settings
+
 log = logging.getLogger("trainmon.processors")
 
 
-def topic_keys(bootstrap_servers: str, names: Iterable[str], timeout_s: float = 10.0) -> dict[str, str]:
+def topic_keys(settings: Settings, names: Iterable[str], timeout_s: float = 10.0) -> dict[str, str]:
     """name -> "name#id" for the topics that exist; {} (and a warning) when Kafka cannot say."""
     from confluent_kafka import KafkaException, TopicCollection
     from confluent_kafka.admin import AdminClient
 
     names = sorted(set(names))
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    admin = AdminClient(kafka_client.config(settings, log_level=0))
     keys = {}
     for name, future in admin.describe_topics(TopicCollection(names), request_timeout=timeout_s).items():
         try:

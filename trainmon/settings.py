@@ -31,17 +31,35 @@ class Settings:
     kafka_topic_prefix: str = "trainmon."
     kafka_partitions: int = 6  # partitions of every trainmon topic
     kafka_replication_factor: int = 1  # 3 on a production cluster
+    kafka_min_insync_replicas: int = 0  # topics' min.insync.replicas; 0: the broker's default
+    # Security of every Kafka client (SDK, daemon, processors, simulator, CLI). Empty protocol:
+    # PLAINTEXT, or SASL_SSL with the local stack's own files when [services] secure is on.
+    kafka_security_protocol: str = ""  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"  # or SCRAM-SHA-256, PLAIN
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""  # prefer password_file: a value here shows up in the environment
+    kafka_sasl_password_file: str = ""  # a file holding only the password
+    kafka_ssl_ca_file: str = ""  # PEM CA that signed the brokers' certificates; empty: the system's
+    kafka_ssl_cert_file: str = ""  # client certificate (PEM) for mTLS
+    kafka_ssl_key_file: str = ""  # its private key (PEM)
     # [clickhouse]
     clickhouse_url: str = ""  # empty: the local engine, http://127.0.0.1:<services.clickhouse_http_port>
     clickhouse_user: str = "default"
     clickhouse_password: str = ""
+    clickhouse_password_file: str = ""  # a file holding only the password (wins over password)
     clickhouse_database: str = "trainmon"
+    clickhouse_ca_file: str = ""  # PEM CA for an https:// url; empty: the system's
+    clickhouse_cluster: str = ""  # a remote_servers cluster: migrations make Replicated + Distributed tables
+    clickhouse_migrations_user: str = ""  # who runs `trainmon db migrate`; empty: [clickhouse] user
+    clickhouse_migrations_password_file: str = ""
     # [services] — the local, natively started stack (`trainmon services start`)
     services_home: str = ""  # empty: <checkout>/.trainmon, or ~/.local/state/trainmon when installed
     services_kafka_port: int = 9092
     services_kafka_controller_port: int = 9093
     services_kafka_version: str = "4.1.1"
     services_kafka_heap_mb: int = 512
+    services_kafka_brokers: int = 1  # 3: a KRaft cluster of three combined nodes on consecutive ports
+    services_secure: bool = False  # TLS + SCRAM on Kafka, HTTPS + passwords on ClickHouse
     services_clickhouse_http_port: int = 8123
     services_clickhouse_tcp_port: int = 9000
     services_alertmanager_port: int = 9094
@@ -53,6 +71,9 @@ class Settings:
     dashboard_port: int = 8501
     dashboard_clickhouse_user: str = "reader"  # read-only ClickHouse user; empty: [clickhouse] user
     dashboard_clickhouse_password: str = ""  # with clickhouse_user; unused when that is empty
+    dashboard_clickhouse_password_file: str = ""  # wins over clickhouse_password
+    dashboard_auth: str = ""  # empty: no login; "oidc": Streamlit's st.login against [auth] of auth_file
+    dashboard_auth_file: str = ""  # a TOML file with Streamlit's [auth] section (OIDC client, cookie secret)
     dashboard_refresh_s: int = 10  # default auto-refresh interval of the pages; 0: off
 
     @property
@@ -78,6 +99,11 @@ class Settings:
         return Path(state) / "trainmon"
 
     @property
+    def secrets_dir(self) -> Path:
+        """Certificates and passwords of the local secure stack (`trainmon services start --secure`)."""
+        return self.home / "secrets"
+
+    @property
     def dashboard_reader(self) -> "Settings":
         """These settings with the dashboard's ClickHouse user (read-only `reader` by default)."""
         if not self.dashboard_clickhouse_user:
@@ -93,12 +119,21 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECTIONS = sorted({name.split("_", 1)[0] for name in _FIELDS})
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def env_name(field: str) -> str:
     return "TRAINMON_" + field.upper()
 
 
 def _coerce(value: Any, field: str, where: str) -> Any:
     expected = _FIELDS[field].type
+    if expected == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        raise SettingsError(f"{where}: expected true or false, got {value!r}")
     if expected == "int":
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise SettingsError(f"{where}: expected an integer, got {value!r}")
