@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup alertmanager chromium test test-unit demo stop bench clean help
+.PHONY: setup alertmanager chromium helm test test-unit demo stop bench clean help
 
 help:
 	@echo "make demo   - set up and run the whole stack with live data (dashboard, alerts); Ctrl-C stops it"
 	@echo "make test   - set up and run the whole test suite against the real services"
 	@echo "make stop   - stop the local services started by make demo"
+	@echo "make helm   - build helm v4 once (the Helm chart's tests; minutes the first time)"
 	@echo "make bench  - run the benchmarks in bench/ (figures under bench/results/)"
 
 setup: $(STAMP)
@@ -24,13 +25,24 @@ $(STAMP): pyproject.toml
 alertmanager:
 	./deploy/alertmanager/install.sh
 
-# Debian's headless-capable Chromium, for the dashboard's browser tests and page-load benchmark.
+# Debian's headless-capable Chromium and nginx, for the dashboard's browser and login tests. nginx's
+# package would start it on 0.0.0.0:80: a policy-rc.d that refuses every start is in place while it
+# installs (the tests run their own nginx on loopback).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium (browser tests)..."; \
-	  $$( [ "$$(id -u)" -eq 0 ] || echo sudo ) apt-get update -qq && \
-	  $$( [ "$$(id -u)" -eq 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	@command -v chromium >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { echo "installing Debian's chromium and nginx (browser and login tests)..."; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  NOSTART=$$( [ -e /usr/sbin/policy-rc.d ] || echo yes ); \
+	  if [ -n "$$NOSTART" ]; then printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; $$SUDO chmod 755 /usr/sbin/policy-rc.d; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium nginx; rc=$$?; \
+	  [ -z "$$NOSTART" ] || $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 
-test: setup alertmanager chromium
+# helm v4 for the chart's offline tests (tests/unit/test_helm_chart.py), built once from the Go
+# module proxy into ~/.cache/trainmon/tools (~4-6 min; later runs are a no-op). Needs Go 1.26+.
+helm:
+	./deploy/helm/install-helm.sh
+
+test: setup alertmanager chromium helm
 	$(BIN)/python -m pytest
 
 test-unit: setup

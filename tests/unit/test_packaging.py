@@ -4,6 +4,7 @@ distributions named agent, dashboard and deploy), and it works without the check
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(ROOT)],
+    """Built from a copy of the files git would ship (tracked or not ignored): a stale build/ folder
+    of the checkout must not leak old files into what is checked."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(source)],
                    check=True, capture_output=True, timeout=240)
     (built,) = out.glob("trainmon-*.whl")
     return built
@@ -32,6 +41,7 @@ def test_the_wheel_puts_nothing_beside_the_trainmon_package(wheel: Path) -> None
                    "trainmon/deploy/clickhouse/migrations/0001_schema_v1.sql",
                    "trainmon/deploy/docker/clickhouse/users.xml", "trainmon/deploy/alertmanager/install.sh"):
         assert needed in names, needed
+    assert not [name for name in names if name.startswith("trainmon/deploy/helm/")]  # installed from the repo
 
 
 def test_the_installed_package_runs_without_the_checkout(wheel: Path, tmp_path: Path) -> None:
