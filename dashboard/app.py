@@ -5,16 +5,20 @@ directory-based navigation for a session's first request) are chosen by URL path
 live in the URL's query parameters, so links from alerts open the right view: /run?project=P&run=R,
 /host?host=H.
 All reads go through dashboard/queries.py (parameterised, downsampled SQL), cached for a few seconds.
+With [dashboard] auth = "oidc", dashboard/auth.py stops every script run of a visitor not logged in
+before the navigation and pages run.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from trainmon.dashboard import components
+from trainmon.dashboard import auth, components
 
 st.set_page_config(page_title="trainmon", page_icon="📈", layout="wide",  # emoji: no request to fonts.gstatic.com
                    initial_sidebar_state="expanded")
+settings = components.settings()
+auth.gate(settings)  # before st.navigation: anonymous visitors get neither the pages nor their links
 
 pages = [
     st.Page("views/runs.py", title="Runs", icon=":material/view_list:", url_path="runs", default=True),
@@ -28,7 +32,7 @@ page = st.navigation(pages, position="sidebar", expanded=True)
 
 with st.sidebar:
     components.refresh_control()
-    reader = components.settings().dashboard_reader
+    reader = settings.dashboard_reader
     st.caption(f"ClickHouse `{reader.clickhouse}` · database `{reader.clickhouse_database}` · "
                f"user `{reader.clickhouse_user}` · times in UTC")
 
