@@ -716,9 +716,18 @@ def _install_hooks() -> None:
 # --- init -----------------------------------------------------------------------------------------
 
 
+SHARED_SPOOL_ROOT = Path("/var/spool/trainmon")  # made by deploy/systemd/tmpfiles.d/trainmon.conf
+
+
 def spool_root(environ: Mapping[str, str] | None = None) -> Path:
+    """$TRAINMON_SPOOL_DIR; else the node's shared root, where the node agent replays what a dead
+    process left (if the administrator made it and we may write there); else ~/.cache/trainmon/spool."""
     environ = os.environ if environ is None else environ
-    return Path(environ.get(SPOOL_ENV) or Path.home() / ".cache" / "trainmon" / "spool").expanduser()
+    if environ.get(SPOOL_ENV):
+        return Path(environ[SPOOL_ENV]).expanduser()
+    if SHARED_SPOOL_ROOT.is_dir() and os.access(SHARED_SPOOL_ROOT, os.W_OK | os.X_OK):
+        return SHARED_SPOOL_ROOT
+    return Path.home() / ".cache" / "trainmon" / "spool"
 
 
 def _default_publisher(settings: Any, identity: Identity, spool_dir: str | os.PathLike[str] | None) -> Any:

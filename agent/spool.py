@@ -21,6 +21,11 @@ behind by a killed process, or a tail lost by a power cut) are skipped rather th
 A record is a 16-byte header (body length, CRC-32 of the body, sequence number) and a body (topic code,
 key length, key, value). A torn record at the tail (killed mid-write) fails its length or CRC check
 and is cut off when the spool is opened; a failed write is cut off at once.
+
+A spool directory in a *shared root* (setgid and sticky, like /var/spool/trainmon made by
+deploy/systemd/tmpfiles.d/trainmon.conf) is also the node agent's to replay once its process is gone: the
+directory is opened to the root's group, the agent's (0770), and its files to whoever may enter it
+(see `_share_directory`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import struct
 import time
 import zlib
@@ -41,6 +47,7 @@ HEADER = struct.Struct("<IIQ")  # body length, crc32(body), seq
 BODY = struct.Struct("<BH")  # topic code, key length
 SUFFIX = ".seg"
 ACK_INTERVAL_S = 1.0
+SHARED_ROOT = stat.S_ISGID | stat.S_ISVTX  # the mode bits that mark a spool root shared with the agent
 
 
 class SpoolLocked(RuntimeError):
@@ -87,6 +94,34 @@ def _scan(path: Path) -> Iterator[tuple[int, Record]]:
         offset = end
 
 
+def _share_directory(directory: Path) -> bool:
+    """Whether the spool is in a shared root; if so, open it to the root's group and nobody else.
+
+    The SDK's process and the agent that may replay its spool later are different users, and either
+    may write a file the other must read, cut or replace (the watermark, the lock, a torn segment). A
+    file takes its creator's group (a non-member's chmod drops the setgid bit), so group bits cannot
+    serve both: the directory (0770: its owner and the agent's group) is the boundary, and its files
+    are 0666 inside it. Group membership is all the agent needs, rather than capabilities that would
+    let it write any user's files. A directory made by another user (a squatter who guessed this run's
+    spool name) is refused unless the caller is in the root's group, as the agent is.
+    """
+    try:
+        root = directory.parent.stat()
+    except OSError:
+        return False
+    if root.st_mode & SHARED_ROOT != SHARED_ROOT:
+        return False
+    info = directory.lstat()
+    mine = info.st_uid == os.geteuid()
+    agent = info.st_gid == root.st_gid and (root.st_gid == os.getegid() or root.st_gid in os.getgroups())
+    if not stat.S_ISDIR(info.st_mode) or not (mine or agent):
+        raise PermissionError(f"spool {directory} in the shared root {directory.parent} is not a directory of yours "
+                              f"(owner uid {info.st_uid}); set TRAINMON_SPOOL_DIR (or spool_dir=) to one of your own")
+    if mine:
+        os.chmod(directory, 0o770)  # mkdir's mode went through the umask, which may have left the group out
+    return True
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -108,7 +143,9 @@ class Spool:
                  ack_interval_s: float = ACK_INTERVAL_S, clock=time.monotonic) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._shared = _share_directory(self.dir)
         self._lock = open(self.dir / "lock", "a+")
+        self._share_file(self._lock.fileno())
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -238,6 +275,7 @@ class Spool:
             if segment is not None and segment.path == path:  # ours and empty: its first write failed
                 self.segments.pop()
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._share_file(self._fd)
             if os.fstat(self._fd).st_size:
                 os.ftruncate(self._fd, 0)  # a leftover of ours with nothing valid in it
             segment = Segment(first, first - 1, path, 0)
@@ -331,6 +369,7 @@ class Spool:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
+                self._share_file(fd)
                 os.write(fd, f"{acked}\n".encode())
                 os.fsync(fd)
             finally:
@@ -342,6 +381,11 @@ class Spool:
             return
         self.durable = acked
         self._delete_acked()
+
+    def _share_file(self, fd: int) -> None:
+        """In a shared spool, let the other side (owner or agent) read and rewrite a file we made."""
+        if self._shared and os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o666)
 
     def _close_fd(self) -> None:
         if self._fd >= 0:

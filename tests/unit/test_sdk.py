@@ -519,3 +519,12 @@ def test_run_metadata_is_sent_from_rank_zero_only_unless_asked(publisher: FakePu
     first = start(zero, rank=0, world_size=512, run_id="big-job-2")
     first.log_dataset("c4", "2024-01")
     assert len(zero.kinds("run_meta")) == 1
+
+
+def test_the_spool_root_is_the_nodes_shared_root_when_it_exists(tmp_path, monkeypatch):
+    shared = tmp_path / "spool"
+    monkeypatch.setattr(sdk, "SHARED_SPOOL_ROOT", shared)
+    assert sdk.spool_root({}) == Path.home() / ".cache" / "trainmon" / "spool"
+    shared.mkdir()
+    assert sdk.spool_root({}) == shared
+    assert sdk.spool_root({"TRAINMON_SPOOL_DIR": str(tmp_path / "mine")}) == tmp_path / "mine"

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import pickle
+import shutil
+import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from trainmon.agent import spool as spool_module
+from trainmon.agent.orphans import orphaned
 from trainmon.agent.spool import HEADER, Spool, SpoolLocked
 
 
@@ -245,3 +252,137 @@ def test_the_cap_counts_as_lost_only_what_was_never_handed_to_kafka(tmp_path):
     assert spool.dropped > 25 and spool.lost == spool.dropped - 25
     assert acked_on_disk(tmp_path) == spool.acked  # a reopen does not wait for what the cap removed
     spool.close()
+
+
+# --- a spool root shared with the node agent -----------------------------------------------------------
+
+SHARED_ROOT_MODE = 0o3773  # setgid + sticky, group rwx, others wx: as deploy/systemd/tmpfiles.d/trainmon.conf makes it
+
+
+def modes(directory) -> dict[str, int]:
+    return {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+
+
+@pytest.fixture
+def strict_umask():
+    """The umask careful cluster users set: what the agent may do must not depend on it."""
+    previous = os.umask(0o077)
+    yield
+    os.umask(previous)
+
+
+def test_a_spool_in_a_shared_root_is_open_to_the_root_group_whatever_the_umask(tmp_path, strict_umask):
+    root = tmp_path / "spool"
+    root.mkdir()
+    root.chmod(SHARED_ROOT_MODE)
+    spool = open_spool(root / "proj-run-rank0", ack_interval_s=0)
+    spool.append(records(3))
+    spool.ack(1)  # writes the watermark at once (ack_interval_s=0)
+    assert stat.S_IMODE((root / "proj-run-rank0").stat().st_mode) == 0o770
+    assert set(modes(root / "proj-run-rank0").values()) == {0o666}, modes(root / "proj-run-rank0")
+    assert {"lock", "acked"} <= set(modes(root / "proj-run-rank0"))
+    spool.close()
+
+
+def test_a_spool_elsewhere_stays_private(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        spool = open_spool(tmp_path / "proj-run-rank0", ack_interval_s=0)
+        spool.append(records(3))
+        spool.ack(1)
+        spool.close()
+    finally:
+        os.umask(previous)
+    files = modes(tmp_path / "proj-run-rank0")
+    assert {files["acked"]} | {mode for name, mode in files.items() if name.endswith(".seg")} == {0o600}
+
+
+def test_a_link_planted_in_a_shared_root_is_refused(tmp_path):
+    root = tmp_path / "spool"
+    root.mkdir()
+    root.chmod(SHARED_ROOT_MODE)
+    elsewhere = tmp_path / "someone-elses"
+    elsewhere.mkdir()
+    (root / "proj-run-rank0").symlink_to(elsewhere)  # another user guessed the run's spool name
+    with pytest.raises(PermissionError, match="TRAINMON_SPOOL_DIR"):
+        open_spool(root / "proj-run-rank0")
+    assert not list(elsewhere.iterdir())
+
+
+# Users and the agent as numeric ids without passwd entries: file permissions need nothing more.
+TRAINER, SQUATTER, AGENT = 64101, 64102, 64103
+
+
+def as_user(uid: int, gid: int, action):
+    """action() in a forked child running as uid:gid with a 077 umask; its result, or its error as text."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.umask(0o077)
+            outcome = ("ok", action())
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as text
+            outcome = ("error", f"{type(exc).__name__}: {exc}")
+        os.write(write_end, pickle.dumps(outcome))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+@pytest.fixture
+def shared_root():
+    """A shared root that other uids can reach: pytest's own tmp directories are private to root."""
+    if os.geteuid() != 0:
+        pytest.skip("switching between users needs root; the mode tests above cover the rest")
+    base = Path(tempfile.mkdtemp(prefix="trainmon-spool-"))
+    base.chmod(0o711)
+    root = base / "spool"
+    root.mkdir()
+    os.chown(root, 0, AGENT)
+    root.chmod(SHARED_ROOT_MODE)
+    yield root
+    shutil.rmtree(base)
+
+
+def test_the_agent_replays_a_dead_trainers_spool_and_the_trainer_can_reopen_it(shared_root):
+    directory = shared_root / "proj-run-rank0"
+
+    def train_then_die() -> None:
+        spool = open_spool(directory)
+        spool.append(records(3))
+        segment = spool.segments[-1].path
+        abandon(spool)
+        with open(segment, "ab") as file:
+            file.write(HEADER.pack(500, 0, 4)[:10])  # killed in the middle of the next write
+
+    def agent_sweeps() -> tuple[list, list[int]]:
+        found = orphaned(shared_root)
+        spool = open_spool(directory, ack_interval_s=0)  # cuts the torn tail: a write to the trainer's file
+        seqs = [record.seq for record in spool.read(1, 10)]
+        spool.ack(2)  # Kafka went away again after two
+        spool.close()  # the watermark, written by the agent, for whoever opens the spool next
+        return found, seqs
+
+    def trainer_reopens() -> tuple[int, list[int], tuple[int, int]]:
+        spool = open_spool(directory)
+        result = spool.acked, [record.seq for record in spool.read(spool.acked + 1, 10)], spool.append(records(1))
+        spool.close()
+        return result
+
+    assert as_user(TRAINER, TRAINER, train_then_die) == ("ok", None)
+    assert as_user(AGENT, AGENT, agent_sweeps) == ("ok", ([directory], [1, 2, 3]))
+    assert as_user(TRAINER, TRAINER, trainer_reopens) == ("ok", (2, [3], (4, 4)))
+
+
+def test_another_user_cannot_take_over_a_spool_in_a_shared_root(shared_root):
+    directory = shared_root / "proj-run-rank0"
+    assert as_user(SQUATTER, SQUATTER, lambda: open_spool(directory).close()) == ("ok", None)  # planted first
+    status, error = as_user(TRAINER, TRAINER, lambda: open_spool(directory).close())
+    assert status == "error" and "PermissionError" in error and f"owner uid {SQUATTER}" in error
