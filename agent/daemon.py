@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from trainmon.agent.collectors import CollectorSet, GpuCollector, build
+from trainmon.agent.collectors import CollectorSet, GpuCollector, build, names
 from trainmon.agent.identity import host_name
 from trainmon.contract import MAX_TEXT_LEN
 from trainmon.errors import TrainmonError
@@ -136,7 +136,7 @@ class Daemon:
         if took > SLOW_COLLECT_FRACTION * self.interval:
             self._warn_once("slow", "collecting took %.0f ms, over half the %g s interval; ticks may be "
                             "skipped (GPU PCIe throughput waits 40 ms per GPU: use --no-pcie or a longer "
-                            "--interval)", took * 1000, self.interval)
+                            "--interval, or [agent] pcie and interval)", took * 1000, self.interval)
         sample.runs.update(run for run in active.values() if run)
         self._publish(sample.to_event(host=self.host, time=wall, interval_s=self.interval))
 
@@ -203,20 +203,6 @@ class Daemon:
 # --- the command ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """`trainmon agent`'s options; see cli.py for their help."""
-
-    interval: float = 1.0
-    host: str = ""  # empty: $TRAINMON_HOST, else the hostname
-    gpu: bool = True
-    pcie: bool = True
-    disk_path: str = "/"
-    spool_dir: str = ""  # empty: default_spool_dir(host)
-    once: bool = False
-    duration: float | None = None
-
-
 class StdoutSink:
     """--once: the sample as indented JSON on stdout, nothing published."""
 
@@ -239,18 +225,23 @@ def default_spool_dir(host: str) -> Path:
     return cache / "trainmon" / "spool" / f"agent-{re.sub(r'[^A-Za-z0-9._-]', '_', host)}"
 
 
-def build_collectors(*, pids: ActiveProcesses, gpu: bool = True, pcie: bool = True, disk_path: str = "/",
-                     nvml: Any = None) -> CollectorSet:
-    """Host, training processes and (unless gpu=False) GPUs. A GPU collector that found no NVML or no
-    GPU has already said why, once; it is dropped so the start line lists what really runs."""
-    if not os.path.exists(disk_path):
-        raise AgentError(f"--disk-path {disk_path}: no such file or directory")
-    config: dict[str, dict[str, Any]] = {"host": {"disk_path": disk_path}, "processes": {"pids": pids}}
-    if gpu:
-        config["gpu"] = {"nvml": nvml, "pcie": pcie}
-    else:
-        log.info("GPU collector off (--no-gpu)")
-    collectors = build(config)
+def build_collectors(settings: Settings, *, pids: ActiveProcesses, nvml: Any = None) -> CollectorSet:
+    """The collectors [agent] collectors names, from the registry, each given its options from the
+    settings (the gpu collector unless [agent] gpu is off). A GPU collector that found no NVML or no GPU
+    has already said why, once; it is dropped so the start line lists what really runs."""
+    options: dict[str, dict[str, Any]] = {"host": {"disk_path": settings.agent_disk_path},
+                                          "processes": {"pids": pids},
+                                          "gpu": {"nvml": nvml, "pcie": settings.agent_pcie}}
+    try:
+        wanted = names(settings.agent_collectors)
+    except ValueError as exc:  # Settings(...) made in code is not checked as the loader checks
+        raise AgentError(f"[agent] collectors {settings.agent_collectors!r}: {exc}") from None
+    if "host" in wanted and not os.path.exists(settings.agent_disk_path):
+        raise AgentError(f"--disk-path ([agent] disk_path) {settings.agent_disk_path}: no such file or directory")
+    if "gpu" in wanted and not settings.agent_gpu:
+        wanted.remove("gpu")
+        log.info("GPU collector off (--no-gpu or [agent] gpu = false)")
+    collectors = build({name: options.get(name, {}) for name in wanted})
     for collector in list(collectors.collectors):
         if isinstance(collector, GpuCollector) and not collector.enabled:
             collectors.collectors.remove(collector)
@@ -262,24 +253,26 @@ def describe(collectors: CollectorSet, pcie: bool) -> str:
     return ",".join(names)
 
 
-def serve(settings: Settings, options: Options) -> int:
-    """Run the daemon until SIGTERM/SIGINT or --duration (or one sample with --once); exit status 0."""
+def serve(settings: Settings, *, once: bool = False, duration: float | None = None) -> int:
+    """Run the daemon as the [agent] settings say until SIGTERM/SIGINT or `duration` seconds (or, once,
+    take one sample and print it); exit status 0."""
     from trainmon.agent.registry import active_processes
 
-    host = options.host or default_host()
+    host = settings.agent_host or default_host()
     if len(host) > MAX_TEXT_LEN or host != host.strip():
-        raise AgentError(f"--host {host[:40]!r}: must be 1..{MAX_TEXT_LEN} characters without edge spaces")
+        raise AgentError(f"--host ([agent] host) {host[:40]!r}: must be 1..{MAX_TEXT_LEN} characters without "
+                         "edge spaces")
     registry = Snapshot(active_processes)
-    collectors = build_collectors(pids=registry.last, gpu=options.gpu, pcie=options.pcie,
-                                  disk_path=options.disk_path)
+    collectors = build_collectors(settings, pids=registry.last)
     try:
-        publisher, where = _sink(settings, options, host)
+        publisher, where = _sink(settings, once, host)
     except BaseException:
         collectors.close()
         raise
-    daemon = Daemon(collectors, publisher, host=host, interval=options.interval, runs_fn=registry.refresh)
-    log.info("trainmon agent starting: host=%s interval=%gs collectors=%s %s", host, options.interval,
-             describe(collectors, options.pcie), where)
+    interval = settings.agent_interval
+    daemon = Daemon(collectors, publisher, host=host, interval=interval, runs_fn=registry.refresh)
+    log.info("trainmon agent starting: host=%s interval=%gs collectors=%s %s", host, interval,
+             describe(collectors, settings.agent_pcie), where)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -287,11 +280,11 @@ def serve(settings: Settings, options: Options) -> int:
             log.info("%s received: stopping at the next tick boundary", signal.Signals(signum).name)
         stop.set()
 
-    if not options.once:
+    if not once:
         _sweep_orphans_in_background(settings, stop)  # our own spool is locked by us: never swept
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        daemon.run(stop, duration=options.interval if options.once else options.duration)
+        daemon.run(stop, duration=interval if once else duration)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -317,16 +310,16 @@ def _sweep_orphans_in_background(settings: Settings, stop: threading.Event) -> N
     threading.Thread(target=sweep, name="trainmon-orphan-sweep", daemon=True).start()
 
 
-def _sink(settings: Settings, options: Options, host: str) -> tuple[Sink, str]:
-    if options.once:
+def _sink(settings: Settings, once: bool, host: str) -> tuple[Sink, str]:
+    if once:
         return StdoutSink(), "output=stdout (--once: nothing published)"
     from trainmon.agent.publisher import Publisher, PublisherOptions
 
-    spool_dir = Path(options.spool_dir).expanduser() if options.spool_dir else default_spool_dir(host)
+    spool_dir = Path(settings.agent_spool_dir or default_spool_dir(host)).expanduser()
     try:
         # One event per interval needs no 20 Hz publisher thread: waking 4 times per interval (at most
         # 4 Hz) cut the daemon's CPU from 0.42 % to 0.30 % of a core at 1 Hz (bench/agent_overhead.py).
-        linger = PublisherOptions(linger_s=min(MAX_LINGER_S, options.interval / 4))
+        linger = PublisherOptions(linger_s=min(MAX_LINGER_S, settings.agent_interval / 4))
         publisher = Publisher(settings, spool_dir=spool_dir, client_id=f"trainmon-agent-{host}", options=linger)
     except TrainmonError:
         raise

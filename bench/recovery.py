@@ -54,13 +54,11 @@ from trainmon.deploy.migrate import migrate  # noqa: E402
 from trainmon.deploy.topics import create_topics  # noqa: E402
 from tests.kafka_util import metrics_partitions  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
-from trainmon.cli import build_parser  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 from trainmon.contract import Topic, topic_name  # noqa: E402
 from trainmon.settings import Settings  # noqa: E402
 
 MODES = ("failover", "restart")
-PROCESS_DEFAULTS = build_parser().parse_args(["process"])  # `trainmon process` as shipped
 # log lines (aiokafka's and the processors' own, at info level) that mark a takeover's steps
 MARKS = {
     "rebalance_seen": "Revoking previously assigned partitions",  # this worker learnt of the rebalance
@@ -396,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES),
                         help="recovery modes, comma-separated: failover (the survivor takes over), restart "
                         "(the killed worker started again at once) (default both)")
-    parser.add_argument("--session-timeout", type=float, default=PROCESS_DEFAULTS.session_timeout, metavar="SECONDS",
+    parser.add_argument("--session-timeout", type=float, default=Settings().processors_session_timeout, metavar="SECONDS",
                         help="every worker's `trainmon process --session-timeout` (default: that option's "
                         "default, %(default)g)")
     parser.add_argument("--load-values-per-s", type=float, default=50_000,

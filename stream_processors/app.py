@@ -19,8 +19,8 @@ A worker that dies loses at most what came after its last checkpoint; whoever ta
 over restores the snapshot and re-reads from the committed offset, which the snapshot covers, so
 every event is applied to the state exactly once and every alert is sent once.
 
-`durable_state=False` (`trainmon process --no-durable-state`) runs the same code without snapshots, to
-measure what the guarantee above costs: state is lost at every restart and rebalance.
+`[processors] durable_state = false` (`trainmon process --no-durable-state`) runs the same code without
+snapshots, to measure what the guarantee above costs: state is lost at every restart and rebalance.
 """
 
 from __future__ import annotations
@@ -59,15 +59,17 @@ def _data_parent(settings: Settings) -> Path:
     return parent
 
 
-def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, group_id: str = "trainmon-processors",
-               batch_events: int = 5000, batch_within_s: float = 0.1, web_port: int | None = None,
-               checkpoint_interval_s: float = 1.0, lost_after_s: float = 900.0, durable_state: bool = True,
-               session_timeout_s: float = 6.0) -> faust.App:
-    """durable_state=False: no state snapshots are written or read; checkpoints only ack events and
-    release alerts (on the same schedule), and assigned partitions start from empty state: at-least-once
-    processing that forgets all rule, window and run state at every restart or rebalance (for measuring
-    what durability costs). session_timeout_s: how long the group waits for a silent worker before giving
-    its partitions to the others (heartbeats go every HEARTBEAT_INTERVAL_S)."""
+def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, batch_within_s: float = 0.1,
+               checkpoint_interval_s: float = 1.0, lost_after_s: float = 900.0) -> faust.App:
+    """A worker as the [processors] settings say (trainmon/settings.py explains each). durable_state off:
+    no state snapshots are written or read; checkpoints only ack events and release alerts (on the same
+    schedule), and assigned partitions start from empty state: at-least-once processing that forgets all
+    rule, window and run state at every restart or rebalance (for measuring what durability costs).
+    session_timeout: how long the group waits for a silent worker before giving its partitions to the
+    others (heartbeats go every HEARTBEAT_INTERVAL_S)."""
+    group_id, batch_events, web_port = (settings.processors_group, settings.processors_batch_events,
+                                        settings.processors_web_port)
+    durable_state, session_timeout_s = settings.processors_durable_state, settings.processors_session_timeout
     if session_timeout_s < 3 * HEARTBEAT_INTERVAL_S:
         raise ValueError(f"session timeout of {session_timeout_s} s: at least three heartbeat intervals "
                          f"({3 * HEARTBEAT_INTERVAL_S:g} s)")

@@ -9,15 +9,22 @@ from pathlib import Path
 from trainmon.settings import Settings
 
 
-def check(settings: Settings, pipeline_path: Path | None = None) -> str:
+def pipeline_path(settings: Settings) -> Path:
+    """[processors] pipeline, else the shipped stream_processors/pipeline.yml."""
+    from trainmon.stream_processors.config import DEFAULT_PIPELINE
+
+    return Path(settings.processors_pipeline).expanduser() if settings.processors_pipeline else DEFAULT_PIPELINE
+
+
+def check(settings: Settings) -> str:
     """`trainmon process --check`: the pipeline file read and every rule, route and incident edge built,
     as a worker would at start, without Kafka or ClickHouse; PipelineConfigError names file, line
     and key. Returns what a worker would run."""
     from collections import Counter
 
-    from trainmon.stream_processors.config import DEFAULT_PIPELINE, load_pipeline
+    from trainmon.stream_processors.config import load_pipeline
 
-    path = pipeline_path or DEFAULT_PIPELINE
+    path = pipeline_path(settings)
     pipeline = load_pipeline(path, settings=settings)
     kinds = Counter(spec.kind for spec in pipeline.rules)
     incidents = ("off (every alert routed on its own)" if pipeline.incidents is None else
@@ -31,29 +38,29 @@ def check(settings: Settings, pipeline_path: Path | None = None) -> str:
     ])
 
 
-def run(settings: Settings, *, pipeline_path: Path | None = None, group_id: str = "trainmon-processors",
-        web_port: int | None = None, batch_events: int = 5000, loglevel: str = "info", durable_state: bool = True,
-        session_timeout_s: float = 6.0) -> None:
+def run(settings: Settings) -> None:
+    """One worker as the [processors] settings say, until SIGTERM/Ctrl-C."""
     import faust
 
     from trainmon.stream_processors.app import create_app
-    from trainmon.stream_processors.config import DEFAULT_PIPELINE, load_pipeline
+    from trainmon.stream_processors.config import load_pipeline
     from trainmon.stream_processors.delivery import Dispatcher
     from trainmon.stream_processors.routes import build_route
 
-    pipeline_path = pipeline_path or DEFAULT_PIPELINE
-    pipeline = load_pipeline(pipeline_path, settings=settings)  # fails fast, naming file, line and key
+    path = pipeline_path(settings)
+    pipeline = load_pipeline(path, settings=settings)  # fails fast, naming file, line and key
     deliveries: deque = deque()
     dispatcher = Dispatcher([build_route(spec) for spec in pipeline.routes], deliveries.append)
-    app = create_app(settings, pipeline, dispatcher, group_id=group_id, batch_events=batch_events, web_port=web_port,
-                     durable_state=durable_state, session_timeout_s=session_timeout_s)
+    app = create_app(settings, pipeline, dispatcher)
     app.processing.deliveries = deliveries
+    loglevel, web_port = settings.processors_loglevel, settings.processors_web_port
     logging.getLogger("trainmon").setLevel(loglevel.upper())
     logging.getLogger("trainmon.processors").info(
         "trainmon processors: group %s, Kafka %s, ClickHouse %s, pipeline %s (%d rules, %d routes), web %s, "
-        "session timeout %g s, state %s", group_id, settings.bootstrap_servers, settings.clickhouse, pipeline_path,
-        len(pipeline.rules), len(pipeline.routes), f"127.0.0.1:{web_port}" if web_port else "off", session_timeout_s,
-        "durable (snapshots)" if durable_state else "NOT durable (--no-durable-state: lost at restart/rebalance)")
+        "session timeout %g s, state %s", settings.processors_group, settings.bootstrap_servers, settings.clickhouse,
+        path, len(pipeline.rules), len(pipeline.routes), f"127.0.0.1:{web_port}" if web_port else "off",
+        settings.processors_session_timeout, "durable (snapshots)" if settings.processors_durable_state
+        else "NOT durable (--no-durable-state: lost at restart/rebalance)")
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:

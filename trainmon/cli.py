@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from trainmon import settings as settings_module
 from trainmon.errors import TrainmonError
@@ -23,6 +24,10 @@ def _services(args: argparse.Namespace, settings: settings_module.Settings) -> i
     from trainmon.deploy import services
 
     names = args.names or None
+    if args.kafka_brokers is not None:
+        settings = settings.replace(services_kafka_brokers=args.kafka_brokers)
+    if args.secure is not None:
+        settings = settings.replace(services_secure=args.secure)
     if args.action == "start":
         services.start_all(settings, names, progress=_progress)
     elif args.action == "stop":
@@ -44,8 +49,10 @@ def _topics(args: argparse.Namespace, settings: settings_module.Settings) -> int
 
 
 def _db(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from trainmon.clickhouse import migrations
     from trainmon.deploy import migrate
 
+    settings = migrations(settings)  # the migrations user: [clickhouse] migrations_user or the local stack's
     if args.action == "migrate":
         migrate.migrate(settings, progress=print)
     else:
@@ -55,12 +62,10 @@ def _db(args: argparse.Namespace, settings: settings_module.Settings) -> int:
 
 
 def _agent(args: argparse.Namespace, settings: settings_module.Settings) -> int:
-    from trainmon.agent.daemon import Options, configure_logging, serve
+    from trainmon.agent.daemon import configure_logging, serve
 
     configure_logging()
-    return serve(settings, Options(interval=args.interval, host=args.host, gpu=not args.no_gpu,
-                                   pcie=not args.no_pcie, disk_path=args.disk_path, spool_dir=args.spool_dir,
-                                   once=args.once, duration=args.duration))
+    return serve(settings, once=args.once, duration=args.duration)
 
 
 def _seconds(text: str) -> float:
@@ -74,34 +79,58 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def _setting(field: str) -> Callable[[str], Any]:
+    """argparse type of a setting's flag: the setting's own conversion and checks, so a flag is refused
+    as the same value in the config file or the environment would be."""
+    def parse(text: str) -> Any:
+        try:
+            value = settings_module.parse(field, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if value is None:  # "" unsets in the file or environment; a flag not given is None already
+            raise argparse.ArgumentTypeError("expected a value, got an empty one")
+        return value
+    return parse
 
 
-def _session_timeout(text: str) -> float:
-    """argparse type: seconds, at least three of the workers' 1 s heartbeats (stream_processors/app.py)."""
-    value = _seconds(text)
-    if value < 3:
-        raise argparse.ArgumentTypeError(f"must be at least 3 seconds (three 1 s heartbeats), got {text}")
-    return value
+def _setting_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """A flag for each setting of [section] declared with option() (trainmon/settings.py): --KEY, or
+    --KEY/--no-KEY for a boolean. Its default is None, so main() can tell which flags were given: those
+    win over the file and the environment."""
+    group = parser.add_argument_group(
+        f"[{section}] settings", f"each also KEY under [{section}] in the config file and TRAINMON_"
+        f"{section.upper()}_KEY in the environment; a flag given wins over both (docs/configuration.md)")
+    for field in settings_module.options(section):
+        key = field.name.removeprefix(section + "_")
+        meta = field.metadata
+        default = meta["unset"] or json.dumps(field.default)  # a TOML value: 1.0, "sim", true
+        text = f"{meta['help']} (default: {default}; [{section}] {key}, {settings_module.env_name(field.name)})"
+        text = text.replace("%", "%%")  # argparse formats help with %
+        flag = "--" + key.replace("_", "-")
+        if field.type == "bool":
+            group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(flag, dest=key, type=_setting(field.name), default=None, metavar=meta["metavar"],
+                               help=text)
+    parser.set_defaults(settings_section=section)
+
+
+def _with_flags(args: argparse.Namespace, settings: settings_module.Settings) -> settings_module.Settings:
+    """`settings` with the command's setting flags that were given (see _setting_flags)."""
+    section = getattr(args, "settings_section", None)
+    if section is None:
+        return settings
+    given = {f.name: getattr(args, f.name.removeprefix(section + "_")) for f in settings_module.options(section)}
+    return settings.replace(**{name: value for name, value in given.items() if value is not None})
 
 
 def _process(args: argparse.Namespace, settings: settings_module.Settings) -> int:
     from trainmon.stream_processors import worker
 
     if args.check:
-        print(worker.check(settings, args.pipeline))
+        print(worker.check(settings))
         return 0
-    worker.run(settings, pipeline_path=args.pipeline, group_id=args.group, web_port=args.web_port,
-               batch_events=args.batch_events, loglevel=args.loglevel, durable_state=args.durable_state,
-               session_timeout_s=args.session_timeout)
+    worker.run(settings)
     return 0
 
 
@@ -109,18 +138,23 @@ def _dashboard(args: argparse.Namespace, settings: settings_module.Settings) -> 
     import os
 
     from trainmon import dashboard
+    from trainmon.dashboard import auth
 
     app = Path(dashboard.__file__).resolve().parent / "app.py"
     address = args.address or settings.dashboard_address
     port = args.port if args.port is not None else settings.dashboard_port
+    auth_file = auth.auth_file(settings)  # a bad [dashboard] auth stops here, naming the file and key
     command = [sys.executable, "-m", "streamlit", "run", str(app),
                "--server.address", address, "--server.port", str(port), "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
                "--server.runOnSave", "false", "--client.toolbarMode", "viewer"]
+    if auth_file is not None:  # its only secrets: no stray .streamlit/secrets.toml of the working directory
+        command += ["--secrets.files", str(auth_file)]
     if args.config:  # the pages load settings themselves: hand them the same file
         os.environ[settings_module.CONFIG_ENV] = str(Path(args.config).resolve())
+    login = f"OIDC login, [auth] from {auth_file}" if auth_file else "no login"
     _progress(f"dashboard: http://{address}:{port}/ (ClickHouse {settings.clickhouse}, "
-              f"user {settings.dashboard_reader.clickhouse_user})")
+              f"user {settings.dashboard_reader.clickhouse_user}; {login})")
     sys.stdout.flush()
     os.execv(sys.executable, command)  # Streamlit takes this process over: signals reach it directly
 
@@ -138,13 +172,10 @@ def _simulate(args: argparse.Namespace, settings: settings_module.Settings) -> i
     from trainmon.agent.simulator.runner import serve
 
     configure_logging()
-    config = SimConfig(nodes=args.nodes, gpus=args.gpus, runs=args.runs, world_size=args.world_size,
-                       steps=args.steps, duration=args.duration, step_interval=args.step_interval,
-                       interval=args.interval, heartbeat_s=args.heartbeat, val_every=args.val_every,
-                       metrics_per_event=args.metrics_per_event, max_rate=args.max_rate, project=args.project,
-                       prefix=args.prefix, seed=args.seed, faults=tuple(FaultSpec.parse(f) for f in args.fault),
-                       hazards=tuple(args.hazard))
-    serve(settings, config, spool_dir=Path(args.spool_dir).expanduser() if args.spool_dir else None,
+    config = SimConfig.from_settings(settings, faults=tuple(FaultSpec.parse(f) for f in args.fault),
+                                     hazards=tuple(args.hazard))
+    spool_dir = settings.simulate_spool_dir
+    serve(settings, config, spool_dir=Path(spool_dir).expanduser() if spool_dir else None,
           rate_report=args.rate_report, progress=_progress)
     return 0
 
@@ -158,12 +189,26 @@ def _demo(args: argparse.Namespace, settings: settings_module.Settings) -> int:
 
 
 def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    from urllib.parse import urlsplit
+
+    from trainmon.clickhouse import login_user
+
+    def shown(name: str, value: object) -> object:
+        """Secrets as ***, and a password in a URL; a password *file* is a path and stays readable."""
+        if isinstance(value, str) and value and not name.endswith("_file"):
+            if any(word in name for word in ("password", "secret", "token")):
+                return value
+            password = urlsplit(value).password if "://" in value else None
+            if password is not None:
+                return value.replace(f":{password}@", ":***@", 1)
+        return value
+
     for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        shown = "***" if "password" in field.name and value else value
         section, key = field.name.split("_", 1)
-        print(f"[{section}] {key} = {shown!r}   ({settings_module.env_name(field.name)})")
-    print(f"# effective: bootstrap_servers={settings.bootstrap_servers} clickhouse={settings.clickhouse} home={settings.home}")
+        print(f"[{section}] {key} = {shown(field.name, getattr(settings, field.name))!r}   "
+              f"({settings_module.env_name(field.name)})")
+    print(f"# effective: bootstrap_servers={settings.bootstrap_servers} clickhouse={shown('url', settings.clickhouse)} "
+          f"clickhouse_user={login_user(settings)} home={settings.home}")
     return 0
 
 
@@ -180,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     services.add_argument("action", choices=["start", "stop", "status"], help="what to do")
     services.add_argument("names", nargs="*", metavar="NAME", help="kafka, clickhouse and/or alertmanager (default: all)")
+    services.add_argument("--kafka-brokers", type=int, metavar="N",
+                          help="Kafka nodes: 1, or 3 for a KRaft cluster that survives losing one, on ports "
+                          "+100 per node (default: [services] kafka_brokers); clients need the same setting")
+    services.add_argument("--secure", action=argparse.BooleanOptionalAction,
+                          help="Kafka on SASL_SSL + SCRAM-SHA-512 with local certificates (default: [services] "
+                          "secure); clients need the same setting, so prefer putting it in trainmon.toml")
     services.set_defaults(handler=_services)
 
     topics = commands.add_parser("topics", help="create the contract's Kafka topics",
@@ -203,18 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Kafka settings come from the global option (trainmon --config FILE agent ...) or "
         "TRAINMON_KAFKA_* variables; see docs/configuration.md.",
     )
-    agent.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
-                       help="sampling interval (default: 1)")
-    agent.add_argument("--host", default="", metavar="NAME",
-                       help="node name samples carry and are keyed by (default: $TRAINMON_HOST, else the hostname)")
-    agent.add_argument("--no-gpu", action="store_true", help="do not load NVML; sample no GPUs")
-    agent.add_argument("--no-pcie", action="store_true",
-                       help="skip GPU PCIe throughput, which makes NVML wait 40 ms per GPU each interval")
-    agent.add_argument("--disk-path", default="/", metavar="PATH",
-                       help="report disk_used_percent of the filesystem holding PATH (default: /)")
-    agent.add_argument("--spool-dir", default="", metavar="DIR",
-                       help="write-ahead spool of events not yet delivered; one agent per directory "
-                       "(default: ~/.cache/trainmon/spool/agent-<host>)")
+    _setting_flags(agent, "agent")
     agent.add_argument("--once", action="store_true",
                        help="take one sample after one interval, print it as JSON to stdout, publish nothing")
     agent.add_argument("--duration", type=_seconds, metavar="SECONDS",
@@ -227,34 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One worker of the processors' consumer group, until SIGTERM or Ctrl-C. Run more "
         "(here or on other machines, same --group) to split the topics' partitions between them.",
     )
-    process.add_argument("--pipeline", type=Path, default=None, metavar="FILE",
-                         help="rules, routes and windows (default: the shipped stream_processors/pipeline.yml; "
-                         "see docs/alerting.md)")
-    process.add_argument("--group", default="trainmon-processors", metavar="ID",
-                         help="Kafka consumer group; workers with the same group share the work (default %(default)s)")
-    process.add_argument("--web-port", type=int, default=None, metavar="PORT",
-                         help="serve Faust's web view on 127.0.0.1:PORT (default: off)")
-    process.add_argument("--batch-events", type=_positive_int, default=5000, metavar="N",
-                         help="most events per topic handled and written to ClickHouse at once; a batch also "
-                         "closes after 0.1 s. Bigger: more throughput under backlog, more memory "
-                         "(default %(default)s)")
-    process.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
-                         help="log level (default %(default)s)")
-    process.add_argument("--session-timeout", type=_session_timeout, default=6.0, metavar="SECONDS",
-                         help="how long the consumer group waits for a worker that stopped heartbeating "
-                         "(killed, its machine down or cut off) before its partitions go to the other "
-                         "workers; a killed worker restarted at once waits as long for the group. It bounds "
-                         "how soon alerts of a dead worker's partitions are evaluated again. Lower: faster "
-                         "takeover, but a worker that cannot send its 1 s heartbeat for that long loses its "
-                         "partitions. At least 3 s; brokers refuse less than their "
-                         "group.min.session.timeout.ms (Kafka's default: 6 s) (default %(default)g)")
-    process.add_argument("--no-durable-state", dest="durable_state", action="store_false",
-                         help="for measuring what durability costs, not for production: write no state "
-                         "snapshots and restore none. Rule state (NaN episodes, plateau history, last "
-                         "heartbeats), firing alerts, open windows and the run book are LOST whenever this "
-                         "worker restarts or a rebalance moves a partition, so alerts can fire again, never "
-                         "resolve or be missed, and windows come out short; offsets are committed without "
-                         "waiting for a snapshot (at-least-once)")
+    _setting_flags(process, "processors")
     process.add_argument("--check", action="store_true",
                          help="validate the pipeline file (every rule, route and incident edge built as at "
                          "start, ${VARIABLES} filled from the settings) and print what a worker would run, "
@@ -268,11 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs `streamlit run dashboard/app.py` headless on [dashboard] address and port, "
         "querying ClickHouse as the read-only [dashboard] clickhouse_user. See docs/dashboard.md.",
     )
-    dashboard.add_argument("--port", type=int, default=None, metavar="PORT",
-                           help="port to listen on (default: [dashboard] port, 8501)")
-    dashboard.add_argument("--address", default=None, metavar="ADDR",
-                           help="address to listen on (default: [dashboard] address, 127.0.0.1; "
-                           "there is no login, so expose it only behind an authenticating proxy)")
+    _setting_flags(dashboard, "dashboard")
     dashboard.set_defaults(handler=_dashboard)
 
     simulate = commands.add_parser(
@@ -284,29 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Stops at --duration, when every run has done --steps, or on SIGINT/SIGTERM (runs then end "
         "'killed'). See docs/simulate.md.",
     )
-    simulate.add_argument("--nodes", type=int, default=4, metavar="N", help="nodes (default: %(default)s)")
-    simulate.add_argument("--gpus", type=int, default=4, metavar="G", help="GPUs per node (default: %(default)s)")
-    simulate.add_argument("--runs", type=int, default=2, metavar="M", help="concurrent runs (default: %(default)s)")
-    simulate.add_argument("--world-size", type=int, default=None, metavar="RANKS",
-                          help="ranks (GPUs) per run (default: the cluster's GPUs split evenly between the runs)")
-    simulate.add_argument("--steps", type=int, default=None, metavar="N",
-                          help="training steps per run; a run that reaches them ends 'finished' (default: no limit)")
-    simulate.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
-                          help="stop after this long (default: until the runs finish, or SIGINT/SIGTERM)")
-    simulate.add_argument("--step-interval", type=_seconds, default=0.05, metavar="SECONDS",
-                          help="wall-clock seconds per training step, also the logged step_time_s (default: %(default)s)")
-    simulate.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS",
-                          help="system sample interval per node (default: %(default)s)")
-    simulate.add_argument("--heartbeat", type=_seconds, default=1.0, metavar="SECONDS",
-                          help="heartbeat interval per rank (default: %(default)s)")
-    simulate.add_argument("--val-every", type=int, default=100, metavar="STEPS",
-                          help="steps between validation points, logged by rank 0 (default: %(default)s)")
-    simulate.add_argument("--project", default="simulated", metavar="NAME", help="project of the runs (default: %(default)s)")
-    simulate.add_argument("--prefix", default="sim", metavar="NAME",
-                          help="names hosts <prefix>-node-NN and runs <prefix>-<UTC start>-run-N, and the spool "
-                          "directory (default: %(default)s)")
-    simulate.add_argument("--seed", type=int, default=0, metavar="N",
-                          help="random seed: the same seed gives the same curves, figures and placement (default: %(default)s)")
+    _setting_flags(simulate, "simulate")
     simulate.add_argument("--fault", action="append", default=[], metavar="NAME[@TARGET][:AT]",
                           help="inject a fault AT seconds after the start (default 10); TARGET is run-N or node-N (or "
                           "a full id), with /RANK or /GPU where the fault takes one (default: spread over runs and "
@@ -319,14 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="list the hazards and the rules they put to the test, and exit")
     simulate.add_argument("--rate-report", action="store_true",
                           help="print progress every 5 s: events/s, metric values/s, CPU, publisher delivery")
-    simulate.add_argument("--max-rate", type=float, default=None, metavar="VALUES_PER_S",
-                          help="benchmark mode: step as fast as allowed, at most this many metric values per second "
-                          "(0: no limit), instead of one step per --step-interval")
-    simulate.add_argument("--metrics-per-event", type=int, default=0, metavar="N",
-                          help="add N per-layer gradient norms to every metrics event: wide events for load tests "
-                          "(default: %(default)s)")
-    simulate.add_argument("--spool-dir", default="", metavar="DIR",
-                          help="the publisher's disk spool (default: ~/.cache/trainmon/spool/simulate-<prefix>)")
     simulate.set_defaults(handler=_simulate)
 
     demo = commands.add_parser(
@@ -353,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = settings_module.load(args.config)
+        settings = _with_flags(args, settings_module.load(args.config))
         handler: Callable[[argparse.Namespace, settings_module.Settings], int] = args.handler
         return handler(args, settings)
     except KeyboardInterrupt:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from trainmon.contract import HEARTBEAT_S, MAX_GPUS, MAX_TEXT_LEN, MAX_VALUES
+from trainmon.contract import MAX_GPUS, MAX_TEXT_LEN, MAX_VALUES
 from trainmon.errors import TrainmonError
+from trainmon.settings import Settings
 
 DEFAULT_FAULT_AT_S = 10.0  # long enough for a healthy baseline (curves, best loss, first heartbeats)
 CORE_VALUES = 11  # most standard values one metrics event can carry (a validation step on rank 0)
@@ -47,27 +48,40 @@ class FaultSpec:
         return cls(match["name"], match["target"], at)
 
 
+_DEFAULT = Settings()
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
-    """One simulation. Times are seconds; `steps`/`duration` None means "until stopped"."""
+    """One simulation. Each field but faults and hazards is the [simulate] setting of its name, which
+    declares its meaning and default (trainmon/settings.py); from_settings() takes them all from there.
+    Times are seconds; None is unset, e.g. `steps`/`duration` None means "until stopped"."""
 
-    nodes: int = 4
-    gpus: int = 4
-    runs: int = 2
-    world_size: int | None = None  # ranks per run; None: the cluster's GPUs split evenly between the runs
-    steps: int | None = None  # per run
-    duration: float | None = None
-    step_interval: float = 0.05  # seconds per training step: the pacing and the logged step_time_s
-    interval: float = 1.0  # system sample interval per node
-    heartbeat_s: float = HEARTBEAT_S
-    val_every: int = 100  # steps between validation points (rank 0 logs them)
-    metrics_per_event: int = 0  # extra per-layer values in every metrics event (load generation)
-    max_rate: float | None = None  # benchmark mode: unpaced steps, at most this many values/s (0: no cap)
-    project: str = "simulated"
-    prefix: str = "sim"  # host names <prefix>-node-NN, run ids <prefix>-<start stamp>-run-N
-    seed: int = 0
+    nodes: int = _DEFAULT.simulate_nodes
+    gpus: int = _DEFAULT.simulate_gpus
+    runs: int = _DEFAULT.simulate_runs
+    world_size: int | None = _DEFAULT.simulate_world_size
+    steps: int | None = _DEFAULT.simulate_steps
+    duration: float | None = _DEFAULT.simulate_duration
+    step_interval: float = _DEFAULT.simulate_step_interval
+    interval: float = _DEFAULT.simulate_interval
+    heartbeat: float = _DEFAULT.simulate_heartbeat
+    val_every: int = _DEFAULT.simulate_val_every
+    metrics_per_event: int = _DEFAULT.simulate_metrics_per_event
+    max_rate: float | None = _DEFAULT.simulate_max_rate
+    project: str = _DEFAULT.simulate_project
+    prefix: str = _DEFAULT.simulate_prefix
+    seed: int = _DEFAULT.simulate_seed
     faults: tuple[FaultSpec, ...] = field(default=())
     hazards: tuple[str, ...] = ()  # names in hazards.HAZARDS, or "all"; normalised to HAZARDS order
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, faults: tuple[FaultSpec, ...] = (),
+                      hazards: tuple[str, ...] = ()) -> SimConfig:
+        """The [simulate] settings (defaults, file, environment, flags) with what only a command line gives."""
+        taken = {f.name: getattr(settings, f"simulate_{f.name}") for f in fields(cls)
+                 if f.name not in ("faults", "hazards")}
+        return cls(**taken, faults=faults, hazards=hazards)
 
     def __post_init__(self) -> None:
         _at_least("--nodes", self.nodes, 1)
@@ -86,7 +100,7 @@ class SimConfig:
         if not 0 <= self.metrics_per_event <= MAX_VALUES - CORE_VALUES:
             raise SimulateError(f"--metrics-per-event must be 0..{MAX_VALUES - CORE_VALUES}")
         for option, value in (("--duration", self.duration), ("--interval", self.interval),
-                              ("--heartbeat", self.heartbeat_s), ("--step-interval", self.step_interval)):
+                              ("--heartbeat", self.heartbeat), ("--step-interval", self.step_interval)):
             if value is not None and not 0 < value < math.inf:
                 raise SimulateError(f"{option} must be a number of seconds > 0, got {value}")
         if self.max_rate is not None and not 0 <= self.max_rate < math.inf:

@@ -73,7 +73,7 @@ class Schedule:
         self._started = False
         steps = [_Timer(config.step_interval, cluster.step)] if paced_steps else []
         self._timers = steps + [_Timer(config.interval, cluster.samples, k=1),
-                                _Timer(config.heartbeat_s, cluster.heartbeats, k=1)]
+                                _Timer(config.heartbeat, cluster.heartbeats, k=1)]
 
     def due(self, elapsed: float, now: float) -> list[dict]:
         """Everything due by `elapsed`, stamped `now`; faults first, so they shape this instant."""

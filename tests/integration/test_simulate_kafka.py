@@ -62,7 +62,7 @@ def arrived(settings: Settings, topic: Topic, mine: Callable[[dict], bool], want
 
 def test_a_short_simulation_arrives_complete(migrated: Settings, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
-    config = SimConfig(nodes=2, gpus=2, runs=2, duration=3.0, interval=0.5, heartbeat_s=1.0, project=f"it-{tag}",
+    config = SimConfig(nodes=2, gpus=2, runs=2, duration=3.0, interval=0.5, heartbeat=1.0, project=f"it-{tag}",
                        prefix=f"it{tag}", faults=(FaultSpec.parse("nan@run-1:1.5"),))
     sink = Counting(Publisher(migrated, spool_dir=tmp_path / "spool", client_id="it-simulate"))
     simulation = Simulation(migrated, config, sink=sink)

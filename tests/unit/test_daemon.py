@@ -20,6 +20,7 @@ from trainmon.agent.daemon import Daemon, Snapshot, build_collectors, default_ho
 from trainmon.agent.registry import register
 from trainmon.cli import build_parser
 from trainmon.contract import decode, encode
+from trainmon.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINMON = [sys.executable, "-c", "import sys; from trainmon.cli import main; sys.exit(main())"]
@@ -108,7 +109,7 @@ def test_n_ticks_make_n_valid_events_tagged_with_the_registered_runs() -> None:
     me, parent = os.getpid(), os.getppid()
     snapshot = Snapshot(lambda: {me: "run-b", parent: "run-a"})
     clock = FakeClock()
-    daemon = Daemon(build_collectors(pids=snapshot.last, gpu=False), FakePublisher(), host="node-1",
+    daemon = Daemon(build_collectors(Settings(agent_gpu=False), pids=snapshot.last), FakePublisher(), host="node-1",
                     interval=1.0, runs_fn=snapshot.refresh, clock=clock)
     daemon.run(threading.Event(), duration=5)
 
@@ -252,7 +253,7 @@ class NoGpuNvml:
 
 def test_no_gpu_runs_without_the_gpu_part_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="trainmon.agent"):
-        collectors = build_collectors(pids=dict, nvml=NoGpuNvml())
+        collectors = build_collectors(Settings(), pids=dict, nvml=NoGpuNvml())
         daemon = Daemon(collectors, FakePublisher(), host="cpu-node", interval=1.0, clock=FakeClock())
         daemon.run(threading.Event(), duration=3)
     assert [c.name for c in collectors.collectors] == ["host", "processes"]
@@ -264,9 +265,10 @@ def test_no_gpu_runs_without_the_gpu_part_and_says_so_once(caplog: pytest.LogCap
 
 def test_no_gpu_option_does_not_load_nvml(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="trainmon.agent"):
-        collectors = build_collectors(pids=dict, gpu=False)
+        collectors = build_collectors(Settings(agent_gpu=False), pids=dict)
     assert [c.name for c in collectors.collectors] == ["host", "processes"]
-    assert [r.message for r in caplog.records if "GPU" in r.message] == ["GPU collector off (--no-gpu)"]
+    assert [r.message for r in caplog.records if "GPU" in r.message] == [
+        "GPU collector off (--no-gpu or [agent] gpu = false)"]
 
 
 def test_defaults_for_host_and_spool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -299,7 +301,7 @@ def test_once_prints_one_valid_system_event(tmp_path: Path, no_gpu: bool) -> Non
     assert event["runs"] == ["run-x"] and [p["pid"] for p in event["processes"]] == [os.getpid()]
     assert "starting: host=check-node" in done.stderr and "nothing published" in done.stderr
     if no_gpu:
-        assert "GPU collector off (--no-gpu)" in done.stderr and "gpus" not in event
+        assert "GPU collector off (--no-gpu" in done.stderr and "gpus" not in event
     elif "gpus" not in event:  # this machine has no GPU (or no NVML): the GPU part says so, once
         assert done.stderr.count("GPU collector disabled") == 1
     assert not (tmp_path / "cache" / "trainmon" / "spool").exists()
@@ -332,8 +334,9 @@ def test_help_lists_every_option_with_help_text() -> None:
     agent = parser._subparsers._group_actions[0].choices["agent"]  # type: ignore[union-attr]
     text = agent.format_help()
     options = [a for a in agent._actions if a.option_strings and a.dest != "help"]
-    assert {o.option_strings[0] for o in options} == {"--interval", "--host", "--no-gpu", "--no-pcie",
-                                                       "--disk-path", "--spool-dir", "--once", "--duration"}
+    assert {s for o in options for s in o.option_strings} == {
+        "--interval", "--host", "--collectors", "--gpu", "--no-gpu", "--pcie", "--no-pcie", "--disk-path",
+        "--spool-dir", "--once", "--duration"}
     for option in options:
         assert option.help and option.option_strings[0] in text
     assert "--config" in text  # the global option, named in the epilog

@@ -13,18 +13,24 @@ from trainmon import cli
 from trainmon.settings import Settings
 
 
-def test_defaults_keep_state_durable_with_a_6_s_session_timeout() -> None:
-    args = cli.build_parser().parse_args(["process"])
-    assert args.durable_state is True and args.session_timeout == 6.0
+def worker_settings(monkeypatch: pytest.MonkeyPatch, *argv: str) -> Settings:
+    """The settings `trainmon process ARGV` hands the worker."""
+    from trainmon.stream_processors import worker
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(worker, "run", seen.append)
+    assert cli.main(["process", *argv]) == 0
+    return seen[0]
+
+
+def test_defaults_keep_state_durable_with_a_6_s_session_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = worker_settings(monkeypatch)
+    assert settings.processors_durable_state is True and settings.processors_session_timeout == 6.0
 
 
 def test_the_flags_parse_and_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainmon.stream_processors import worker
-
-    seen: dict = {}
-    monkeypatch.setattr(worker, "run", lambda settings, **options: seen.update(options))
-    assert cli.main(["process", "--no-durable-state", "--session-timeout", "8"]) == 0
-    assert seen["durable_state"] is False and seen["session_timeout_s"] == 8.0
+    settings = worker_settings(monkeypatch, "--no-durable-state", "--session-timeout", "8")
+    assert settings.processors_durable_state is False and settings.processors_session_timeout == 8.0
 
 
 @pytest.mark.parametrize("bad", ["2.5", "0", "-6", "soon"])
@@ -44,7 +50,8 @@ def test_help_says_what_no_durable_state_loses() -> None:
 @pytest.mark.parametrize("durable", [True, False])
 def test_without_durable_state_no_snapshot_is_read(tmp_path: Path, durable: bool) -> None:
     settings = Settings(services_home=str(tmp_path), kafka_bootstrap_servers="127.0.0.1:1")
-    app = create_app(settings, load_pipeline(), None, durable_state=durable, session_timeout_s=6)
+    settings = settings.replace(processors_durable_state=durable, processors_session_timeout=6.0)
+    app = create_app(settings, load_pipeline(), None)
     assert app.conf.broker_session_timeout == 6
     if durable:  # reads the state topic: Kafka is a closed port here, so only its presence is checked
         assert app.processing.snapshot_loader is not None
@@ -57,7 +64,7 @@ def test_check_validates_the_shipped_pipeline_without_any_service(capsys: pytest
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from trainmon.stream_processors import worker
 
-    monkeypatch.setattr(worker, "run", lambda settings, **options: pytest.fail("--check started a worker"))
+    monkeypatch.setattr(worker, "run", lambda settings: pytest.fail("--check started a worker"))
     monkeypatch.setenv("TRAINMON_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
     assert cli.main(["process", "--check"]) == 0
     out = capsys.readouterr().out

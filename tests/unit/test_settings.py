@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainmon.settings import SettingsError, load
+from trainmon.settings import Settings, SettingsError, load
 
 
 def test_defaults_point_at_the_local_stack():
@@ -41,6 +41,11 @@ def test_local_addresses_follow_the_service_ports():
         ("[clickhouse]\nurl = 5\n", "[clickhouse] url: expected a string"),
         ("[metrics]\nx = 1\n", "unknown section [metrics]"),
         ("[kafka\n", "not valid TOML"),
+        ("[agent]\ninterval = 0\n", ":2: [agent] interval: must be > 0, got 0"),
+        ("[processors]\nsession_timeout = 2.5\n", ":2: [processors] session_timeout: must be at least 3, got 2.5"),
+        ('[processors]\nloglevel = "loud"\n', "[processors] loglevel: must be one of debug, info, warning, error"),
+        ("[simulate]\nduration = nan\n", ":2: [simulate] duration: expected a finite number"),
+        ("[simulate]\nmax_rate = true\n", "[simulate] max_rate: expected a number, got True"),
     ],
 )
 def test_bad_config_fails_fast_naming_file_line_and_key(tmp_path, body, expected):
@@ -55,8 +60,25 @@ def test_bad_config_fails_fast_naming_file_line_and_key(tmp_path, body, expected
 def test_bad_environment_value_names_the_variable():
     with pytest.raises(SettingsError, match="TRAINMON_KAFKA_PARTITIONS: expected an integer"):
         load(environ={"TRAINMON_KAFKA_PARTITIONS": "six"})
+    with pytest.raises(SettingsError, match="TRAINMON_SIMULATE_NODES: must be at least 1, got 0"):
+        load(environ={"TRAINMON_SIMULATE_NODES": "0"})
+
+
+def test_optional_numbers_are_unset_until_given_and_by_an_empty_value(tmp_path):
+    config = tmp_path / "trainmon.toml"
+    config.write_text("[simulate]\nsteps = 10\nmax_rate = 0\n")
+    assert load(environ={}).simulate_steps is None
+    assert (load(config, environ={}).simulate_steps, load(config, environ={}).simulate_max_rate) == (10, 0.0)
+    unset = load(config, environ={"TRAINMON_SIMULATE_STEPS": "", "TRAINMON_SIMULATE_MAX_RATE": "2.5"})
+    assert (unset.simulate_steps, unset.simulate_max_rate) == (None, 2.5)
 
 
 def test_missing_config_file_says_so(tmp_path):
     with pytest.raises(SettingsError, match="config file not found"):
         load(environ={"TRAINMON_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_local_cluster_bootstrap_lists_every_node():
+    settings = Settings(services_kafka_port=39092, services_kafka_brokers=3)
+    assert settings.bootstrap_servers == "127.0.0.1:39092,127.0.0.1:39192,127.0.0.1:39292"
+    assert Settings(services_kafka_brokers=3, kafka_bootstrap_servers="k:9092").bootstrap_servers == "k:9092"

@@ -66,7 +66,7 @@ def test_every_event_passes_the_contract_with_every_fault_injected() -> None:
 
 
 def test_counts_follow_the_schedule() -> None:
-    events = simulate(duration=10, step_interval=0.1, heartbeat_s=2, interval=0.5, val_every=20)
+    events = simulate(duration=10, step_interval=0.1, heartbeat=2, interval=0.5, val_every=20)
     kinds = Counter(e["kind"] for e in events)
     ranks = 4
     assert kinds["run_start"] == kinds["run_end"] == ranks
