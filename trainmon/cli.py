@@ -141,8 +141,7 @@ def _dashboard(args: argparse.Namespace, settings: settings_module.Settings) -> 
     from trainmon.dashboard import auth
 
     app = Path(dashboard.__file__).resolve().parent / "app.py"
-    address = args.address or settings.dashboard_address
-    port = args.port if args.port is not None else settings.dashboard_port
+    address, port = settings.dashboard_address, settings.dashboard_port  # flags already applied by main()
     auth_file = auth.auth_file(settings)  # a bad [dashboard] auth stops here, naming the file and key
     command = [sys.executable, "-m", "streamlit", "run", str(app),
                "--server.address", address, "--server.port", str(port), "--server.headless", "true",
@@ -197,7 +196,7 @@ def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int
         """Secrets as ***, and a password in a URL; a password *file* is a path and stays readable."""
         if isinstance(value, str) and value and not name.endswith("_file"):
             if any(word in name for word in ("password", "secret", "token")):
-                return value
+                return "***"
             password = urlsplit(value).password if "://" in value else None
             if password is not None:
                 return value.replace(f":{password}@", ":***@", 1)
