@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from trainmon import settings as settings_module
+from trainmon.clickhouse import login_user, password_file
 
 TTL_S = 5  # seconds a query answer is reused; below the shortest auto-refresh interval
 REFRESH_CHOICES = [0, 5, 10, 30, 60]  # seconds; 0 = off
@@ -42,26 +43,29 @@ def settings() -> settings_module.Settings:
     return settings_module.load()
 
 
-def _key(s: settings_module.Settings) -> tuple[str, str, str, str]:
+def _key(s: settings_module.Settings) -> tuple[str, str, str, str, int]:
+    """What tells the reader's clients apart, never holding the password: where, which database, who, and
+    the password's file with its change time (a rotated file makes a new client; an inline password
+    changed in the config takes a dashboard restart)."""
     reader = s.dashboard_reader
-    return (reader.clickhouse, reader.clickhouse_database, reader.clickhouse_user, reader.clickhouse_password)
+    path = password_file(reader)
+    changed = path.stat().st_mtime_ns if path is not None and path.is_file() else 0
+    return (reader.clickhouse, reader.clickhouse_database, login_user(reader), str(path or ""), changed)
 
 
 @st.cache_resource(show_spinner=False)
-def _queries(key: tuple[str, str, str, str]) -> Any:
+def _queries(key: tuple[str, str, str, str, int]) -> Any:
+    """The reader's client for `key`, made from the current settings (the key only tells clients apart)."""
     from trainmon.dashboard.queries import Queries
     from trainmon.clickhouse import connect
 
-    url, database, user, password = key
-    reader = settings_module.Settings(clickhouse_url=url, clickhouse_database=database, clickhouse_user=user,
-                                      clickhouse_password=password)
     # One client serves every browser session (each in its own thread): no ClickHouse session id, whose
     # lock would make concurrent queries of one client fail.
-    return Queries(connect(reader, autogenerate_session_id=False))
+    return Queries(connect(settings().dashboard_reader, autogenerate_session_id=False))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False, max_entries=1000)
-def _fetch(key: tuple[str, str, str, str], method: str, args: tuple, kwargs: tuple) -> Any:
+def _fetch(key: tuple[str, str, str, str, int], method: str, args: tuple, kwargs: tuple) -> Any:
     return getattr(_queries(key), method)(*args, **dict(kwargs))
 
 

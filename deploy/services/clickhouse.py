@@ -14,7 +14,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainmon.clickhouse import LOCAL_USERS, local_password_name
 from trainmon.deploy.services.base import LocalService, Progress, ServiceError
+from trainmon.deploy.services.local_secrets import ensure_password
 
 # The checkout (or site-packages) that holds the `deploy` package, for `python -m` from any cwd.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -53,12 +55,17 @@ class ClickHouseService(LocalService):
                 "(or chdb-core==26.9.0)"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.services_secure:  # made once, kept across restarts: clients keep working
+            for user in LOCAL_USERS:
+                ensure_password(self.settings.secrets_dir, local_password_name(user))
 
     def command(self) -> list[str]:
         module = ["-m", "trainmon.deploy.services.clickhouse_server"]
         where = ["--data", str(self.data_dir), "--run-dir", str(self.dir / "run")]
         ports = ["--http-port", str(self.http_port), "--tcp-port", str(self.tcp_port)]
-        return [sys.executable, *module, *where, *ports]
+        secure = (["--secrets", str(self.settings.secrets_dir), "--database", self.settings.clickhouse_database]
+                  if self.settings.services_secure else [])
+        return [sys.executable, *module, *where, *ports, *secure]
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
