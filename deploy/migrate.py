@@ -2,6 +2,8 @@
 
 Each file `clickhouse/migrations/NNNN_name.sql` is applied once, in order, and recorded with its
 checksum in `schema_migrations`. Editing an applied file is refused: add a new migration instead.
+With `[clickhouse] cluster` set, each statement is applied in its cluster form (Replicated and
+Distributed tables, ON CLUSTER: deploy/clickhouse_cluster.py); the files and checksums are the same.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from trainmon.clickhouse import connect
+from trainmon.deploy.clickhouse_cluster import ClusterSchema, on_cluster
 from trainmon.errors import TrainmonError
 from trainmon.settings import Settings
 
@@ -58,6 +61,9 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 _LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree(applied_at) ORDER BY version"""
+# On a cluster, inserts (the ledger's rows, a migration's backfill) go through Distributed tables:
+# wait until every shard has its rows, rather than queue them; ignored by plain tables.
+WRITE_SETTINGS = {"distributed_foreground_insert": 1}
 
 
 def migrate(
@@ -67,13 +73,18 @@ def migrate(
     database = settings.clickhouse_database
     if not _IDENTIFIER.match(database):
         raise MigrationError(f"clickhouse.database {database!r} must be a plain identifier")
-    connect(settings, database="default").command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    client = connect(settings)
-    client.command(_LEDGER)
-    applied = dict(client.query("SELECT version, checksum FROM schema_migrations FINAL").result_rows)
     migrations = discover(directory)
+    cluster = settings.clickhouse_cluster
+    where = f" {on_cluster(cluster)}" if cluster else ""
+    # Every form is made before anything runs, so a statement without a cluster form changes nothing.
+    ledger, *forms = _forms([_LEDGER], *(m.statements for m in migrations), cluster=cluster, database=database)
+    connect(settings, database="default").command(f"CREATE DATABASE IF NOT EXISTS {database}{where}")
+    client = connect(settings)
+    for statement in ledger:
+        client.command(statement)
+    applied = dict(client.query("SELECT version, checksum FROM schema_migrations FINAL").result_rows)
     done = []
-    for migration in migrations:
+    for migration, statements in zip(migrations, forms):
         if migration.version in applied:
             if applied[migration.version] != migration.checksum:
                 raise MigrationError(
@@ -81,18 +92,28 @@ def migrate(
                     f"restore it and add a new migration for the change"
                 )
             continue
-        progress(f"db: applying {migration.path.name} ({len(migration.statements)} statements)")
-        for statement in migration.statements:
-            client.command(statement)
+        progress(f"db: applying {migration.path.name} ({len(statements)} statements{where})")
+        for statement in statements:
+            client.command(statement, settings=WRITE_SETTINGS)
         client.insert(
             "schema_migrations",
             [[migration.version, migration.name, migration.checksum]],
             column_names=["version", "name", "checksum"],
+            settings=WRITE_SETTINGS,
         )
         done.append(migration)
     latest = max((m.version for m in migrations), default=0)
     progress(f"db: {database} at version {latest} ({len(done)} applied now)")
     return done
+
+
+def _forms(*statements: list[str], cluster: str, database: str) -> list[list[str]]:
+    """Each list of statements as applied: as written on one node; on a cluster, in cluster form, made in
+    order from the first (a migration's cluster form depends on the ones before it, applied or not)."""
+    if not cluster:
+        return list(statements)
+    schema = ClusterSchema(cluster, database)
+    return [schema.statements(part) for part in statements]
 
 
 def applied_versions(settings: Settings) -> dict[int, str]:

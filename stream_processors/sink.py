@@ -8,14 +8,16 @@ offset, the `ingest_offsets` view keeps the highest one written per partition (m
 
 Errors come in two kinds. Transient ones (ClickHouse down or overloaded, a timeout, a schema not yet
 migrated, which an operator fixes) are retried with backoff, holding the stream: an identical re-sent
-block is deduplicated by ClickHouse, so nothing is lost or counted twice. Deterministic ones (a value
-ClickHouse refuses, too many partitions in one insert, a row we cannot convert) would fail forever:
-the insert is split in halves until the rows ClickHouse refuses are isolated; the rest is written and
-`write()` returns the refused rows' sources, for the dead-letter topic.
+block is deduplicated by ClickHouse, so nothing is lost or counted twice (inserts of rows from Kafka
+messages name those messages in `insert_deduplication_token`, for clusters: see `dedup_settings`).
+Deterministic ones (a value ClickHouse refuses, too many partitions in one insert, a row we cannot
+convert) would fail forever: the insert is split in halves until the rows ClickHouse refuses are
+isolated; the rest is written and `write()` returns the refused rows' sources, for the dead-letter topic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -29,14 +31,19 @@ from trainmon.settings import Settings
 
 log = logging.getLogger("trainmon.processors")
 
-INSERT_SETTINGS = {"async_insert": 0}  # we batch ourselves and must know the write happened
+# We batch ourselves and must know the write happened: no server-side buffering, and on a cluster
+# (Distributed tables, deploy/clickhouse_cluster.py) no queue in front of the shards either, so the
+# insert returns once every shard holds its rows. Plain tables ignore the second setting.
+INSERT_SETTINGS = {"async_insert": 0, "distributed_foreground_insert": 1}
 METRIC_GROUP = ("project", "run", "rank", "host", "step", "epoch", "time", "src_topic", "src_partition", "src_offset")
 SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition", "src_offset")
 PRIMARY = ("metric_points", "system_samples")  # their INSERT moves the offset watermark: written last
 Source = tuple[str, int, int]  # topic, partition, offset of the message a row came from
 # Server errors worth waiting for: overload, timeouts, read-only replicas, too many parts (merges catch
-# up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`).
-TRANSIENT_CODES = frozenset({3, 16, 47, 60, 81, 159, 164, 202, 209, 210, 241, 242, 394, 999})
+# up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`). On a
+# cluster also: a shard unreachable (279), Keeper unreachable (225), and a replicated insert whose outcome
+# Keeper lost (319), which ClickHouse says to retry: the deduplication token makes the retry harmless.
+TRANSIENT_CODES = frozenset({3, 16, 47, 60, 81, 159, 164, 202, 209, 210, 225, 241, 242, 279, 319, 394, 999})
 _CODE = re.compile(r"Code: (\d+)")
 
 
@@ -61,6 +68,21 @@ def transient(exc: BaseException) -> bool:
             return "for single INSERT" not in str(exc)
         return number in TRANSIENT_CODES
     return False
+
+
+def dedup_settings(table: str, sources: list[Source | None]) -> dict[str, Any]:
+    """The insert's settings; for rows from Kafka messages, with a deduplication token that names them.
+
+    ClickHouse drops a block whose token it has seen, as it drops a block whose hash it has seen. The raw
+    tables' `ingest_time DEFAULT now64()` is filled by a Distributed table before it hands each shard its
+    rows, so there a re-sent block arrives with new values and a new hash; the messages it came from do
+    not change (the same messages make the same rows), and each shard keeps the token for its own rows
+    and rollups. Rows without a source (snapshots, windows, alerts) fill their columns themselves, so
+    their hash already recognises them; hashing sources costs per event, not per value."""
+    if not sources or None in sources:
+        return INSERT_SETTINGS
+    token = hashlib.sha256(f"{table}\n{sources!r}".encode()).hexdigest()
+    return {**INSERT_SETTINGS, "insert_deduplication_token": token}
 
 
 def utc(seconds: float) -> datetime:
@@ -295,12 +317,14 @@ class ClickHouseSink:
         def insert(rows: list[Mapping[str, Any]]) -> Any:
             columns = list(rows[0].keys())
             data = [[row[c] for c in columns] for row in rows]
-            return self.client.insert(table, data, column_names=columns, settings=INSERT_SETTINGS)
+            return self.client.insert(table, data, column_names=columns,
+                                      settings=dedup_settings(table, _row_sources(rows)))
 
         return insert
 
     def _insert_columns(self, table: str) -> Callable[[Columns], Any]:
-        return lambda columns: self.client.insert_arrow(table, columns.arrow(self._types), settings=INSERT_SETTINGS)
+        return lambda columns: self.client.insert_arrow(table, columns.arrow(self._types),
+                                                        settings=dedup_settings(table, columns.sources()))
 
     def _guarded(self, table: str, part: Any, insert: Callable[[Any], Any], halves: Callable[[Any], tuple],
                  sources: Callable[[Any], list]) -> list[tuple[Source | None, str]]:

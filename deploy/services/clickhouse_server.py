@@ -12,13 +12,15 @@ Run by `trainmon.deploy.services.clickhouse.ClickHouseService`; standalone:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 import signal
 import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # A column alias nothing else uses, so the KILL below matches exactly this query.
@@ -33,6 +35,8 @@ KILL_SQL = f"KILL QUERY WHERE query LIKE 'SELECT number AS {KEEPALIVE_MARK} %' S
 
 # Talks to our own loopback listener, never through an http_proxy from the environment.
 DIRECT_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+FRAGMENT_PREFIX = "fragment-"  # config.d files written from --config-fragment
 
 LOOPBACK_NETWORKS = "<networks><ip>127.0.0.1</ip><ip>::1</ip></networks>"
 
@@ -80,6 +84,120 @@ USERS_XML = f"""<clickhouse>
 </clickhouse>
 """
 
+# With --secrets (the local stack's [services] secure): every user but the engine's own has a password
+# (from <secrets>/clickhouse-<user>.password; only its SHA-256 is written here) and only the grants
+# it needs, on the configured database alone. Quotas and grants are ClickHouse's own; per-team readers
+# with row policies go in users.d/*.xml beside this file (docs/services.md).
+SECURE_USERS_XML = """<clickhouse>
+    <profiles>
+        <default>
+            <cancel_http_readonly_queries_on_client_close>1</cancel_http_readonly_queries_on_client_close>
+        </default>
+        <readonly>
+            <readonly>1</readonly>
+            <cancel_http_readonly_queries_on_client_close>1</cancel_http_readonly_queries_on_client_close>
+            <max_execution_time>{reader_max_execution_s}</max_execution_time>
+            <max_memory_usage>{reader_max_memory_bytes}</max_memory_usage>
+        </readonly>
+    </profiles>
+    <users>
+        <!-- The engine's own login: chdb signs its local session in as `default` with an empty password
+             (hard-coded, a password makes the engine fail with AUTHENTICATION_FAILED), so `default` keeps
+             no password and may only open the listeners and run the keep-alive query: no data. -->
+        <default>
+            <password></password>
+            {loopback}
+            <profile>default</profile>
+            <quota>default</quota>
+            <grants>
+                <query>GRANT SYSTEM LISTEN ON *.*</query>
+                <query>GRANT SELECT ON system.numbers</query>
+            </grants>
+        </default>
+        <!-- The processors' sink: inserts, and reads its offset watermarks. -->
+        <{writer}>
+            <password_sha256_hex>{writer_sha256}</password_sha256_hex>
+            {loopback}
+            <profile>default</profile>
+            <quota>default</quota>
+            <grants><query>GRANT SELECT, INSERT ON {database}.*</query></grants>
+        </{writer}>
+        <!-- `trainmon db migrate`: the database, its tables and views (the views' definer), backfills. -->
+        <{migrator}>
+            <password_sha256_hex>{migrator_sha256}</password_sha256_hex>
+            {loopback}
+            <profile>default</profile>
+            <quota>default</quota>
+            <grants>
+                <query>GRANT CREATE DATABASE, CREATE TABLE, CREATE VIEW, ALTER TABLE, ALTER VIEW ON {database}.*</query>
+                <query>GRANT DROP TABLE, DROP VIEW, SELECT, INSERT, OPTIMIZE, SHOW ON {database}.*</query>
+                {engine_grants}
+            </grants>
+        </{migrator}>
+        <!-- The dashboard: SELECT only, read-only profile with time and memory limits, a quota. -->
+        <{reader}>
+            <password_sha256_hex>{reader_sha256}</password_sha256_hex>
+            {loopback}
+            <profile>readonly</profile>
+            <quota>reader</quota>
+            <grants><query>GRANT SELECT ON {database}.*</query></grants>
+        </{reader}>
+        <!-- This server process, to end the keep-alive query at shutdown: the engine runs it as no user,
+             so `default` may not kill it, and KILL QUERY reads system.processes (every user's queries). -->
+        <{control}>
+            <password_sha256_hex>{control_sha256}</password_sha256_hex>
+            {loopback}
+            <profile>default</profile>
+            <quota>default</quota>
+            <grants>
+                <query>GRANT KILL QUERY ON *.*</query>
+                <query>GRANT SELECT ON system.processes</query>
+            </grants>
+        </{control}>
+    </users>
+    <quotas>
+        <default></default>
+        <!-- Enforced by a ClickHouse server; the embedded engine counts no queries that come through its
+             listeners (measured on chdb-core 26.9: quota_usage stays 0), so it does not enforce it. -->
+        <reader>
+            <interval>
+                <duration>60</duration>
+                <queries>1200</queries>
+                <execution_time>600</execution_time>
+            </interval>
+        </reader>
+    </quotas>
+</clickhouse>
+"""
+READER_MAX_EXECUTION_S = 30  # dashboard queries take well under a second; a runaway one is stopped
+READER_MAX_MEMORY_BYTES = 2 * 2**30
+# Creating a table needs a grant on its engine (clickhouse-local turns table_engines_require_grant on).
+MIGRATION_ENGINES = ("MergeTree", "ReplacingMergeTree", "AggregatingMergeTree")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def secure_users(secrets: Path, database: str) -> tuple[str, dict[str, str]]:
+    """users.xml of the secure stack (with the SHA-256 of each password file under `secrets`), and the
+    HTTP headers that log this process in as the control user."""
+    from trainmon.clickhouse import LOCAL_CONTROL, LOCAL_MIGRATOR, LOCAL_READER, LOCAL_WRITER, local_password_file
+
+    if not _IDENTIFIER.match(database):
+        raise SystemExit(f"clickhouse_server: --database {database!r} must be a plain identifier (letters, digits, _)")
+    roles = {"writer": LOCAL_WRITER, "migrator": LOCAL_MIGRATOR, "reader": LOCAL_READER, "control": LOCAL_CONTROL}
+    passwords = {}
+    for role, user in roles.items():
+        path = local_password_file(secrets, user)
+        if not path.is_file():
+            raise SystemExit(f"clickhouse_server: {path} is missing; `trainmon services start clickhouse` makes it")
+        passwords[role] = path.read_text().strip()
+    digests = {f"{role}_sha256": hashlib.sha256(value.encode()).hexdigest() for role, value in passwords.items()}
+    engine_grants = "".join(f"<query>GRANT TABLE ENGINE ON {engine}</query>" for engine in MIGRATION_ENGINES)
+    users = SECURE_USERS_XML.format(
+        loopback=LOOPBACK_NETWORKS, database=database, engine_grants=engine_grants,
+        reader_max_execution_s=READER_MAX_EXECUTION_S, reader_max_memory_bytes=READER_MAX_MEMORY_BYTES,
+        **roles, **digests)
+    return users, {"X-ClickHouse-User": LOCAL_CONTROL, "X-ClickHouse-Key": passwords["control"]}
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -99,19 +217,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where config.xml and users.xml are written (default: 'run' beside the data directory)",
     )
+    parser.add_argument(
+        "--secrets",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the secure stack: passwords from DIR/clickhouse-<user>.password and least-privilege grants "
+        "(default: the open loopback users)",
+    )
+    parser.add_argument("--database", default="trainmon", help="the database --secrets grants on (default trainmon)")
+    parser.add_argument(
+        "--config-fragment",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="XML",
+        help="a <clickhouse> XML file merged into config.xml, e.g. remote_servers and macros for a cluster "
+        "(repeatable; copied into <run-dir>/config.d)",
+    )
     return parser.parse_args(argv)
 
 
-def write_config(run_dir: Path, http_port: int, tcp_port: int) -> None:
+def write_config(run_dir: Path, http_port: int, tcp_port: int, users: str = USERS_XML) -> None:
     """clickhouse-local reads config.xml from the current directory; users.xml beside it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.xml").write_text(CONFIG_XML.format(http_port=http_port, tcp_port=tcp_port))
-    (run_dir / "users.xml").write_text(USERS_XML)
+    (run_dir / "users.xml").write_text(users)
 
 
-def kill_keepalive(http_port: int) -> bool:
-    """Ask the engine to end the keep-alive query; False if it does not answer (yet)."""
-    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/", data=KILL_SQL.encode())
+def write_fragments(run_dir: Path, fragments: Sequence[Path]) -> None:
+    """The engine merges config.d/*.xml into config.xml; fragments of an earlier start are removed first."""
+    config_d = run_dir / "config.d"
+    config_d.mkdir(parents=True, exist_ok=True)
+    for stale in config_d.glob(f"{FRAGMENT_PREFIX}*.xml"):
+        stale.unlink()
+    for index, fragment in enumerate(fragments):
+        if not fragment.is_file():
+            raise SystemExit(f"clickhouse_server: --config-fragment {fragment}: no such file; give an XML file's path")
+        (config_d / f"{FRAGMENT_PREFIX}{index}-{fragment.stem}.xml").write_text(fragment.read_text())
+
+
+def kill_keepalive(http_port: int, login: Mapping[str, str] | None = None) -> bool:
+    """Ask the engine to end the keep-alive query, as the user of the `login` headers if given; False if it
+    does not answer (yet)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/", data=KILL_SQL.encode(),
+                                     headers=dict(login or {}))
     try:
         with DIRECT_HTTP.open(request, timeout=5) as response:
             response.read()
@@ -147,13 +297,14 @@ class Engine(threading.Thread):
             self.error = result.error_message()
 
 
-def serve(data: Path, http_port: int, tcp_port: int, run_dir: Path) -> int:
+def serve(data: Path, http_port: int, tcp_port: int, run_dir: Path, users: str = USERS_XML,
+          login: Mapping[str, str] | None = None) -> int:
     """Start the engine, wait for SIGTERM/SIGINT, stop it cleanly; the exit status."""
     import chdb  # noqa: F401  (before chdir: importing chdb changes and restores the cwd)
 
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, http_port, tcp_port)
+    write_config(run_dir, http_port, tcp_port, users)
     os.chdir(run_dir)
 
     stop = threading.Event()
@@ -169,7 +320,7 @@ def serve(data: Path, http_port: int, tcp_port: int, run_dir: Path) -> int:
         print(f"clickhouse_server: the engine stopped by itself: {reason}", file=sys.stderr, flush=True)
         return 1
     while engine.is_alive():  # retried: a signal during start-up may come before the listener
-        kill_keepalive(http_port)
+        kill_keepalive(http_port, login)
         engine.join(1.0)
     print("clickhouse_server: stopped cleanly ('Query was cancelled' above is the keep-alive query)", file=sys.stderr)
     return 0
@@ -178,7 +329,11 @@ def serve(data: Path, http_port: int, tcp_port: int, run_dir: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir = (args.run_dir or args.data.resolve().parent / "run").resolve()
-    return serve(args.data, args.http_port, args.tcp_port, run_dir)
+    write_fragments(run_dir, args.config_fragment)
+    if args.secrets is None:
+        return serve(args.data, args.http_port, args.tcp_port, run_dir)
+    users, login = secure_users(args.secrets, args.database)
+    return serve(args.data, args.http_port, args.tcp_port, run_dir, users, login)
 
 
 if __name__ == "__main__":
