@@ -12,6 +12,7 @@ A few names are the trainmon settings rather than the environment (SETTINGS_VARI
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import string
@@ -31,7 +32,7 @@ from trainmon.stream_processors.rules.params import parse_duration
 from trainmon.stream_processors.routes.base import RouteSpec
 from trainmon.contract import SEVERITIES
 from trainmon.errors import TrainmonError
-from trainmon.settings import Settings
+from trainmon.settings import Settings, env_name
 
 DEFAULT_PIPELINE = Path(__file__).with_name("pipeline.yml")
 DEFAULT_WINDOWS_S = (10.0, 60.0, 300.0)
@@ -54,6 +55,10 @@ _VARIABLE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?
 SETTINGS_VARIABLES: dict[str, Callable[[Settings], str]] = {
     "TRAINMON_ALERTMANAGER_URL": lambda settings: settings.alertmanager,
 }
+
+# trainmon's own credentials (TRAINMON_KAFKA_SASL_PASSWORD, ..._PASSWORD_FILE, ...): a pipeline file
+# is no place for them, and a rule's labels or annotations would carry them into every alert payload.
+_CREDENTIALS = frozenset(env_name(f.name) for f in dataclasses.fields(Settings) if "password" in f.name)
 
 KeyPath = tuple[str | int, ...]
 
@@ -192,6 +197,9 @@ class _Reader:
                     raise self.error(path, f"bad variable reference {match[0]!r}: write ${{NAME}} or "
                                            "${NAME:-default} (NAME: letters, digits and _; no nesting)")
                 name, default = variable["name"], variable["default"]
+                if name in _CREDENTIALS:
+                    raise self.error(path, f"${{{name}}} is one of trainmon's own credentials: it would be "
+                                           "sent with alerts; give the route its own variable")
                 found = self.variable(name)
                 if default is not None and not found:
                     return default

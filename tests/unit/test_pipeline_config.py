@@ -211,3 +211,19 @@ def test_settings_are_loaded_only_when_the_file_uses_them(tmp_path: Path) -> Non
     message = str(caught.value)
     assert message.startswith(f"{DEFAULT_PIPELINE}: ${{TRAINMON_ALERTMANAGER_URL}} comes from the settings: ")
     assert "config file not found" in message
+
+
+@pytest.mark.parametrize("name", ["TRAINMON_KAFKA_SASL_PASSWORD", "TRAINMON_CLICKHOUSE_PASSWORD_FILE",
+                                  "TRAINMON_DASHBOARD_CLICKHOUSE_PASSWORD"])
+def test_trainmon_credentials_cannot_reach_a_pipeline(tmp_path: Path, name: str) -> None:
+    """A rule's annotations and labels travel with every alert: trainmon's own passwords must never
+    get there through a variable, even one that is set."""
+    path = write(tmp_path, f"""
+        rules:
+          - name: nan
+            kind: non_finite
+            annotations: {{summary: "loss is NaN ${{{name}}}"}}
+    """)
+    with pytest.raises(PipelineConfigError, match=f"{path}:4: rules\\[0\\].annotations.summary: \\${{{name}}} is one of "
+                                                  "trainmon's own credentials"):
+        load_pipeline(path, environ={name: "hunter2"})
