@@ -43,7 +43,9 @@ Source = tuple[str, int, int]  # topic, partition, offset of the message a row c
 # up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`). On a
 # cluster also: a shard unreachable (279), Keeper unreachable (225), and a replicated insert whose outcome
 # Keeper lost (319), which ClickHouse says to retry: the deduplication token makes the retry harmless.
-TRANSIENT_CODES = frozenset({3, 16, 47, 60, 81, 159, 164, 202, 209, 210, 225, 241, 242, 279, 319, 394, 999})
+# And a login or grant the operator has to fix (516 AUTHENTICATION_FAILED after a password rotation,
+# 497 ACCESS_DENIED when a grant is missing): every row would otherwise go to the dead-letter topic.
+TRANSIENT_CODES = frozenset({3, 16, 47, 60, 81, 159, 164, 202, 209, 210, 225, 241, 242, 279, 319, 394, 497, 516, 999})
 _CODE = re.compile(r"Code: (\d+)")
 
 

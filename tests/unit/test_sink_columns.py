@@ -47,3 +47,19 @@ def test_system_sample_rows_per_host_and_gpu():
     assert [(r["host"], r["gpu"], r["gpu_uuid"], r["name"], r["value"]) for r in rows] == [
         ("n1", -1, "", "cpu_percent", 40.0), ("n1", 0, "GPU-0", "util_percent", 90.0), ("n1", 0, "GPU-0", "temp_c", 60.0)]
     assert batch.values == 3 and len(batch.rows["gpus"]) == 1
+
+
+def test_a_refused_login_or_missing_grant_holds_the_stream_instead_of_dead_lettering() -> None:
+    """A password rotated under a running worker (516) or a grant missing after a migration (497) is
+    an operator's fix, like an unmigrated table (60): retried, never split into dead letters."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from trainmon.stream_processors.sink import transient
+
+    def error(code: int, name: str) -> DatabaseError:
+        return DatabaseError(f"HTTPDriver for http://127.0.0.1:8123 received ClickHouse error code {code}\n"
+                             f" Code: {code}. DB::Exception: ... ({name}) (version 26.9.2.1)")
+
+    assert transient(error(516, "AUTHENTICATION_FAILED")) and transient(error(497, "ACCESS_DENIED"))
+    assert transient(error(60, "UNKNOWN_TABLE"))
+    assert not transient(error(53, "TYPE_MISMATCH"))  # a value ClickHouse refuses: isolated, dead-lettered
