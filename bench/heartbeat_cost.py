@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bench.pipeline import bench_settings, say, write_figures  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.topics import create_topics  # noqa: E402
-from trainmon.settings import env_name  # noqa: E402
+from trainmon.settings import environment  # noqa: E402
 
 CHILD = """
 import os, resource, sys, time, trainmon
@@ -46,7 +46,7 @@ run.finish()
 def measure(settings, beat: float, args: argparse.Namespace, spool: Path) -> float:
     """CPU seconds the process used over args.seconds of idle training with heartbeats every `beat`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.update({env_name(name): str(getattr(settings, name)) for name in settings.__dataclass_fields__})
+    env.update(environment(settings))
     out = subprocess.run([sys.executable, "-c", CHILD, str(args.seconds), str(args.warmup), str(beat), str(spool)],
                          env=env, capture_output=True, text=True, timeout=args.seconds + args.warmup + 60)
     if out.returncode != 0:

@@ -44,7 +44,7 @@ from trainmon.stream_processors.config import DEFAULT_PIPELINE  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 from trainmon.contract import envelope  # noqa: E402
-from trainmon.settings import Settings, env_name  # noqa: E402
+from trainmon.settings import Settings, environment  # noqa: E402
 
 
 def say(message: str) -> None:
@@ -81,7 +81,7 @@ def start_worker(settings: Settings, pipeline: Path, log: Path, batch_events: in
                  extra_args: Sequence[str] = ()) -> subprocess.Popen:
     """A `trainmon process` worker of group "bench"; extra_args are more of its options."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # its log survives a SIGKILL
-    env.update({env_name(name): str(getattr(settings, name)) for name in settings.__dataclass_fields__})
+    env.update(environment(settings))
     return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),
                              "--group", "bench", "--batch-events", str(batch_events), "--loglevel", loglevel,
                              *extra_args],

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
-from trainmon.settings import Settings, env_name
+from trainmon.settings import Settings, environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FAULTS = ("nan", "hot_gpu", "straggler", "stall", "dead_node")
@@ -29,7 +28,7 @@ class Children:
 
     def __init__(self, settings: Settings, logs: Path, progress: Callable[[str], None]) -> None:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.env.update({env_name(f.name): str(getattr(settings, f.name)) for f in fields(settings)})
+        self.env.update(environment(settings))
         self.logs, self.progress = logs, progress
         self.started: list[tuple[str, subprocess.Popen]] = []
 

@@ -248,6 +248,16 @@ def env_name(field: str) -> str:
     return "TRAINMON_" + field.upper()
 
 
+def environment(settings: "Settings") -> dict[str, str]:
+    """TRAINMON_* variables that hand these settings to a child process (a worker, a trainer): the
+    loader reads them back to the same values; an unset optional value is left out."""
+    def text(value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    return {env_name(f.name): text(getattr(settings, f.name)) for f in dataclasses.fields(settings)
+            if getattr(settings, f.name) is not None}
+
+
 def options(section: str) -> list[dataclasses.Field]:
     """The settings of [section] declared with option(), in declaration order: its command's flags."""
     return [f for f in dataclasses.fields(Settings) if f.name.startswith(section + "_") and "help" in f.metadata]

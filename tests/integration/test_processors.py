@@ -7,7 +7,6 @@ final ClickHouse counts are exact (raw rows and rollups: nothing lost, nothing t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -29,7 +28,7 @@ from tests.kafka_util import consume, metrics_partitions
 from tests.receivers import Receiver
 from trainmon.clickhouse import connect
 from trainmon.contract import DLQ_REASON, Topic, envelope, topic_name
-from trainmon.settings import Settings, env_name
+from trainmon.settings import Settings, environment
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +59,7 @@ def pipeline_file(directory: Path, webhook_url: str) -> Path:
 
 def start_worker(settings: Settings, pipeline: Path, group: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # logs survive a SIGKILL
-    env.update({env_name(f.name): str(getattr(settings, f.name)) for f in dataclasses.fields(settings)})
+    env.update(environment(settings))
     env["TRAINMON_KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
     env["TRAINMON_CLICKHOUSE_URL"] = settings.clickhouse
     return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),

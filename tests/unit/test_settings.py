@@ -82,3 +82,16 @@ def test_local_cluster_bootstrap_lists_every_node():
     settings = Settings(services_kafka_port=39092, services_kafka_brokers=3)
     assert settings.bootstrap_servers == "127.0.0.1:39092,127.0.0.1:39192,127.0.0.1:39292"
     assert Settings(services_kafka_brokers=3, kafka_bootstrap_servers="k:9092").bootstrap_servers == "k:9092"
+
+
+def test_environment_hands_settings_to_a_child_process_unchanged(tmp_path):
+    """What a worker or trainer started by trainmon (demo, tests, benchmarks) reads back: the same
+    settings, optional values left unset, booleans and numbers as the loader takes them."""
+    from trainmon.settings import environment
+
+    settings = Settings(services_secure=True, kafka_partitions=4, simulate_step_interval=0.25,
+                        processors_web_port=None, kafka_sasl_username="u")
+    env = environment(settings)
+    assert "TRAINMON_PROCESSORS_WEB_PORT" not in env and env["TRAINMON_SERVICES_SECURE"] == "true"
+    assert load(environ=env) == settings
+    assert load(environ=environment(Settings())) == Settings()
