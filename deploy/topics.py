@@ -49,36 +49,54 @@ def _admin(settings: Settings):
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Topic name -> the config `create_topics` gives it: the contract's topics, then the internal ones."""
     prefix = settings.kafka_topic_prefix
+    common = {"compression.type": "producer"}
+    if settings.kafka_min_insync_replicas:  # 0: the brokers' min.insync.replicas
+        common["min.insync.replicas"] = str(settings.kafka_min_insync_replicas)
     configs = {topic_name(topic, prefix): {"retention.ms": str(RETENTION_MS.get(topic, DEFAULT_RETENTION_MS)),
-                                           "compression.type": "producer"} for topic in Topic}
+                                           **common} for topic in Topic}
     for which in INTERNAL:
-        configs[internal_topic_name(which, prefix)] = dict(COMPACTED_CONFIG) if which in COMPACTED else {
-            "retention.ms": str(DEFAULT_RETENTION_MS), "compression.type": "producer"}
+        configs[internal_topic_name(which, prefix)] = {**COMPACTED_CONFIG, **common} if which in COMPACTED else {
+            "retention.ms": str(DEFAULT_RETENTION_MS), **common}
     return configs
 
 
+# Settings of an existing topic that create_topics compares with what it would have made.
+CHECKED_CONFIGS = ("cleanup.policy", "min.insync.replicas")
+
+
 def create_topics(settings: Settings, progress: Callable[[str], None] = print, timeout_s: float = 30.0) -> list[TopicState]:
-    """Create every topic of the contract and of the processors that is missing; report existing ones
-    that differ (partition count; cleanup policy of the compacted ones). Existing topics are not altered."""
+    """Create every topic of the contract and of the processors that is missing, with [kafka] partitions,
+    replication_factor and min_insync_replicas (0: the brokers' default); report existing ones that
+    differ (partitions, replication, min.insync.replicas, cleanup policy). Existing topics are not altered."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
     admin = _admin(settings)
-    existing = admin.list_topics(timeout=timeout_s).topics
-    wanted = {name: NewTopic(name, num_partitions=settings.kafka_partitions,
-                             replication_factor=settings.kafka_replication_factor, config=config)
+    metadata = admin.list_topics(timeout=timeout_s)
+    existing = metadata.topics
+    replication = settings.kafka_replication_factor
+    if replication < min(3, len(metadata.brokers)):
+        progress(f"topics: replication_factor {replication} on {len(metadata.brokers)} brokers: losing one loses "
+                 "partitions; set [kafka] replication_factor = 3 and min_insync_replicas = 2")
+    wanted = {name: NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=replication,
+                             config=config)
               for name, config in topic_configs(settings).items()}
     states = []
     missing = [spec for name, spec in wanted.items() if name not in existing]
     present = [name for name in wanted if name in existing]
-    policies = _cleanup_policies(admin, [n for n in present if wanted[n].config.get("cleanup.policy")], timeout_s)
+    checked = [n for n in present if any(key in wanted[n].config for key in CHECKED_CONFIGS)]
+    have_configs = _configs(admin, checked, timeout_s)
     for name in present:
-        spec = wanted[name]
-        have = len(existing[name].partitions)
+        spec, partitions = wanted[name], existing[name].partitions
+        have = len(partitions)
         notes = [] if have == spec.num_partitions else [f"has {have} partitions, settings say {spec.num_partitions}"]
-        want_policy = spec.config.get("cleanup.policy")
-        if want_policy and policies.get(name, want_policy) != want_policy:
-            notes.append(f"has cleanup.policy={policies[name]}, should be {want_policy}")
+        replicas = {len(partition.replicas) for partition in partitions.values()}
+        if replicas != {replication}:
+            notes.append(f"has replication {'/'.join(map(str, sorted(replicas)))}, settings say {replication}")
+        for key in CHECKED_CONFIGS:
+            want, found = spec.config.get(key), have_configs.get(name, {}).get(key)
+            if want and found and found != want:
+                notes.append(f"has {key}={found}, should be {want}")
         states.append(TopicState(name, have, False, "; ".join(notes)))
     if missing:
         for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
@@ -95,20 +113,20 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
     return states
 
 
-def _cleanup_policies(admin, names: list[str], timeout_s: float) -> dict[str, str]:
-    """cleanup.policy of existing topics (those the broker would not describe are left out)."""
+def _configs(admin, names: list[str], timeout_s: float) -> dict[str, dict[str, str]]:
+    """The CHECKED_CONFIGS of existing topics (those the broker would not describe are left out)."""
     if not names:
         return {}
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import ConfigResource, ResourceType
 
-    policies = {}
+    found: dict[str, dict[str, str]] = {}
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
     for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
         try:
-            entry = future.result(timeout=timeout_s).get("cleanup.policy")
+            entries = future.result(timeout=timeout_s)
         except KafkaException:
             continue
-        if entry is not None and entry.value is not None:
-            policies[resource.name] = entry.value
-    return policies
+        found[resource.name] = {key: entries[key].value for key in CHECKED_CONFIGS
+                                if key in entries and entries[key].value is not None}
+    return found

@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Kafka nodes: 1, or 3 for a KRaft cluster that survives losing one, on ports "
                           "+100 per node (default: [services] kafka_brokers); clients need the same setting")
     services.add_argument("--secure", action=argparse.BooleanOptionalAction,
-                          help="Kafka on SASL_SSL + SCRAM-SHA-512 with local certificates (default: [services] "
-                          "secure); clients need the same setting, so prefer putting it in trainmon.toml")
+                          help="the secure local stack: Kafka on SASL_SSL + SCRAM-SHA-512, ClickHouse on HTTPS with "
+                          "passwords, local certificates (default: [services] secure); clients need the same "
+                          "setting, so prefer putting it in trainmon.toml")
     services.set_defaults(handler=_services)
 
     topics = commands.add_parser("topics", help="create the contract's Kafka topics",

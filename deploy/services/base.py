@@ -52,6 +52,31 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind `port` now, asked as servers bind (SO_REUSEADDR). It cannot while a
+    connection of another program has that port as its local end (the system lends ports of its
+    ephemeral range, 32768-60999 on Linux, to outgoing connections), even closed, in TIME_WAIT."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def listening(port: int) -> bool:
+    """Whether a socket listens on TCP `port`, from /proc/net (True where that cannot be read). Checked
+    before connecting: a connection to a closed port in the ephemeral range can get that very port as
+    its source and connect to itself, and then the service cannot bind it."""
+    try:
+        tables = [Path(f"/proc/net/{name}").read_text() for name in ("tcp", "tcp6")]  # a JVM binds tcp6 sockets
+    except OSError:
+        return True
+    rows = [line.split() for table in tables for line in table.splitlines()[1:]]
+    return any(row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port for row in rows)  # 0A: LISTEN
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -78,6 +103,11 @@ class LocalService(ABC):
         self.dir = settings.home / self.name
         self.pidfile = self.dir / f"{self.name}.pid"
         self.logfile = self.dir / f"{self.name}.log"
+
+    @classmethod
+    def instances(cls, settings: Settings) -> list["LocalService"]:
+        """The processes this service runs as with these settings: one, unless a service says otherwise."""
+        return [cls(settings)]
 
     # What a concrete service supplies -------------------------------------------------------
 
@@ -120,10 +150,14 @@ class LocalService(ABC):
         return ServiceStatus(self.name, self.address, pid, healthy, detail)
 
     def start(self, progress: Progress = print_progress) -> ServiceStatus:
+        return self.wait_healthy(self.ensure_running(progress), progress)
+
+    def ensure_running(self, progress: Progress = print_progress) -> int:
+        """The PID of the running process, launched if there is none, without waiting for its health."""
         pid = self.pid()
         if pid is not None:
             progress(f"{self.name}: already running (pid {pid}), checking health")
-            return self._wait_healthy(pid, progress)
+            return pid
         self.pidfile.unlink(missing_ok=True)
         for port in self.ports:
             if port_in_use(port):
@@ -131,6 +165,7 @@ class LocalService(ABC):
                     f"{self.name}: port {port} on 127.0.0.1 is taken by another process; stop it or "
                     f"choose another port (see docs/configuration.md, [services] section)"
                 )
+            self._wait_released(port, progress)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prepare(progress)
         progress(f"{self.name}: starting on {self.address} (log: {self.logfile})")
@@ -145,9 +180,22 @@ class LocalService(ABC):
                 start_new_session=True,
             )
         self.pidfile.write_text(f"{proc.pid}\n")
-        return self._wait_healthy(proc.pid, progress)
+        return proc.pid
 
-    def _wait_healthy(self, pid: int, progress: Progress) -> ServiceStatus:
+    def _wait_released(self, port: int, progress: Progress, timeout_s: float = 65.0) -> None:
+        """Wait until `port` can be bound (a TIME_WAIT connection holds it for up to 60 s)."""
+        deadline = time.monotonic() + timeout_s
+        if not bindable(port):
+            progress(f"{self.name}: port {port} is the local end of another connection, waiting for it to close")
+        while not bindable(port):
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"{self.name}: port {port} stayed the local end of other connections for {timeout_s:.0f}s; "
+                    "choose a port outside the ephemeral range (/proc/sys/net/ipv4/ip_local_port_range)"
+                )
+            time.sleep(0.5)
+
+    def wait_healthy(self, pid: int, progress: Progress = print_progress) -> ServiceStatus:
         deadline = time.monotonic() + self.start_timeout_s
         next_note = time.monotonic() + 5.0
         detail = ""
@@ -171,12 +219,22 @@ class LocalService(ABC):
 
     def stop(self, progress: Progress = print_progress, timeout_s: float = 30.0) -> bool:
         """Stop by recorded PID: SIGTERM, then SIGKILL after timeout_s. True if something was stopped."""
+        return self.wait_stopped(self.terminate(progress), progress, timeout_s)
+
+    def terminate(self, progress: Progress = print_progress) -> int | None:
+        """Send SIGTERM to the recorded PID without waiting; that PID, or None if nothing runs."""
         pid = self.pid()
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
-            return False
+            return None
         progress(f"{self.name}: stopping pid {pid}")
         os.kill(pid, signal.SIGTERM)
+        return pid
+
+    def wait_stopped(self, pid: int | None, progress: Progress = print_progress, timeout_s: float = 30.0) -> bool:
+        """Wait for a terminated `pid` to exit, SIGKILL it after timeout_s. True if there was one."""
+        if pid is None:
+            return False
         deadline = time.monotonic() + timeout_s
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)

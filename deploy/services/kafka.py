@@ -1,23 +1,34 @@
-"""The local Kafka: the genuine Apache Kafka broker, one combined KRaft node, from Maven Central jars.
+"""The local Kafka: the genuine Apache Kafka broker from Maven Central jars, as combined KRaft nodes.
+
+One node by default (`kafka`, config and data in `<home>/kafka`); with `[services] kafka_brokers = 3`
+a cluster of three static voters (`kafka-1`..`kafka-3` in `<home>/kafka-<i>`), node i on the client
+and controller ports + 100*(i-1). With `[services] secure` the client listener is SASL_SSL with
+SCRAM-SHA-512 and the certificates of local_secrets; the controller listener stays plaintext on loopback.
 
 The jars are resolved once with Maven into a per-user cache outside the checkout
 (`${XDG_CACHE_HOME:-~/.cache}/trainmon/kafka-<version>/lib`); later starts need no network.
-The node's config and data live in `<home>/kafka`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-from trainmon.deploy.services.base import LocalService, Progress, ServiceError
-from trainmon.settings import Settings
+from trainmon import kafka_client
+from trainmon.deploy.services import local_secrets
+from trainmon.deploy.services.base import LocalService, Progress, ServiceError, listening, print_progress
+from trainmon.errors import TrainmonError
+from trainmon.settings import KAFKA_NODE_PORT_STEP, Settings
 
 POM = Path(__file__).with_name("kafka-pom.xml")
 COMPLETE_MARKER = ".complete"
@@ -33,6 +44,11 @@ LOGGING_FLAGS = [
 ]
 # The storage tool's INFO output is a full config dump; only its warnings and errors matter.
 TOOL_LOGGING_FLAGS = ["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"]
+CLUSTER_NODE_HEAP_MB = 384  # three JVMs share one machine; 330-550 MB RSS each under test load
+ADMIN_USER = "admin"  # the brokers' own (inter-broker) SCRAM user
+SCRAM = "SCRAM-SHA-512"
+# What a data dir was formatted with, to refuse a start that could not work with it.
+FORMAT_RECORD = "trainmon-format.json"
 
 
 def cache_root() -> Path:
@@ -122,28 +138,102 @@ def resolve_jars(version: str, lib: Path, progress: Progress) -> None:
     progress(f"kafka: {len(list(lib.glob('*.jar')))} jars cached in {lib}")
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id as `kafka-storage.sh random-uuid` makes it (16 random bytes, base64url), without
+    starting a JVM; like Kafka it avoids a leading '-', which the tools would read as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def java_argfile(args: Sequence[str]) -> str:
+    """`java @file` contents: one quoted argument a line, so secrets on the line never show in argv."""
+    return "".join('"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"\n' for arg in args)
+
+
+def port_offset(node_id: int) -> int:
+    """Node i of a local cluster listens on the configured client and controller ports + this."""
+    return KAFKA_NODE_PORT_STEP * (node_id - 1)
+
+
+def fingerprint(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds a password or a private key), atomically."""
+    staged = path.with_name(path.name + ".tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    staged.replace(path)
+
+
 class KafkaService(LocalService):
+    """One Kafka JVM: the single standalone node (node 0, `kafka`) or node i of a local cluster (`kafka-<i>`)."""
+
     name = "kafka"
     start_timeout_s = 90.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, node: int = 0) -> None:
+        self.node = node
+        if node:
+            self.name = f"kafka-{node}"
         super().__init__(settings)
         self.version = settings.services_kafka_version
         self.lib = cache_root() / f"kafka-{self.version}" / "lib"
         self.properties = self.dir / "server.properties"
         self.data_dir = self.dir / "data"
+        self.secure = settings.services_secure
+
+    @classmethod
+    def configured(cls, settings: Settings) -> list["KafkaService"]:
+        """The nodes these settings ask for: the standalone node, or nodes 1..n of a cluster."""
+        count = settings.services_kafka_brokers
+        if count < 1:
+            raise ServiceError("kafka: [services] kafka_brokers must be 1 (one node) or more "
+                               "(3: a cluster that keeps working when a broker dies)")
+        return [cls(settings)] if count == 1 else [cls(settings, node) for node in range(1, count + 1)]
+
+    @classmethod
+    def on_disk(cls, settings: Settings) -> list["KafkaService"]:
+        """Every node that has a folder under the services home, whatever the settings say now."""
+        nodes = [cls(settings)] if (settings.home / cls.name).is_dir() else []
+        folders = settings.home.glob(f"{cls.name}-*") if settings.home.is_dir() else []
+        numbers = sorted(int(f.name.rsplit("-", 1)[1]) for f in folders if f.name.rsplit("-", 1)[1].isdigit())
+        return nodes + [cls(settings, number) for number in numbers]
+
+    @classmethod
+    def strays(cls, settings: Settings) -> list["KafkaService"]:
+        """Nodes still running from a start with another kafka_brokers than these settings say."""
+        wanted = {node.name for node in cls.configured(settings)}
+        return [node for node in cls.on_disk(settings) if node.name not in wanted and node.pid()]
+
+    @classmethod
+    def instances(cls, settings: Settings) -> list[LocalService]:
+        """The configured nodes, then the strays, so that `stop` and `status` reach them too."""
+        return [*cls.configured(settings), *cls.strays(settings)]
 
     @cached_property
     def java(self) -> str:
         return find_java()
 
     @property
+    def cluster_size(self) -> int:
+        return self.settings.services_kafka_brokers if self.node else 1
+
+    @property
+    def node_id(self) -> int:
+        return self.node or 1
+
+    @property
     def port(self) -> int:
-        return self.settings.services_kafka_port
+        return self.settings.services_kafka_port + port_offset(self.node_id)
 
     @property
     def controller_port(self) -> int:
-        return self.settings.services_kafka_controller_port
+        return self.settings.services_kafka_controller_port + port_offset(self.node_id)
 
     @property
     def address(self) -> str:
@@ -157,77 +247,200 @@ class KafkaService(LocalService):
     def classpath(self) -> str:
         return f"{self.lib}/*"  # expanded by java itself, not by a shell
 
+    @property
+    def listener(self) -> str:
+        return "SASL_SSL" if self.secure else "PLAINTEXT"
+
+    @property
+    def keystore(self) -> Path:
+        return self.settings.secrets_dir / "kafka-keystore.pem"
+
+    def password(self, user: str) -> str:
+        return local_secrets.ensure_password(self.settings.secrets_dir, f"kafka-{user}").read_text().strip()
+
+    def ensure_running(self, progress: Progress = print_progress) -> int:
+        strays = self.strays(self.settings)
+        if strays and not self.pid():  # they hold this node's ports, or would form a quorum of their own
+            raise ServiceError(f"kafka: {', '.join(n.name for n in strays)} from a start with another "
+                               "kafka_brokers is still running; stop it first: trainmon services stop kafka")
+        return super().ensure_running(progress)
+
     def prepare(self, progress: Progress) -> None:
         check_java(self.java)
         if not (self.lib / COMPLETE_MARKER).exists():
             shutil.rmtree(self.lib, ignore_errors=True)  # not ours: ours appear only complete (renamed)
             resolve_jars(self.version, self.lib, progress)
-        self.properties.write_text(self.server_properties())
+        if self.secure:
+            certificates = local_secrets.ensure_certificates(self.settings.secrets_dir)
+            # Kafka's PEM keystore is one file: the private key, then the certificate chain.
+            write_private(self.keystore, "".join(path.read_text() for path in (
+                certificates.server_key, certificates.server_cert, certificates.ca)))
+        write_private(self.properties, self.server_properties())
         if not (self.data_dir / "meta.properties").exists():
             self.format_storage(progress)
+        self.check_format()
+
+    def quorum(self) -> dict[str, str]:
+        if not self.node:  # a dynamic quorum of one, formatted --standalone
+            return {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"}
+        voters = ",".join(f"{i}@127.0.0.1:{self.settings.services_kafka_controller_port + port_offset(i)}"
+                          for i in range(1, self.cluster_size + 1))
+        return {"controller.quorum.voters": voters}
+
+    def replication(self) -> dict[str, str]:
+        """Internal topics on every node up to 3, in sync on 2 where there are 2 (1 on a single node)."""
+        replicas = str(min(3, self.cluster_size))
+        in_sync = str(min(2, self.cluster_size))
+        settings = {
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": in_sync,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": in_sync,
+        }
+        if self.node:
+            settings.update({
+                "default.replication.factor": replicas,
+                "min.insync.replicas": in_sync,
+                # A dead broker is fenced, and its partitions led elsewhere, after 3 s instead of 9 s.
+                "broker.session.timeout.ms": "3000",
+                "broker.heartbeat.interval.ms": "1000",
+            })
+        return settings
+
+    def security(self) -> dict[str, str]:
+        if not self.secure:
+            return {}
+        login = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN_USER}" '
+                 f'password="{self.password(ADMIN_USER)}";')
+        return {
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config": login,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore),
+            # The broker is its own inter-broker client: it must trust the CA that signed its certificate.
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(kafka_client.local_ca_file(self.settings)),
+        }
 
     def broker_settings(self) -> dict[str, str]:
         """One combined broker+controller node on loopback, sized for a single machine."""
+        listener = self.listener
         return {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "node.id": str(self.node_id),
+            **self.quorum(),
+            "listeners": f"{listener}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"{listener}://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": listener,
+            "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir),
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            **self.replication(),
             "group.initial.rebalance.delay.ms": "0",  # consumer groups form at once (tests, restarts)
             "auto.create.topics.enable": "false",  # topics are created explicitly, with their partitions
             "num.partitions": "1",
+            **self.security(),
         }
 
     def server_properties(self) -> str:
         header = "# Written by trainmon (deploy/services/kafka.py) at every start; edit the settings instead.\n"
         return header + "".join(f"{key}={value}\n" for key, value in self.broker_settings().items())
 
-    def _storage_tool(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.java, *TOOL_LOGGING_FLAGS, "-cp", self.classpath, "kafka.tools.StorageTool", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    def cluster_id(self) -> str:
+        """The id the other nodes of this cluster were formatted with, or a new one."""
+        siblings = self.on_disk(self.settings) if self.node else []
+        for sibling in siblings:
+            meta = sibling.data_dir / "meta.properties"
+            if sibling.node and meta.is_file():
+                found = re.search(r"^cluster\.id=(\S+)$", meta.read_text(), re.MULTILINE)
+                if found:
+                    return found[1]
+        return new_cluster_id()
+
+    def format_record(self) -> dict[str, object]:
+        """What check_format compares: the quorum, and which password each SCRAM user was made with."""
+        users = {user: fingerprint(self.password(user)) for user in (ADMIN_USER, kafka_client.LOCAL_USER)}
+        return {"quorum": self.quorum(), "scram_sha256": users}
 
     def format_storage(self, progress: Progress) -> None:
-        """Format the empty data dir as a standalone KRaft quorum (what bin/kafka-storage.sh does)."""
-        progress(f"kafka: formatting {self.data_dir} (first start)")
-        done = self._storage_tool("random-uuid")
-        cluster_id = done.stdout.strip()
-        if done.returncode == 0 and cluster_id:
-            done = self._storage_tool("format", "--standalone", "-t", cluster_id, "-c", str(self.properties))
-        if done.returncode != 0 or not cluster_id:
+        """Format the empty data dir (what bin/kafka-storage.sh does): a standalone quorum, or one node of
+        static voters. The SCRAM users are made now, secure or not, so the same data works either way."""
+        progress(f"kafka: formatting {self.data_dir} for {self.name} (first start)")
+        users = [f"{SCRAM}=[name={user},password={self.password(user)}]"
+                 for user in (ADMIN_USER, kafka_client.LOCAL_USER)]
+        args = ["format", "-t", self.cluster_id(), "-c", str(self.properties)]
+        args += [] if self.node else ["--standalone"]
+        args += [arg for user in users for arg in ("--add-scram", user)]
+        argfile = self.settings.secrets_dir / f"{self.name}-format.args"
+        write_private(argfile, java_argfile(["-cp", self.classpath, "kafka.tools.StorageTool", *args]))
+        try:
+            done = subprocess.run([self.java, *TOOL_LOGGING_FLAGS, f"@{argfile}"], capture_output=True, text=True,
+                                  timeout=120)
+        finally:
+            argfile.unlink()
+        if done.returncode != 0:
             reason = java_error(done.stderr + done.stdout)
             raise ServiceError(f"kafka: formatting {self.data_dir} failed: {reason}; see {self.properties}")
+        write_private(self.dir / FORMAT_RECORD, json.dumps(self.format_record(), indent=1) + "\n")
+
+    def check_format(self) -> None:
+        """Refuse a start that cannot work with what the data dir was formatted with, saying what to do."""
+        record_file = self.dir / FORMAT_RECORD
+        remove = f"or remove {self.data_dir} (its topics are lost) to format it anew"
+        if not record_file.is_file():  # formatted before trainmon made SCRAM users at format time
+            if self.secure:
+                raise ServiceError(f"kafka: {self.data_dir} has no SCRAM users, so it cannot start --secure; "
+                                   f"start it without --secure, {remove}")
+            return
+        record, wanted = json.loads(record_file.read_text()), self.format_record()
+        if record["quorum"] != wanted["quorum"]:
+            raise ServiceError(f"kafka: {self.data_dir} was formatted for the quorum {record['quorum']}, these "
+                               f"settings make {wanted['quorum']}; start with the kafka_brokers and controller port "
+                               f"it was made with, {remove}")
+        if self.secure and record["scram_sha256"] != wanted["scram_sha256"]:
+            raise ServiceError(f"kafka: the SCRAM users of {self.data_dir} were made with other passwords than "
+                               f"{self.settings.secrets_dir}/kafka-*.password now hold; restore those files, {remove}")
 
     def command(self) -> list[str]:
-        heap = f"{self.settings.services_kafka_heap_mb}m"
+        heap_mb = self.settings.services_kafka_heap_mb
+        heap = f"{min(heap_mb, CLUSTER_NODE_HEAP_MB) if self.node else heap_mb}m"
         jvm = [f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true", *LOGGING_FLAGS]
         return [self.java, *jvm, "-cp", self.classpath, "kafka.Kafka", str(self.properties)]
 
     def health(self) -> tuple[bool, str]:
+        """Healthy once this node, asked directly with the clients' own config, lists itself as a broker."""
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        # log_level 0: no librdkafka "connection refused" noise while the broker is down.
-        admin = AdminClient({"bootstrap.servers": self.address, "log_level": 0, "socket.timeout.ms": 1500})
+        if not listening(self.port):
+            return False, f"not listening on {self.address} yet"
         try:
-            metadata = admin.list_topics(timeout=1.5)
+            # log_level 0: no librdkafka "connection refused" noise while the broker is down.
+            config = kafka_client.config(self.settings, **{"bootstrap.servers": self.address, "log_level": 0,
+                                                           "socket.timeout.ms": 3000})
+        except TrainmonError as exc:
+            return False, str(exc)
+        try:
+            metadata = AdminClient(config).list_topics(timeout=3)
         except KafkaException as exc:
-            return False, exc.args[0].str() if exc.args else str(exc)
-        if not metadata.brokers:
-            return False, "no broker registered yet"
-        topics = [name for name in metadata.topics if not name.startswith("__")]
+            return False, (exc.args[0].str() if exc.args else str(exc)) + self.security_mismatch()
+        if self.node_id not in metadata.brokers:
+            return False, "not registered with the controller yet"
+        topics = [topic for name, topic in metadata.topics.items() if not name.startswith("__")]
         brokers = len(metadata.brokers)
-        return True, f"{brokers} broker{'s' * (brokers != 1)}, {len(topics)} topic{'s' * (len(topics) != 1)}"
+        detail = f"{brokers} broker{'s' * (brokers != 1)}, {len(topics)} topic{'s' * (len(topics) != 1)}"
+        behind = sum(len(p.isrs) < len(p.replicas) for topic in topics for p in topic.partitions.values())
+        return True, detail + (f", {behind} partitions under-replicated" if behind else "")
+
+    def security_mismatch(self) -> str:
+        """Why clients with these settings may not get in: the node was started with the other security."""
+        try:
+            started_secure = "SASL_SSL://" in self.properties.read_text()
+        except OSError:
+            return ""
+        if started_secure == self.secure:
+            return ""
+        return (" (it runs --secure; these settings are plaintext: add --secure or [services] secure = true)"
+                if started_secure else " (it runs plaintext; these settings are secure: add --no-secure)")
