@@ -418,9 +418,11 @@ class _QuietKafkaLog:
 
 
 def _down_codes() -> frozenset[int]:
+    """Errors that mean no event can get through. Not _TRANSPORT: it is one broker's connection, and
+    with one broker of three down the others take over its partitions while events keep flowing."""
     from confluent_kafka import KafkaError
 
-    return frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
+    return frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
 
 
 _DOWN_CODES = _down_codes()

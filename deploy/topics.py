@@ -18,9 +18,15 @@ from typing import Callable
 from trainmon.stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
 from trainmon.contract import Topic, topic_name
 from trainmon import kafka_client
+from trainmon.errors import TrainmonError
 from trainmon.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
+
+
+class TopicsError(TrainmonError):
+    """Kafka cannot be asked about its topics: not running, or not with these settings."""
+
 RETENTION_MS = {Topic.DEADLETTER: 14 * DAY_MS, Topic.ALERTS: 14 * DAY_MS}
 DEFAULT_RETENTION_MS = 3 * DAY_MS
 COMPACTED_CONFIG = {
@@ -72,7 +78,12 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
     from confluent_kafka.admin import NewTopic
 
     admin = _admin(settings)
-    metadata = admin.list_topics(timeout=timeout_s)
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise TopicsError(f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:g} s "
+                          f"({exc.args[0].str()}), connecting with {kafka_client.security(settings)}: check that it "
+                          "runs, and that [kafka] security_protocol and the credentials match its listener") from None
     existing = metadata.topics
     replication = settings.kafka_replication_factor
     if replication < min(3, len(metadata.brokers)):
@@ -81,13 +92,34 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
     wanted = {name: NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=replication,
                              config=config)
               for name, config in topic_configs(settings).items()}
-    states = []
     missing = [spec for name, spec in wanted.items() if name not in existing]
-    present = [name for name in wanted if name in existing]
-    checked = [n for n in present if any(key in wanted[n].config for key in CHECKED_CONFIGS)]
+    states = _existing(admin, [name for name in wanted if name in existing], existing, wanted, replication, timeout_s)
+    raced = []
+    if missing:
+        for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+            try:
+                future.result(timeout=timeout_s)
+                states.append(TopicState(name, settings.kafka_partitions, True))
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+                raced.append(name)  # made since the metadata was read (another creator, or a stale broker cache)
+    if raced:
+        fresh = {name: admin.list_topics(topic=name, timeout=timeout_s).topics[name] for name in raced}
+        states += _existing(admin, raced, fresh, wanted, replication, timeout_s)
+    for state in sorted(states, key=lambda s: s.name):
+        verb = "created" if state.created else "exists"
+        progress(f"topics: {state.name} {verb}, {state.partitions} partitions {state.note}".rstrip())
+    return states
+
+
+def _existing(admin, names: list[str], metadata: dict, wanted: dict, replication: int, timeout_s: float) -> list[TopicState]:
+    """States of topics that exist already, with a note for each way they differ from what would be made."""
+    states = []
+    checked = [n for n in names if any(key in wanted[n].config for key in CHECKED_CONFIGS)]
     have_configs = _configs(admin, checked, timeout_s)
-    for name in present:
-        spec, partitions = wanted[name], existing[name].partitions
+    for name in names:
+        spec, partitions = wanted[name], metadata[name].partitions
         have = len(partitions)
         notes = [] if have == spec.num_partitions else [f"has {have} partitions, settings say {spec.num_partitions}"]
         replicas = {len(partition.replicas) for partition in partitions.values()}
@@ -98,18 +130,6 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
             if want and found and found != want:
                 notes.append(f"has {key}={found}, should be {want}")
         states.append(TopicState(name, have, False, "; ".join(notes)))
-    if missing:
-        for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
-            try:
-                future.result(timeout=timeout_s)
-                states.append(TopicState(name, settings.kafka_partitions, True))
-            except KafkaException as exc:
-                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
-                    raise
-                states.append(TopicState(name, settings.kafka_partitions, False))
-    for state in sorted(states, key=lambda s: s.name):
-        verb = "created" if state.created else "exists"
-        progress(f"topics: {state.name} {verb}, {state.partitions} partitions {state.note}".rstrip())
     return states
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from pathlib import Path
 
+from trainmon import clickhouse, kafka_client
 from trainmon.settings import Settings
 
 
@@ -55,12 +57,14 @@ def run(settings: Settings) -> None:
     app.processing.deliveries = deliveries
     loglevel, web_port = settings.processors_loglevel, settings.processors_web_port
     logging.getLogger("trainmon").setLevel(loglevel.upper())
-    logging.getLogger("trainmon.processors").info(
-        "trainmon processors: group %s, Kafka %s, ClickHouse %s, pipeline %s (%d rules, %d routes), web %s, "
-        "session timeout %g s, state %s", settings.processors_group, settings.bootstrap_servers, settings.clickhouse,
-        path, len(pipeline.rules), len(pipeline.routes), f"127.0.0.1:{web_port}" if web_port else "off",
-        settings.processors_session_timeout, "durable (snapshots)" if settings.processors_durable_state
-        else "NOT durable (--no-durable-state: lost at restart/rebalance)")
+    # Printed, not logged: Faust sets up logging only inside execute_from_commandline, after this.
+    print(f"trainmon processors: group {settings.processors_group}, Kafka {settings.bootstrap_servers} "
+          f"({kafka_client.security(settings)}), ClickHouse {settings.clickhouse} as {clickhouse.login_user(settings)}, "
+          f"pipeline {path} ({len(pipeline.rules)} rules, {len(pipeline.routes)} routes), "
+          f"web {f'127.0.0.1:{web_port}' if web_port else 'off'}, session timeout "
+          f"{settings.processors_session_timeout:g} s, state "
+          f"{'durable (snapshots)' if settings.processors_durable_state else 'NOT durable (--no-durable-state: lost at restart/rebalance)'}",
+          file=sys.stderr, flush=True)
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:

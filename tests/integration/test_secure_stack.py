@@ -66,11 +66,10 @@ def test_sdk_to_worker_to_clickhouse_to_dashboard_and_a_page_all_authenticated(s
         try:
             trainer = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
                 import math, trainmon
-                with trainmon.init(project="secure", name="{run}", config={{"lr": 0.1}}) as run:
-                    for step in range({STEPS}):
-                        run.log({{"loss": math.nan if step == {STEPS // 2} else 1.0 / (step + 1), "acc": 0.5}},
-                                step=step)
-                    assert run.flush(30), "not delivered"
+                run = trainmon.init(project="secure", name="{run}", config={{"lr": 0.1}})
+                for step in range({STEPS}):
+                    run.log({{"loss": math.nan if step == {STEPS // 2} else 1.0 / (step + 1), "acc": 0.5}}, step=step)
+                run.finish(timeout_s=60)  # waits for delivery
             """)], env={**env, "TRAINMON_RUN_ID": run}, capture_output=True, text=True, timeout=120, cwd=tmp_path)
             assert trainer.returncode == 0, trainer.stderr
             reader = connect(secure.dashboard_reader)
@@ -78,10 +77,10 @@ def test_sdk_to_worker_to_clickhouse_to_dashboard_and_a_page_all_authenticated(s
             wait_until(lambda: reader.query("SELECT count() FROM metric_points WHERE run = {r:String}",
                                             parameters={"r": run}).result_rows[0][0] == 2 * STEPS, 90,
                        "every value in ClickHouse")
-            alert = webhook.wait_for(1, timeout=60)[0].json
+            alert = webhook.wait_for(1, timeout=60)[0].json()
             assert (alert["rule"], alert["state"], alert["run"]) == ("loss_non_finite", "firing", run)
-            listed = Queries(reader).runs(project="secure")
-            assert run in set(listed["run"])
+            wait_until(lambda: run in set(Queries(reader).runs(project="secure")["run"]), 60,
+                       "the run in the dashboard's runs list")
         finally:
             stop(worker)
     output = log.read_text() + trainer.stdout + trainer.stderr
