@@ -81,13 +81,20 @@ def password_file(settings: Settings) -> Path | None:
     return None
 
 
+def ca_file(settings: Settings) -> str:
+    """[clickhouse] ca_file, else the local secure stack's own CA (it serves HTTPS with a certificate it signed)."""
+    if settings.clickhouse_ca_file or not local_secure(settings):
+        return settings.clickhouse_ca_file
+    return str(settings.local_ca)
+
+
 def login(settings: Settings) -> Login:
     """The effective URL, user and password; ClickHouseAccessError when the password file cannot be read."""
     user, path = login_user(settings), password_file(settings)
     if path is None:
         password = settings.clickhouse_password
         return Login(settings.clickhouse, user, password, "a password setting" if password else "no password",
-                     settings.clickhouse_ca_file)
+                     ca_file(settings))
     try:
         password = path.read_text().strip()
     except OSError as exc:
@@ -95,7 +102,7 @@ def login(settings: Settings) -> Login:
                else "`trainmon services start clickhouse` makes it")
         raise ClickHouseAccessError(f"cannot read ClickHouse user {user}'s password from {path} ({exc.strerror}): "
                                     f"{fix}") from None
-    return Login(settings.clickhouse, user, password, f"the file {path}", settings.clickhouse_ca_file)
+    return Login(settings.clickhouse, user, password, f"the file {path}", ca_file(settings))
 
 
 def migrations(settings: Settings) -> Settings:

@@ -28,10 +28,6 @@ def local_password_file(settings: Settings, user: str) -> Path:
     return settings.secrets_dir / f"kafka-{user}.password"
 
 
-def local_ca_file(settings: Settings) -> Path:
-    return settings.secrets_dir / "ca.pem"
-
-
 @dataclass(frozen=True)
 class Security:
     protocol: str
@@ -90,7 +86,7 @@ def security(settings: Settings) -> Security:
         raise SettingsError(f"{_where('kafka_security_protocol')}: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     found = Security(protocol)
     if found.tls:
-        ca = settings.kafka_ssl_ca_file or (str(_local_file(local_ca_file(settings))) if local else "")
+        ca = settings.kafka_ssl_ca_file or (str(_local_file(settings.local_ca)) if local else "")
         cert = _readable(settings.kafka_ssl_cert_file, "kafka_ssl_cert_file")
         key = _readable(settings.kafka_ssl_key_file, "kafka_ssl_key_file")
         if bool(cert) != bool(key):

@@ -202,7 +202,8 @@ class Settings:
 
     @property
     def clickhouse(self) -> str:
-        return self.clickhouse_url or f"http://127.0.0.1:{self.services_clickhouse_http_port}"
+        scheme = "https" if self.services_secure else "http"  # the local secure stack serves HTTPS only
+        return self.clickhouse_url or f"{scheme}://127.0.0.1:{self.services_clickhouse_http_port}"
 
     @property
     def alertmanager(self) -> str:
@@ -222,6 +223,11 @@ class Settings:
     def secrets_dir(self) -> Path:
         """Certificates and passwords of the local secure stack (`trainmon services start --secure`)."""
         return self.home / "secrets"
+
+    @property
+    def local_ca(self) -> Path:
+        """The CA that signed the local secure stack's certificates (Kafka's and ClickHouse's)."""
+        return self.secrets_dir / "ca.pem"
 
     @property
     def dashboard_reader(self) -> "Settings":

@@ -7,6 +7,7 @@ when none is configured, so the same SQL runs here and on a production server.
 from __future__ import annotations
 
 import importlib.util
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from trainmon.clickhouse import LOCAL_USERS, local_password_name
 from trainmon.deploy.services.base import LocalService, Progress, ServiceError
-from trainmon.deploy.services.local_secrets import ensure_password
+from trainmon.deploy.services.local_secrets import ensure_certificates, ensure_password
 
 # The checkout (or site-packages) that holds the `deploy` package, for `python -m` from any cwd.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ class ClickHouseService(LocalService):
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.settings.services_secure else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def ports(self) -> Sequence[int]:
@@ -58,13 +59,17 @@ class ClickHouseService(LocalService):
         if self.settings.services_secure:  # made once, kept across restarts: clients keep working
             for user in LOCAL_USERS:
                 ensure_password(self.settings.secrets_dir, local_password_name(user))
+            ensure_certificates(self.settings.secrets_dir)
 
     def command(self) -> list[str]:
         module = ["-m", "trainmon.deploy.services.clickhouse_server"]
         where = ["--data", str(self.data_dir), "--run-dir", str(self.dir / "run")]
         ports = ["--http-port", str(self.http_port), "--tcp-port", str(self.tcp_port)]
-        secure = (["--secrets", str(self.settings.secrets_dir), "--database", self.settings.clickhouse_database]
-                  if self.settings.services_secure else [])
+        secure = []
+        if self.settings.services_secure:
+            certificates = ensure_certificates(self.settings.secrets_dir)
+            secure = ["--secrets", str(self.settings.secrets_dir), "--database", self.settings.clickhouse_database,
+                      "--tls-cert", str(certificates.server_cert), "--tls-key", str(certificates.server_key)]
         return [sys.executable, *module, *where, *ports, *secure]
 
     def environment(self) -> dict[str, str]:
@@ -74,7 +79,12 @@ class ClickHouseService(LocalService):
         return env
 
     def _get(self, path: str) -> str:
-        with DIRECT_HTTP.open(f"{self.address}{path}", timeout=1.0) as response:
+        opener = DIRECT_HTTP
+        if self.settings.services_secure:  # HTTPS, verified against the local CA like every client
+            context = ssl.create_default_context(cafile=str(ensure_certificates(self.settings.secrets_dir).ca))
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                 urllib.request.HTTPSHandler(context=context))
+        with opener.open(f"{self.address}{path}", timeout=1.0) as response:
             return response.read().decode().strip()
 
     def health(self) -> tuple[bool, str]:

@@ -16,12 +16,15 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from trainmon.deploy.services.tls_front import TlsFront
 
 # A column alias nothing else uses, so the KILL below matches exactly this query.
 KEEPALIVE_MARK = "trainmon_keepalive"
@@ -226,6 +229,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: the open loopback users)",
     )
     parser.add_argument("--database", default="trainmon", help="the database --secrets grants on (default trainmon)")
+    parser.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                        help="serve HTTPS on --http-port with this certificate (and --tls-key): the engine itself "
+                        "then listens on an internal loopback port behind a TLS front (it has no HTTPS listener)")
+    parser.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument(
         "--config-fragment",
         type=Path,
@@ -297,13 +304,30 @@ class Engine(threading.Thread):
             self.error = result.error_message()
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now, for the engine behind the TLS front."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def serve(data: Path, http_port: int, tcp_port: int, run_dir: Path, users: str = USERS_XML,
-          login: Mapping[str, str] | None = None) -> int:
-    """Start the engine, wait for SIGTERM/SIGINT, stop it cleanly; the exit status."""
+          login: Mapping[str, str] | None = None, tls: tuple[Path, Path] | None = None) -> int:
+    """Start the engine, wait for SIGTERM/SIGINT, stop it cleanly; the exit status. With `tls` (cert,
+    key), HTTPS on http_port in front of the engine's HTTP on an internal port."""
     import chdb  # noqa: F401  (before chdir: importing chdb changes and restores the cwd)
 
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
+    front = None
+    if tls is not None:
+        engine_port = free_port()
+        try:
+            front = TlsFront(tls[0].resolve(), tls[1].resolve(), engine_port, port=http_port)
+        except OSError as exc:
+            print(f"clickhouse_server: cannot serve HTTPS on 127.0.0.1:{http_port}: {exc}", file=sys.stderr, flush=True)
+            return 1
+        http_port = engine_port
     write_config(run_dir, http_port, tcp_port, users)
     os.chdir(run_dir)
 
@@ -322,6 +346,8 @@ def serve(data: Path, http_port: int, tcp_port: int, run_dir: Path, users: str =
     while engine.is_alive():  # retried: a signal during start-up may come before the listener
         kill_keepalive(http_port, login)
         engine.join(1.0)
+    if front is not None:
+        front.close()
     print("clickhouse_server: stopped cleanly ('Query was cancelled' above is the keep-alive query)", file=sys.stderr)
     return 0
 
@@ -330,10 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir = (args.run_dir or args.data.resolve().parent / "run").resolve()
     write_fragments(run_dir, args.config_fragment)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("clickhouse_server: --tls-cert and --tls-key go together")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     if args.secrets is None:
-        return serve(args.data, args.http_port, args.tcp_port, run_dir)
+        return serve(args.data, args.http_port, args.tcp_port, run_dir, tls=tls)
     users, login = secure_users(args.secrets, args.database)
-    return serve(args.data, args.http_port, args.tcp_port, run_dir, users, login)
+    return serve(args.data, args.http_port, args.tcp_port, run_dir, users, login, tls)
 
 
 if __name__ == "__main__":

@@ -321,7 +321,7 @@ class KafkaService(LocalService):
             "ssl.keystore.location": str(self.keystore),
             # The broker is its own inter-broker client: it must trust the CA that signed its certificate.
             "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(kafka_client.local_ca_file(self.settings)),
+            "ssl.truststore.location": str(self.settings.local_ca),
         }
 
     def broker_settings(self) -> dict[str, str]:

@@ -8,12 +8,9 @@ front of its own before the engine's HTTP port to check what trainmon's client d
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
-import ssl
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -168,7 +165,8 @@ def test_the_writer_cannot_change_the_schema(secure, statement):
                                        f"INSERT INTO {DATABASE}.runs (project, run) VALUES ('x', 'y')"])
 def test_default_the_engines_own_login_holds_no_data(secure, statement):
     # Without a password (the engine's session needs it so), but with nothing to read or write.
-    engine = connect(secure.replace(clickhouse_url=f"http://127.0.0.1:{HTTP_PORT}"))
+    engine = connect(secure.replace(clickhouse_url=f"https://127.0.0.1:{HTTP_PORT}",
+                                    clickhouse_ca_file=str(secure.local_ca)))
     assert engine.query("SELECT currentUser()").result_rows == [("default",)]
     assert "default: Not enough privileges" in refusal(statement, engine)
 
@@ -187,7 +185,7 @@ def test_a_wrong_password_is_refused_with_a_clear_error(secure):
     with pytest.raises(ClickHouseAccessError) as refused:
         connect(secure.replace(clickhouse_password=WRONG))
     message = str(refused.value)
-    assert f"ClickHouse at http://127.0.0.1:{HTTP_PORT} refused user 'trainmon_writer'" in message
+    assert f"ClickHouse at https://127.0.0.1:{HTTP_PORT} refused user 'trainmon_writer'" in message
     assert "AUTHENTICATION_FAILED" in message and "came from a password setting" in message
     assert WRONG not in message
 
@@ -198,7 +196,7 @@ def test_the_cli_names_the_password_file_never_the_password(secure, tmp_path, ca
     config = toml(tmp_path, secure, f'migrations_user = "trainmon_migrator"\nmigrations_password_file = "{wrong}"\n')
     assert main(["--config", str(config), "db", "migrate"]) == 2
     out, err = capsys.readouterr()
-    assert err.startswith(f"trainmon: error: ClickHouse at http://127.0.0.1:{HTTP_PORT} refused user "
+    assert err.startswith(f"trainmon: error: ClickHouse at https://127.0.0.1:{HTTP_PORT} refused user "
                           "'trainmon_migrator'") and str(wrong) in err
     assert WRONG not in out + err
 
@@ -276,62 +274,12 @@ def test_the_team_policy_names_every_table_with_a_project_column(secure):
 
 # --- TLS ---------------------------------------------------------------------------------------------
 
-class TlsFront:
-    """TLS on 127.0.0.1 in front of a plain TCP port, the way a terminating proxy fronts the engine."""
-
-    def __init__(self, cert: Path, key: Path, target_port: int) -> None:
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert, key)
-        self.target_port = target_port
-        self.loop = asyncio.new_event_loop()
-        self.server = asyncio.run_coroutine_threadsafe(self._serve(), self.loop)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = self.server.result(5).sockets[0].getsockname()[1]
-
-    async def _serve(self) -> asyncio.Server:
-        return await asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=self.context)
-
-    async def _relay(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
-        engine_in, engine_out = await asyncio.open_connection("127.0.0.1", self.target_port)
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except (OSError, ssl.SSLError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(client_in, engine_out), pipe(engine_in, client_out))
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            self.server.result().close()
-            relays = asyncio.all_tasks() - {asyncio.current_task()}
-            for task in relays:
-                task.cancel()
-            await asyncio.gather(*relays, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@pytest.fixture
-def tls_front(secure, tmp_path) -> Iterator[tuple[TlsFront, Path]]:
-    certificates = ensure_certificates(tmp_path / "certs")
-    front = TlsFront(certificates.server_cert, certificates.server_key, HTTP_PORT)
-    yield front, certificates.ca
-    front.close()
-
-
-def test_https_is_verified_against_the_configured_ca(secure, tls_front, tmp_path):
-    front, ca = tls_front
-    over_tls = secure.replace(clickhouse_url=f"https://127.0.0.1:{front.port}", clickhouse_ca_file=str(ca),
+def test_the_secure_stack_serves_https_only_verified_against_its_ca(secure, tmp_path):
+    """The engine has no HTTPS listener; the server process puts a TLS front on the configured port
+    (deploy/services/tls_front.py) and the engine behind it on an internal loopback port."""
+    assert secure.clickhouse == f"https://127.0.0.1:{HTTP_PORT}"
+    assert connect(secure).query("SELECT currentUser()").result_rows == [("trainmon_writer",)]  # CA found alone
+    over_tls = secure.replace(clickhouse_url=f"https://127.0.0.1:{HTTP_PORT}", clickhouse_ca_file=str(secure.local_ca),
                               clickhouse_user="trainmon_writer",
                               clickhouse_password_file=str(local_password_file(secure.secrets_dir, "trainmon_writer")))
     assert connect(over_tls).query("SELECT currentUser()").result_rows == [("trainmon_writer",)]
@@ -340,3 +288,6 @@ def test_https_is_verified_against_the_configured_ca(secure, tls_front, tmp_path
         with pytest.raises(ClickHouseAccessError) as refused:
             connect(over_tls.replace(clickhouse_ca_file=ca_file))
         assert f"its TLS certificate is not signed by {named}; set [clickhouse] ca_file" in str(refused.value)
+    with pytest.raises(Exception) as plaintext:  # the password never travels unencrypted
+        connect(over_tls.replace(clickhouse_url=f"http://127.0.0.1:{HTTP_PORT}")).query("SELECT 1")
+    assert not isinstance(plaintext.value, AssertionError)

@@ -92,10 +92,13 @@ def test_the_service_makes_every_password_and_hands_the_server_its_database(tmp_
     settings = Settings(services_home=str(tmp_path / "home"), services_secure=True, clickhouse_database="tm_x")
     service = ClickHouseService(settings)
     service.prepare(lambda message: None)
-    made = sorted(p.name for p in settings.secrets_dir.iterdir())
+    made = sorted(p.name for p in settings.secrets_dir.glob("*.password"))
     assert made == [f"clickhouse-{u}.password" for u in ("reader", "trainmon_control", "trainmon_migrator",
                                                            "trainmon_writer")]
-    assert service.command()[-4:] == ["--secrets", str(settings.secrets_dir), "--database", "tm_x"]
+    secrets = settings.secrets_dir
+    assert service.command()[-8:] == ["--secrets", str(secrets), "--database", "tm_x", "--tls-cert",
+                                      str(secrets / "server.pem"), "--tls-key", str(secrets / "server.key")]
+    assert service.address == f"https://127.0.0.1:{settings.services_clickhouse_http_port}"
     assert "--secrets" not in ClickHouseService(settings.replace(services_secure=False)).command()
 
 

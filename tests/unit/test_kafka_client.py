@@ -35,7 +35,7 @@ def test_the_local_secure_stack_is_used_when_no_brokers_are_configured(tmp_path:
         kafka_client.config(settings)  # nothing made yet: says what to run
     settings.secrets_dir.mkdir()
     kafka_client.local_password_file(settings, kafka_client.LOCAL_USER).write_text("pw\n")
-    kafka_client.local_ca_file(settings).write_text("-")
+    settings.local_ca.write_text("-")
     conf = kafka_client.config(settings)
     assert (conf["security.protocol"], conf["sasl.username"], conf["sasl.password"]) == ("SASL_SSL", "trainmon", "pw")
     assert conf["ssl.ca.location"] == str(settings.secrets_dir / "ca.pem")
