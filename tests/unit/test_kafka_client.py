@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,18 @@ def test_settings_come_from_the_environment_like_every_other_key(tmp_path: Path)
                              "TRAINMON_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "pw"),
                              "TRAINMON_KAFKA_BOOTSTRAP_SERVERS": "k:9093"})
     assert kafka_client.config(settings)["sasl.password"] == "from-file"
+
+
+def test_mtls_hands_the_client_certificate_to_librdkafka_and_to_faust(tmp_path: Path) -> None:
+    from trainmon.deploy.services.local_secrets import ensure_certificates
+
+    made = ensure_certificates(tmp_path / "pki")
+    settings = Settings(kafka_bootstrap_servers="k:9093", kafka_security_protocol="SSL", kafka_ssl_ca_file=str(made.ca),
+                        kafka_ssl_cert_file=str(made.client_cert), kafka_ssl_key_file=str(made.client_key))
+    conf = kafka_client.config(settings)
+    assert (conf["ssl.certificate.location"], conf["ssl.key.location"]) == (str(made.client_cert), str(made.client_key))
+    credentials = kafka_client.faust_credentials(settings)
+    assert credentials.protocol.value == "SSL"
+    assert credentials.context.verify_mode.name == "CERT_REQUIRED"  # the broker's certificate is checked
+    with pytest.raises(ssl.SSLError):  # a key that is not the certificate's: refused when the context is built
+        kafka_client.faust_credentials(settings.replace(kafka_ssl_key_file=str(made.server_key)))
