@@ -32,6 +32,8 @@ from trainmon.contract import MAX_TEXT_LEN
 # event contract caps them at MAX_TEXT_LEN characters): such a filter matches nothing, and is not sent.
 MAX_FILTER_LEN = 4 * MAX_TEXT_LEN
 MAX_POINTS = 5000  # per line: what a browser plots without stalling
+METRIC_POINTS = 500  # per metric line by default: the run page's "Points per line" and trainmon.history
+HOST_POINTS = 300  # per hardware line: a 600-pixel-wide panel shows no more (run page, trainmon.history)
 MAX_SERIES_RUNS = 200  # runs overlaid in one series() call
 MAX_LIMIT = 100_000
 
@@ -365,6 +367,37 @@ class Queries:
         return self._values(
             "SELECT DISTINCT name FROM metric_rollup_1h "
             f"{q.where([f'project = {q.text(project)}', f'run IN {q.texts(_strings(run) or [])}'])} ORDER BY name", q)
+
+    # --- for trainmon.history (the read API and `trainmon runs`): the pages do not call these ---------
+
+    def run_projects(self, run: str) -> list[str]:
+        """The projects holding a run id (one, as run ids are unique; more means a reused id)."""
+        q = _Sql()
+        return self._values(f"SELECT DISTINCT project FROM runs {q.where([f'run = {q.text(run)}'])} ORDER BY project", q)
+
+    def metric_summary(self, project: str, run: str) -> pd.DataFrame:
+        """One row per metric of the run, over all ranks (metric_rollup_1h): `last` (the value at its
+        highest step), min and max of the finite values, `step` (its last step), `count` of values and
+        `non_finite`."""
+        q = _Sql()
+        return self._frame(
+            "SELECT name, argMaxMerge(last) AS last, ifNull(min(min), nan) AS min, ifNull(max(max), nan) AS max, "
+            "max(step_max) AS step, sum(count) AS count, sum(non_finite) AS non_finite FROM metric_rollup_1h "
+            f"{q.where([f'project = {q.text(project)}', f'run = {q.text(run)}'])} GROUP BY name ORDER BY name", q)
+
+    def points(self, project: str, run: str, names: str | Iterable[str] | None = None) -> Iterable[Any]:
+        """Every raw point of the run (metric_points FINAL: exact, one row per name, rank and step), as a
+        stream of Arrow record batches ordered by name, rank and step; a run can hold more points than
+        fit in memory, so they are never collected here. Columns: project, run, name, rank, host,
+        step, epoch, value, time (UTC)."""
+        q = _Sql()
+        conditions = [f"project = {q.text(project)}", f"run = {q.text(run)}"]
+        if names is not None:
+            conditions.append(f"name IN {q.texts(_strings(names) or [])}")
+        sql = ("SELECT project, run, name, rank, host, step, epoch, value, time FROM metric_points FINAL "
+               f"{q.where(conditions)} ORDER BY name, rank, step")
+        with self.client.query_arrow_stream(sql, parameters=q.params) as stream:
+            yield from stream
 
     # --- training series -------------------------------------------------------------------------
 

@@ -211,6 +211,168 @@ def _config(args: argparse.Namespace, settings: settings_module.Settings) -> int
     return 0
 
 
+# --- history: `trainmon runs`, `trainmon alerts` (read-only, as the dashboard's user; trainmon/history.py)
+
+
+def _when(text: str) -> Any:
+    """argparse type of --since: a duration ago or a date/time (trainmon.history.since)."""
+    from trainmon.history import since
+
+    try:
+        return since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _jsonable(value: Any) -> Any:
+    """Cells and records as JSON has them: times as ISO 8601, NaN and NaT as null, numpy scalars as numbers."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return None if str(value) == "NaT" else value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def _emit(args: argparse.Namespace, frame: Any, shown: Sequence[str], data: Any = None) -> None:
+    """A table to stdout: --json (records, or `data` when given), --csv, else the `shown` columns as text."""
+    if args.format == "json":
+        records = frame.to_dict("records") if data is None else data
+        json.dump(_jsonable(records), sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    elif args.format == "csv":
+        cells = frame.map(lambda v: json.dumps(_jsonable(v)) if isinstance(v, (dict, list)) else v)
+        cells.to_csv(sys.stdout, index=False)
+    elif frame.empty:
+        print("(none)")
+    else:
+        text = frame[[c for c in shown if c in frame.columns]].copy()
+        for column in text.columns:
+            if str(text[column].dtype).startswith("datetime64"):
+                text[column] = text[column].dt.strftime("%Y-%m-%d %H:%M:%S").fillna("-")
+        print(text.to_string(index=False, na_rep="-", max_colwidth=60))
+
+
+def _history(settings: settings_module.Settings) -> Any:
+    """The read API on the dashboard's read-only user; a ClickHouse that does not answer is one line."""
+    from clickhouse_connect.driver.exceptions import Error
+
+    from trainmon.history import History
+
+    try:
+        return History(settings)
+    except Error as exc:
+        reader = settings.dashboard_reader
+        raise TrainmonError(f"ClickHouse at {reader.clickhouse} did not answer as {reader.clickhouse_user}: "
+                            f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def _runs(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    with _history(settings) as history:
+        if args.runs_action == "ls":
+            try:
+                frame = history.runs(project=args.project, status=args.status, tag=args.tag, user=args.user,
+                                     search=args.search, metric=args.metric, metric_mode=args.metric_mode,
+                                     order_by=args.order_by, descending=not args.ascending, limit=args.limit)
+            except ValueError as exc:  # an --order-by that is no column
+                raise TrainmonError(str(exc)) from None
+            shown = ["project", "run", "status", "user", "started_at", "duration_s", "last_step", "alerts_firing"]
+            _emit(args, frame, shown + (["best"] if args.metric else []))
+        elif args.runs_action == "show":
+            import pandas as pd
+
+            from trainmon.dashboard.queries import flatten
+
+            record = history.run(args.run, project=args.project)
+            metrics = history.summary(args.run, project=record["project"])
+            if args.format == "json":
+                _emit(args, metrics, [], {"run": record, "metrics": metrics.to_dict("records")})
+                return 0
+            flat = flatten({k: v for k, v in record.items() if k != "ranks"})
+            for row in metrics.to_dict("records"):
+                flat.update({f"metrics.{row['name']}.{k}": v for k, v in row.items() if k != "name"})
+            table = pd.DataFrame({"key": list(flat), "value": [_jsonable(v) for v in flat.values()]})
+            if args.format == "csv":
+                _emit(args, table, [])
+                return 0
+            documents = ("config", "datasets", "model", "code", "environment", "metrics.")
+            _emit(args, table[~table["key"].str.startswith(documents)], ["key", "value"])
+            config = table[table["key"].str.startswith("config.")]
+            print("\nconfig:" + ("" if len(config) else " (none)"))
+            if len(config):
+                print(config.to_string(index=False, header=False))
+            print("\nmetrics:")
+            _emit(args, metrics, ["name", "last", "min", "max", "step", "count", "non_finite"])
+        else:  # export
+            exported = history.export(args.run, args.file, project=args.project, names=args.metric or None)
+            _progress(f"wrote {exported.points:,} points of {exported.metrics} metric(s) of {args.run} "
+                      f"to {exported.path}")
+    return 0
+
+
+def _alerts(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    with _history(settings) as history:
+        if args.alerts_action == "ls":
+            frame = history.alerts(since=args.since, run=args.run, project=args.project, rule=args.rule,
+                                   severity=args.severity, host=args.host, firing_only=args.firing, limit=args.limit)
+            _emit(args, frame, ["starts_at", "state", "severity", "rule", "project", "run", "host", "summary"])
+        else:  # incidents
+            frame = history.incidents(since=args.since, run=args.run, project=args.project, host=args.host,
+                                      firing_only=args.firing, limit=args.limit)
+            _emit(args, frame, ["starts_at", "state", "severity", "rule", "members_total", "summary"])
+    return 0
+
+
+def _import(args: argparse.Namespace, settings: settings_module.Settings) -> int:
+    import time
+
+    from trainmon.agent.importers import load
+
+    if args.source == "tensorboard":
+        from trainmon.agent.importers import tensorboard
+
+        runs = tensorboard.read(args.path, project=args.project, run=args.run, host=args.host, user=args.user,
+                                status=args.status)
+    else:
+        from trainmon.agent.importers import mlflow
+
+        runs = mlflow.read(args.path, project=args.project, experiments=args.experiment, run_ids=args.run_id)
+        if not runs:
+            raise TrainmonError(f"{args.path}: no runs (of the experiments and run ids asked for)")
+    from clickhouse_connect.driver.exceptions import Error
+
+    failed = 0
+    for run in runs:
+        try:
+            done = load.load(settings, run, dry_run=args.dry_run)
+        except Error as exc:  # the first query fails fast; a write that fails later is retried, like the sink's
+            raise TrainmonError(f"ClickHouse at {settings.clickhouse} did not answer: "
+                                f"{str(exc).splitlines()[0][:300]}") from None
+        where = f"{done.run} (project {done.project})"
+        if done.state == "exists":
+            print(f"skipped {where}: already in trainmon")
+            continue
+        steps = f"steps {done.first_step:,}..{done.last_step:,}" if done.first_step is not None else "no steps"
+        print(f"{'checked' if args.dry_run else 'imported'} {where}: {done.points:,} points of {done.metrics} "
+              f"metric(s), {steps}" + (f", {done.replaced:,} replaced by a newer value at the same step"
+                                      if done.replaced else ""))
+        if done.started and done.started < time.time() - load.RAW_POINTS_DAYS * 86400:
+            print(f"  points older than {load.RAW_POINTS_DAYS} days: ClickHouse drops them from the raw table (its "
+                  "TTL); the rollups keep them (1-minute buckets 5 years, hourly for good)", file=sys.stderr)
+        if done.invalid:
+            failed += 1
+            print(f"  {done.invalid:,} event(s) refused by the event contract, e.g. {'; '.join(done.problems)}",
+                  file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainmon", description="Watch model training on GPU clusters.", epilog=EPILOG)
     parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $TRAINMON_CONFIG or ./trainmon.toml)")
@@ -322,6 +484,100 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a simulated fault (repeatable; default: nan, hot_gpu, straggler, stall, dead_node; "
                       "see `trainmon simulate --list-faults`)")
     demo.set_defaults(handler=_demo)
+
+    runs = commands.add_parser(
+        "runs", help="list runs, show one, export one's points to Parquet (read-only)",
+        description="Reads ClickHouse as the dashboard's read-only user ([dashboard] clickhouse_user), through the "
+        "dashboard's own queries: what it prints is what the dashboard shows. The same from Python: "
+        "trainmon.history (docs/history.md).")
+    runs_actions = runs.add_subparsers(dest="runs_action", required=True, metavar="ACTION")
+    runs_ls = runs_actions.add_parser("ls", help="runs matching the filters, newest first",
+                                      description="Runs matching every filter given (a repeated filter matches any "
+                                      "of its values; --tag: runs having every tag given).")
+    runs_ls.add_argument("--project", action="append", metavar="NAME", help="only this project (repeatable)")
+    runs_ls.add_argument("--status", action="append", metavar="STATUS",
+                         help="running, finished, failed, killed, crashed or lost (repeatable)")
+    runs_ls.add_argument("--tag", action="append", metavar="TAG", help="only runs having this tag (repeatable: all of them)")
+    runs_ls.add_argument("--user", action="append", metavar="USER", help="only runs of this user (repeatable)")
+    runs_ls.add_argument("--search", metavar="TEXT", help="runs whose id or name contains TEXT (any case)")
+    runs_ls.add_argument("--metric", metavar="NAME", help="add column `best`: the run's best value of this metric")
+    runs_ls.add_argument("--metric-mode", choices=["min", "max", "last"], default="min",
+                         help="what `best` is: the lowest, highest or last value (default %(default)s)")
+    runs_ls.add_argument("--order-by", default="started_at", metavar="COLUMN",
+                         help="sort by this column, e.g. started_at, duration_s, status, best (default %(default)s)")
+    runs_ls.add_argument("--ascending", action="store_true", help="sort ascending (default: descending)")
+    runs_ls.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default %(default)s)")
+    runs_show = runs_actions.add_parser("show", help="one run: record, config and each metric's last, min and max",
+                                        description="The run's record (status, times, hosts, tags, config, datasets, "
+                                        "model, code, environment) and, per metric, its last value, min, max and "
+                                        "last step over all ranks.")
+    runs_show.add_argument("run", metavar="RUN", help="run id")
+    runs_show.add_argument("--project", metavar="NAME", help="its project (default: looked up from the run id)")
+    runs_export = runs_actions.add_parser("export", help="every raw point of a run to a Parquet file",
+                                          description="Writes every point (not downsampled) of the run's metrics: "
+                                          "project, run, name, rank, host, step, epoch, value, time; the run's record "
+                                          "goes into the file's metadata (key trainmon.run, JSON).")
+    runs_export.add_argument("run", metavar="RUN", help="run id")
+    runs_export.add_argument("file", metavar="FILE", help="the Parquet file to write (replaced if it exists)")
+    runs_export.add_argument("--project", metavar="NAME", help="its project (default: looked up from the run id)")
+    runs_export.add_argument("--metric", action="append", metavar="NAME", help="only this metric (repeatable)")
+    alerts = commands.add_parser("alerts", help="list alerts or incidents (read-only)",
+                                 description="Alert episodes or incidents as the dashboard's alerts page lists them, "
+                                 "newest first, read as the dashboard's read-only user.")
+    alerts_actions = alerts.add_subparsers(dest="alerts_action", required=True, metavar="ACTION")
+    alerts_ls = alerts_actions.add_parser("ls", help="alert episodes with their latest state",
+                                          description="One row per episode (fingerprint, start) with its latest state.")
+    alerts_incidents = alerts_actions.add_parser("incidents", help="incidents: alerts correlated into one page",
+                                                 description="Incidents with their members' hosts and runs.")
+    for action in (alerts_ls, alerts_incidents):
+        action.add_argument("--since", type=_when, metavar="WHEN",
+                            help="active since: a duration ago (30m, 1h, 2d) or a date/time (2026-12-01T10:00, UTC); "
+                            "those still firing are always listed (default: all)")
+        action.add_argument("--run", metavar="RUN", help="only this run's")
+        action.add_argument("--project", metavar="NAME", help="only this project's")
+        action.add_argument("--host", metavar="HOST", help="only this host's")
+        action.add_argument("--firing", action="store_true", help="only those firing now")
+        action.add_argument("--limit", type=int, default=200, metavar="N", help="at most N rows (default %(default)s)")
+    alerts_ls.add_argument("--rule", action="append", metavar="RULE", help="only this rule's (repeatable)")
+    alerts_ls.add_argument("--severity", action="append", choices=["info", "warning", "critical"],
+                           help="only this severity (repeatable)")
+    for action in (runs_ls, runs_show, alerts_ls, alerts_incidents):
+        shape = action.add_mutually_exclusive_group()
+        shape.add_argument("--json", dest="format", action="store_const", const="json",
+                           help="print JSON (all columns; times in ISO 8601 UTC) instead of a table")
+        shape.add_argument("--csv", dest="format", action="store_const", const="csv",
+                           help="print CSV (all columns) instead of a table")
+    runs.set_defaults(handler=_runs)
+    alerts.set_defaults(handler=_alerts)
+
+    imports = commands.add_parser(
+        "import", help="import TensorBoard logs or MLflow runs, with their steps, wall times and parameters",
+        description="Reads another tool's history and writes it as trainmon runs (ClickHouse, as [clickhouse] "
+        "user; alert rules do not run on it). A run already in trainmon is skipped, so importing again is safe. "
+        "Needs the `import` extra (tensorboardX) for TensorBoard. See docs/history.md.")
+    sources = imports.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    board = sources.add_parser("tensorboard", help="TensorBoard event files: each directory holding some is a run",
+                               description="Scalars (with steps and wall times) and hparams of every directory under "
+                               "DIR holding event files; no TensorFlow needed.")
+    board.add_argument("path", metavar="DIR", help="a log directory (TensorBoard's --logdir)")
+    board.add_argument("--project", metavar="NAME", help="project of the runs (default: DIR's name)")
+    board.add_argument("--run", metavar="ID", help="run id, when DIR holds one run (default: tb-<name>-<start>-<hash>)")
+    board.add_argument("--host", metavar="HOST", help="host of the runs (default: from the event file names)")
+    board.add_argument("--user", metavar="USER", help="user of the runs (default: none)")
+    board.add_argument("--status", choices=["finished", "failed", "killed", "crashed"], default="finished",
+                       help="how the runs ended: event files do not say (default %(default)s)")
+    flow = sources.add_parser("mlflow", help="MLflow runs from a local store: mlruns/ directory or sqlite:/// database",
+                              description="Params, tags, metrics (with steps and timestamps) and status of the "
+                              "store's runs; MLflow itself is not needed.")
+    flow.add_argument("path", metavar="URI", help="./mlruns, file:///path/mlruns or sqlite:///mlflow.db")
+    flow.add_argument("--project", metavar="NAME", help="project of the runs (default: each run's experiment name)")
+    flow.add_argument("--experiment", action="append", default=[], metavar="NAME_OR_ID",
+                      help="only this experiment's runs (repeatable; default: all)")
+    flow.add_argument("--run-id", action="append", default=[], metavar="ID", help="only this MLflow run (repeatable)")
+    for source in (board, flow):
+        source.add_argument("--dry-run", action="store_true",
+                            help="read and check everything, count what would be imported, write nothing")
+    imports.set_defaults(handler=_import)
 
     config = commands.add_parser("config", help="print the effective settings and their environment variables")
     config.set_defaults(handler=_config)

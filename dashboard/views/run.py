@@ -13,9 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from trainmon.dashboard import components as c
-from trainmon.dashboard.queries import epochs_at
+from trainmon.dashboard.queries import HOST_POINTS, METRIC_POINTS, epochs_at
 
-HOST_POINTS = 300  # per line: a 600-pixel-wide panel shows no more
 
 HARDWARE = [  # (figure, panel title, unit)
     ("util_percent", "GPU utilisation", "%"),
@@ -124,7 +123,8 @@ def metrics_tab(project: str, run: str) -> None:
     rank_options = ["all ranks"] + [f"rank {r}" for r in _rank_numbers(project, run)]
     rank_label = row[2].selectbox("Ranks", rank_options, key="rank",
                                   help="All ranks: each bucket's min..max band covers every rank.")
-    points = row[3].selectbox("Points per line", [250, 500, 1000, 2000], index=1, key="points")
+    choices = [250, METRIC_POINTS, 1000, 2000]
+    points = row[3].selectbox("Points per line", choices, index=choices.index(METRIC_POINTS), key="points")
     panels = c.group_metrics(names)
     chosen = st.multiselect("Metrics", names, default=[n for group in panels.values() for n in group][:12],
                             key="metrics")
