@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup alertmanager chromium helm test test-unit demo stop bench clean help
+.PHONY: setup alertmanager chromium helm test test-unit test-frameworks demo stop bench clean help
 
 help:
 	@echo "make demo   - set up and run the whole stack with live data (dashboard, alerts); Ctrl-C stops it"
 	@echo "make test   - set up and run the whole test suite against the real services"
 	@echo "make stop   - stop the local services started by make demo"
+	@echo "make test-frameworks - the Lightning, transformers, Keras and torch integrations with the real libraries (installs ~7.5 GB)"
 	@echo "make helm   - build helm v4 once (the Helm chart's tests; minutes the first time)"
 	@echo "make bench  - run the benchmarks in bench/ (figures under bench/results/)"
 
@@ -44,6 +45,20 @@ helm:
 
 test: setup alertmanager chromium helm
 	$(BIN)/python -m pytest
+
+# The framework integrations' tests (tests/frameworks; docs/integrations.md): torch, Lightning,
+# transformers and Keras on its JAX, torch and TensorFlow backends, on CPU. Heavy, so not in `make test`:
+# ~3.5 GB to download, ~7.5 GB on disk (PyPI's torch pulls the CUDA wheels), 1.5-2 min to install.
+# Under CI=true a framework that fails to import fails its tests instead of skipping them.
+FRAMEWORKS_STAMP := $(VENV)/.installed-frameworks
+
+$(FRAMEWORKS_STAMP): $(STAMP) pyproject.toml
+	@echo "test-frameworks: installing torch, lightning, transformers, keras, jax and tensorflow-cpu (~3.5 GB, once)..."
+	$(BIN)/python -m pip install --quiet -e ".[server,test,demo,frameworks-test]"
+	@touch $@
+
+test-frameworks: $(FRAMEWORKS_STAMP) alertmanager
+	TRAINMON_FRAMEWORK_TESTS=1 $(BIN)/python -m pytest tests/frameworks
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit

@@ -36,7 +36,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_puts_nothing_beside_the_trainmon_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"trainmon", wheel.name.split("-py")[0] + ".dist-info"}
-    for needed in ("trainmon/agent/sdk.py", "trainmon/stream_processors/pipeline.yml",
+    for needed in ("trainmon/agent/sdk.py", "trainmon/agent/integrations/lightning_logger.py", "trainmon/stream_processors/pipeline.yml",
                    "trainmon/dashboard/app.py", "trainmon/dashboard/views/run.py",
                    "trainmon/deploy/clickhouse/migrations/0001_schema_v1.sql",
                    "trainmon/deploy/docker/clickhouse/users.xml", "trainmon/deploy/alertmanager/install.sh"):
