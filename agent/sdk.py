@@ -28,10 +28,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 import trainmon
 from trainmon.agent import checkpoint_pauses, environment, registry
+from trainmon.agent.alert_follower import AlertFollower, Subscription
 from trainmon.agent.identity import Identity, resolve, safe_id
 from trainmon import TrainmonWarning
 from trainmon.contract import MAX_EVENT_BYTES, MAX_NAME_LEN, MAX_TEXT_LEN, MAX_VALUES, RUN_STATUSES, SCHEMA_VERSION
-from trainmon.contract import HEARTBEAT_S, ContractError, encode, envelope, phase_name
+from trainmon.contract import HEARTBEAT_S, SEVERITIES, ContractError, encode, envelope, phase_name
 
 log = logging.getLogger("trainmon.sdk")
 
@@ -204,8 +205,9 @@ class Run:
     """One rank's view of a run. Create it with `trainmon.init`; see docs/sdk.md."""
 
     def __init__(self, identity: Identity, publisher: Any, *, owns_publisher: bool, name: str | None = None,
-                 heartbeat_s: float = HEARTBEAT_S) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, settings: Any = None) -> None:
         self.identity = identity
+        self._settings = settings  # None: trainmon.settings.load(), when something needs them
         self.name = name
         self._publisher = publisher
         self._publish: Callable[[dict], Any] = publisher.publish
@@ -227,6 +229,14 @@ class Run:
         # only orders heartbeats, so the last one queued always carries the current phase.
         self._phase: str | None = None
         self._beat_lock = threading.Lock()
+        # Alerts back into training: no follower (no consumer, no thread) until the first on_alert.
+        # `log` only tests `_inbox` for truth: an empty tuple until then, the follower's deque after.
+        self._follower: AlertFollower | None = None
+        self._inbox: Any = ()
+        self._subscriptions: tuple[Subscription, ...] = ()
+        self._training_thread: int | None = None  # the thread of the first on_alert: callbacks run only there
+        self._delivering = False
+        self._stop_reason: Any = None
         # The envelope every event of this rank shares, unpacked once for the hot path.
         self._project, self._run, self._rank, self._host = identity.project, identity.run, identity.rank, identity.host
         # Who sent it: one producer id per run incarnation (128 random bits) and a seq counting this
@@ -326,6 +336,9 @@ class Run:
             self._publish(event)
         except Exception as exc:  # a bug here must not stop training
             self._internal_error("log", exc)
+        finally:  # the safe point: alerts read since the last call reach their callbacks, in this thread
+            if self._inbox:
+                self._deliver_alerts()
 
     def _publish_numbered(self, event: dict[str, Any]) -> Any:
         with self._seq_lock:
@@ -494,6 +507,115 @@ class Run:
         self._phase = name
         self._send_heartbeat()
 
+    # --- alerts back into training ----------------------------------------------------------------
+
+    def on_alert(self, callback: Callable[[dict[str, Any]], Any], rules: str | Iterable[str] | None = None,
+                 severity: str | None = None, *, resolved: bool = False) -> None:
+        """Call `callback(alert)` in the training thread (the one that first calls on_alert), at its
+        next `log`, when an alert of this run (or of this rank's host, naming no run) fires: `rules` a
+        rule name or names (None: all), `severity` the least severity ("warning" takes "critical"
+        too), `resolved` also its resolves. The first call starts following the alerts topic on a
+        background thread; returns at once."""
+        if self._done:
+            self._ignored("on_alert")
+            return
+        try:
+            subscription = self._subscription(callback, rules, severity, resolved)
+            if subscription is None:
+                return
+            self._subscriptions += (subscription,)
+            if self._training_thread is None:
+                self._training_thread = threading.get_ident()
+            self._follow_alerts()
+        except Exception as exc:  # a bug here must not stop training
+            self._internal_error("on_alert", exc)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts of this run (and host) firing now, as the follower last read them; [] until a
+        first `on_alert` or `alerts` call starts it (it follows from then on)."""
+        if self._done:
+            return []
+        try:
+            self._follow_alerts()
+            return self._follower.firing()
+        except Exception as exc:  # a bug here must not stop training
+            self._internal_error("alerts", exc)
+            return []
+
+    def check_alerts(self) -> None:
+        """A safe point without logging: the callbacks of alerts read since the last one run now (in
+        the training thread). For framework hooks called every step while `log` is called less often."""
+        if self._inbox:
+            self._deliver_alerts()
+
+    def request_stop(self, reason: Any = None) -> None:
+        """Ask the training loop to stop: `stop_requested` turns True. Usable as an `on_alert`
+        callback (the alert is the reason; a resolve is no reason to stop). The first reason stays."""
+        if isinstance(reason, Mapping) and reason.get("state") == "resolved":
+            return
+        if self._stop_reason is None:
+            self._stop_reason = True if reason is None else reason
+            what = reason.get("rule") if isinstance(reason, Mapping) else reason
+            log.warning("trainmon: run %s: stop requested (%s)", self._run, what or "no reason given")
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once `request_stop` was called: the loop (or a framework callback) should stop."""
+        return self._stop_reason is not None
+
+    @property
+    def stop_reason(self) -> Any:
+        """What `request_stop` was given (an alert, usually); None while no stop is requested."""
+        return self._stop_reason
+
+    def _subscription(self, callback: Any, rules: Any, severity: Any, resolved: Any) -> Subscription | None:
+        """on_alert's arguments checked (warned and ignored when wrong, like every SDK call)."""
+        if not callable(callback):
+            self._warn_once("on_alert", "callback",
+                            f"run.on_alert needs a callable, got {type(callback).__name__}: ignored")
+            return None
+        if isinstance(rules, str):
+            rules = (rules,)
+        elif isinstance(rules, Iterable):
+            rules = tuple(rules)  # once: a generator is read only once
+        if rules is not None and (not isinstance(rules, tuple) or not all(isinstance(r, str) for r in rules)):
+            self._warn_once("on_alert", "rules", "run.on_alert rules must be a rule name or a list of them: ignored")
+            return None
+        if severity is not None and severity not in SEVERITIES:
+            self._warn_once("on_alert", "severity", f"run.on_alert severity must be one of {', '.join(SEVERITIES)}, "
+                                                    f"got {severity!r}: ignored")
+            return None
+        return Subscription(callback, None if rules is None else frozenset(rules),
+                            SEVERITIES.index(severity) if severity else 0, resolved is True)
+
+    def _follow_alerts(self) -> None:
+        if self._follower is None:
+            follower = AlertFollower(self._settings, project=self._project, run=self._run, host=self._host)
+            follower.start()
+            self._follower, self._inbox = follower, follower.inbox
+
+    def _deliver_alerts(self) -> None:
+        """Each transition the follower read, in order, to every callback that wants it (a copy
+        each). A callback that fails is warned about once and the others still run. Only in the
+        training thread: a `log` from another (a metrics reporter, a data loader thread) is no safe point."""
+        if self._delivering or threading.get_ident() != self._training_thread:
+            return  # (delivering: a callback that logs; the outer call goes on with the rest)
+        self._delivering = True
+        try:
+            inbox = self._inbox
+            while inbox:
+                alert = inbox.popleft()
+                for subscription in self._subscriptions:
+                    if subscription.wants(alert):
+                        try:
+                            subscription.callback(dict(alert))
+                        except Exception as exc:
+                            name = getattr(subscription.callback, "__qualname__", repr(subscription.callback))
+                            self._warn_once(f"on_alert {name}", "callback", f"alert callback {name} failed on "
+                                            f"{alert['rule']} (training goes on): {exc!r}")
+        finally:
+            self._delivering = False
+
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _start(self, start_fields: dict[str, Any]) -> None:
@@ -541,6 +663,8 @@ class Run:
             warn(f"finish status must be one of {', '.join(RUN_STATUSES)}, got {status!r}: using 'finished'")
             status = "finished"
         self._stop.set()
+        if self._follower is not None:
+            self._follower.stop()
         try:
             self._publish(self._envelope("run_end", status=status, step=self._step))
         except Exception as exc:
@@ -786,7 +910,8 @@ def init(project: str | None = None, name: str | None = None, config: Any = None
         except Exception as exc:
             warn(f"monitoring is off for this run: the publisher did not start ({exc}); training goes on")
             publisher = _NullPublisher()
-    run = Run(identity, publisher, owns_publisher=owns, name=run_name, heartbeat_s=float(heartbeat_s))
+    run = Run(identity, publisher, owns_publisher=owns, name=run_name, heartbeat_s=float(heartbeat_s),
+              settings=settings)
 
     try:
         run._start(_start_fields(run, config, tags))
