@@ -17,13 +17,24 @@ def latest_snapshots(settings: Settings, topic: str, partition: int, group: str,
     """This group's snapshots among the last TAIL messages of the state topic's partition, oldest first."""
     import time
 
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     consumer = Consumer(kafka_client.config(
         settings, **{"group.id": f"{group}-state-reader", "enable.auto.commit": False, "enable.partition.eof": True,
                      "log_level": 0, "fetch.message.max.bytes": 67108864, "receive.message.max.bytes": 134217728}))
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:  # a state topic made moments ago may have no leader yet: wait for one, not crash
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                waiting = error.retriable() or error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                                KafkaError.LEADER_NOT_AVAILABLE)
+                if not waiting or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         if high <= low:
             return []
         consumer.assign([TopicPartition(topic, partition, max(low, high - TAIL))])

@@ -385,3 +385,35 @@ def test_a_snapshot_written_before_the_components_moved_inside_trainmon_restores
     restored.assign([0])
     assert restored.partitions[0].applied == proc.partitions[0].applied
     assert restored.partitions[0].state() == proc.partitions[0].state()
+
+
+def test_reading_snapshots_waits_for_a_leader_of_a_state_topic_made_moments_ago(monkeypatch):
+    """A worker that creates the state topic and reads it at once can be told NOT_LEADER_FOR_PARTITION:
+    it waits for the leader instead of dying (seen on a broker that had just started)."""
+    import confluent_kafka
+    from confluent_kafka import KafkaError, KafkaException
+
+    from trainmon.settings import Settings
+    from trainmon.stream_processors.state_topic import latest_snapshots
+
+    answers = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)), (5, 5)]
+
+    class NewTopicConsumer:
+        def __init__(self, config):
+            self.closed = False
+
+        def get_watermark_offsets(self, partition, timeout):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", NewTopicConsumer)
+    assert latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=5) == []
+    assert answers == []
+    answers[:] = [KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))]
+    with pytest.raises(KafkaException):  # not a wait: refused for good
+        latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=5)
