@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import trainmon  # noqa: E402
 from bench.pipeline import bench_settings, pipeline_file, say, start_worker, write_figures  # noqa: E402
+from bench.recovery import wait_until  # noqa: E402
 from trainmon import kafka_client  # noqa: E402
 from trainmon.contract import Topic, decode, topic_name  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
@@ -70,7 +71,7 @@ class Fired(threading.Thread):
         self.consumer = Consumer(kafka_client.config(settings, **{"group.id": "bench-fired",
                                                                   "enable.auto.commit": False}))
         topic = topic_name(Topic.ALERTS, settings.kafka_topic_prefix)
-        partitions = wait_for(lambda: self.consumer.list_topics(topic, timeout=10).topics[topic].partitions, 30,
+        partitions = wait_until(lambda: self.consumer.list_topics(topic, timeout=10).topics[topic].partitions, 30,
                               f"the partitions of {topic}")  # none listed while a new topic has no leaders yet
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
 
@@ -135,25 +136,15 @@ def one_run(args: argparse.Namespace, settings, workdir: Path, receiver: Receive
     finally:
         run.finish()
     arrival = wait_webhook(receiver, run_id, args.timeout)
-    fired_at = wait_for(lambda: fired.at.get(run_id), args.timeout, f"{run_id}'s alert on the alerts topic")
+    fired_at = wait_until(lambda: fired.at.get(run_id), args.timeout, f"{run_id}'s alert on the alerts topic")
     return {"callback_ms": (called["at"] - fired_at) * 1000, "webhook_ms": (arrival - fired_at) * 1000,
             "nan_to_fired_ms": (fired_at - nan_at) * 1000, "nan_to_callback_ms": (called["at"] - nan_at) * 1000,
             **log_times_us(args, log_ns, "log"), **log_times_us(args, control_ns, "control_log")}
 
 
-def wait_for(value, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = value()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise SystemExit(f"never saw {what}")
-
-
 def wait_webhook(receiver: Receiver, run_id: str, timeout_s: float) -> float:
     """Wall time the route's webhook received the run's firing alert."""
-    return wait_for(lambda: next((r.wall for r in list(receiver.requests) if r.json().get("run") == run_id
+    return wait_until(lambda: next((r.wall for r in list(receiver.requests) if r.json().get("run") == run_id
                                   and r.json()["rule"] == RULE and r.json()["state"] == "firing"), None),
                     timeout_s, f"{run_id}'s alert at the webhook")
 
