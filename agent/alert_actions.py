@@ -13,6 +13,7 @@ a firing alert, never on its resolve. The rule names are those of the shipped pi
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Callable, Iterable
 
 log = logging.getLogger("trainmon.sdk")
@@ -69,3 +70,20 @@ def scale_lr(optimizer: Any, factor: float = 0.5, *, min_lr: float = 0.0, schedu
                     ", ".join(f"{group['lr']:.3g}" for group in optimizer.param_groups))
 
     return callback
+
+
+def any_rank(*flags: bool) -> list[bool]:
+    """Each flag OR-ed over all ranks, in one all_reduce (MAX) of torch.distributed; the flags as given
+    when it is not initialised or has one rank. Every rank must call it at the same point (it is a
+    collective): a rank that acts alone on an alert leaves the others waiting in their next
+    collective. trainmon never imports torch: a process without it has no other ranks to ask."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(flags)
+    import torch  # loaded already: torch.distributed is
+
+    # NCCL reduces only CUDA tensors; gloo (and the others) CPU ones
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in tensor.tolist()]
