@@ -31,11 +31,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -47,13 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import trainmon  # noqa: E402
-from bench.pipeline import bench_settings, pipeline_file, say, start_worker, write_figures  # noqa: E402
+from bench.pipeline import alerting_stack, bench_settings, say, write_figures  # noqa: E402
 from bench.recovery import wait_until  # noqa: E402
 from trainmon import kafka_client  # noqa: E402
 from trainmon.contract import Topic, decode, topic_name  # noqa: E402
-from trainmon.deploy import services  # noqa: E402
-from trainmon.deploy.migrate import migrate  # noqa: E402
-from trainmon.deploy.topics import create_topics  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 
 RULE = "loss_non_finite"
@@ -190,34 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = bench_settings(args.partitions, database="trainmon_bench_alert_callback")
-    say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
-    services.start_all(settings, progress=say)
-    worker = None
-    try:
-        create_topics(settings, progress=lambda m: None)
-        migrate(settings, progress=lambda m: None)
-        with tempfile.TemporaryDirectory(prefix="trainmon-alert-cb-") as tmp, Receiver([200] * 100_000) as receiver:
-            workdir = Path(tmp)
-            worker = start_worker(settings, pipeline_file(workdir, receiver.url), workdir / "worker.log", 5000,
-                                  loglevel="info")
-            fired = Fired(settings)
-            fired.start()
-            say("warm-up run (the worker joins its group) ...")
-            one_run(args, settings, workdir, receiver, fired)
-            results = []
-            for repeat in range(args.repeats):
-                results.append(one_run(args, settings, workdir, receiver, fired))
-                say(f"run {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[-1].items()))
-            figures = summarise(results)
-            fired.done.set()
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        services.stop_all(settings, progress=say)
+    with alerting_stack(settings, "trainmon-alert-cb-", 100_000) as (workdir, receiver, _worker):
+        fired = Fired(settings)
+        fired.start()
+        say("warm-up run (the worker joins its group) ...")
+        one_run(args, settings, workdir, receiver, fired)
+        results = []
+        for repeat in range(args.repeats):
+            results.append(one_run(args, settings, workdir, receiver, fired))
+            say(f"run {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[-1].items()))
+        figures = summarise(results)
+        fired.done.set()
     print(table(figures, args))
     if args.json:
         write_figures(args.json, args, figures)

@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -45,10 +42,7 @@ sys.path.insert(0, str(ROOT))
 from trainmon.agent.publisher import Publisher  # noqa: E402
 from trainmon.agent.simulator import FaultSpec, SimConfig, Simulation  # noqa: E402
 from trainmon.agent.simulator.faults import FAULTS, Planned  # noqa: E402
-from bench.pipeline import bench_settings, pipeline_file, say, start_worker, write_figures  # noqa: E402
-from trainmon.deploy import services  # noqa: E402
-from trainmon.deploy.migrate import migrate  # noqa: E402
-from trainmon.deploy.topics import create_topics  # noqa: E402
+from bench.pipeline import alerting_stack, bench_settings, say, write_figures  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 
 # fault kind -> the shipped rule that detects it; the goal (s) where issue 10 names one
@@ -241,36 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = bench_settings(args.partitions, database="trainmon_bench_detection")
-    say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
-    services.start_all(settings, progress=say)
-    worker = None
-    try:
-        create_topics(settings, progress=lambda m: None)
-        migrate(settings, progress=lambda m: None)
-        with tempfile.TemporaryDirectory(prefix="trainmon-detection-") as tmp, Receiver([200] * 1_000_000) as receiver:
-            workdir = Path(tmp)
-            worker = start_worker(settings, pipeline_file(workdir, receiver.url), workdir / "worker.log", 5000,
-                                  loglevel="info")
-            say("worker starting (joins the group)...")
-            time.sleep(10)
-            if worker.poll() is not None:
-                raise SystemExit(f"the worker exited with {worker.returncode}:\n"
-                                 f"{(workdir / 'worker.log').read_text(errors='replace')[-2000:]}")
-            rounds, unexpected = [], 0
-            for round_ in range(args.repeats):
-                faults, stray = fault_round(args, settings, workdir, receiver, round_)
-                rounds.append(faults)
-                unexpected += stray
-            false_pages, run_hours = clean_round(args, settings, workdir, receiver) if args.clean_minutes else (0, 0.0)
-            figures = summarise(rounds, unexpected, false_pages, run_hours)
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        services.stop_all(settings, progress=say)
+    with alerting_stack(settings, "trainmon-detection-", 1_000_000) as (workdir, receiver, worker):
+        say("worker starting (joins the group)...")
+        time.sleep(10)
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited with {worker.returncode}:\n"
+                             f"{(workdir / 'worker.log').read_text(errors='replace')[-2000:]}")
+        rounds, unexpected = [], 0
+        for round_ in range(args.repeats):
+            faults, stray = fault_round(args, settings, workdir, receiver, round_)
+            rounds.append(faults)
+            unexpected += stray
+        false_pages, run_hours = clean_round(args, settings, workdir, receiver) if args.clean_minutes else (0, 0.0)
+        figures = summarise(rounds, unexpected, false_pages, run_hours)
     print(table(figures, args.repeats))
     if args.json:
         write_figures(args.json, args, figures)

@@ -27,7 +27,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +76,31 @@ def pipeline_file(directory: Path, webhook_url: str) -> Path:
     path = directory / "pipeline.yml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@contextmanager
+def alerting_stack(settings: Settings, prefix: str, replies: int) -> Iterator[tuple[Path, Receiver, subprocess.Popen]]:
+    """The bench stack with topics and schema, a webhook receiver answering 200 `replies` times, and one
+    worker whose only route is that receiver: (work dir, receiver, worker). All stopped at the end."""
+    say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
+    services.start_all(settings, progress=say)
+    worker = None
+    try:
+        create_topics(settings, progress=lambda m: None)
+        migrate(settings, progress=lambda m: None)
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp, Receiver([200] * replies) as receiver:
+            workdir = Path(tmp)
+            worker = start_worker(settings, pipeline_file(workdir, receiver.url), workdir / "worker.log", 5000,
+                                  loglevel="info")
+            yield workdir, receiver, worker
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        services.stop_all(settings, progress=say)
 
 
 def start_worker(settings: Settings, pipeline: Path, log: Path, batch_events: int, loglevel: str = "warning",
