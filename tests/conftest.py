@@ -7,6 +7,8 @@ Where they come from, first match wins:
   (only if this session started them).
 Each session gets its own topic prefix and database, so runs never see each other's data.
 Under CI=true a service that cannot start fails the run; elsewhere its tests are skipped with the reason.
+Tests that start services of their own bind fixed ports in 23000-23999, below Linux's ephemeral range
+(32768-60999), so an outgoing connection elsewhere in the suite can never be holding one of them.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ real: the Distributed tables and their sharding keys, the materialized views on 
 (`distributed_foreground_insert=1`), the dashboard's SQL, two engines talking over their TCP ports.
 
 Node 1 also holds the single-node schema (plain `migrate`, another database) as the reference the
-cluster's answers must equal. Ports: HTTP 38126-38127, TCP 39006-39007 on 127.0.0.1.
+cluster's answers must equal. Ports: HTTP 23126-23127, TCP 23006-23007 on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from trainmon.stream_processors.sink import Batch, ClickHouseSink
 pytestmark = pytest.mark.integration
 
 CLUSTER = "trainmon_test"
-HTTP_PORTS, TCP_PORTS = (38126, 38127), (39006, 39007)
+HTTP_PORTS, TCP_PORTS = (23126, 23127), (23006, 23007)
 PARTITIONS = 4  # of each simulated Kafka topic; shard = src_partition % 2
 TOPICS = {"metrics": "metrics#t1", "system": "system#t1", "runs": "runs#t1"}
 EVENTS_PER_BATCH = 40  # events of all partitions in one sink write, as the processors merge them

@@ -41,7 +41,7 @@ from trainmon.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".trainmon" / "screenshots"  # git-ignored, beside test_dashboard_browser.py's logs
-PROVIDER_PORT, AUTH_PORT, NO_CLICKHOUSE_PORT, OPEN_PORT, NGINX_PORT, NGINX_HTTP_PORT = range(38501, 38507)
+PROVIDER_PORT, AUTH_PORT, NO_CLICKHOUSE_PORT, OPEN_PORT, NGINX_PORT, NGINX_HTTP_PORT = range(23501, 23507)
 PROVIDER = f"http://127.0.0.1:{PROVIDER_PORT}"
 USER = {"sub": "alice", "name": "Alice Example", "email": "alice@example.com"}
 NO_CLICKHOUSE = "did not answer"  # a page's warning when its queries ran (and found no ClickHouse)

@@ -4,7 +4,7 @@ metrics partition is SIGKILLed and restarted, and a processors worker writes the
 Afterwards every event is in Kafka exactly once, read back and counted by the SDK's (producer, seq),
 metric_points holds each step once, and the producer's longest delivery stall is printed.
 
-The cluster (ports 39092/39093, +100 per node) and ClickHouse (38123/38124) run on their own ports and
+The cluster (ports 23092/23093, +100 per node) and ClickHouse (23123/23124) run on their own ports and
 home under a tmp dir, and are stopped at the end whatever happens.
 """
 
@@ -99,15 +99,15 @@ def read_all(settings: Settings, topics: list[str]) -> list:
 def cluster(tmp_path_factory) -> Iterator[Settings]:
     settings = Settings(
         services_home=str(tmp_path_factory.mktemp("kafka-cluster") / "home"),
-        services_kafka_port=39092,  # nodes on 39092, 39192, 39292; controllers on 39093, 39193, 39293
-        services_kafka_controller_port=39093,
+        services_kafka_port=23092,  # nodes on 23092, 23192, 23292; controllers on 23093, 23193, 23293
+        services_kafka_controller_port=23093,
         services_kafka_brokers=3,
         kafka_topic_prefix=f"cluster-{uuid.uuid4().hex[:6]}.",
         kafka_partitions=6,
         kafka_replication_factor=3,
         kafka_min_insync_replicas=2,
-        services_clickhouse_http_port=38123,
-        services_clickhouse_tcp_port=38124,
+        services_clickhouse_http_port=23123,
+        services_clickhouse_tcp_port=23124,
         clickhouse_database="cluster_test",
     )
     with running(settings, ["kafka", "clickhouse"]):
@@ -117,7 +117,7 @@ def cluster(tmp_path_factory) -> Iterator[Settings]:
 
 
 def test_the_cluster_has_three_nodes_and_topics_at_replication_3_min_isr_2(cluster: Settings) -> None:
-    assert cluster.bootstrap_servers.split(",") == ["127.0.0.1:39092", "127.0.0.1:39192", "127.0.0.1:39292"]
+    assert cluster.bootstrap_servers.split(",") == ["127.0.0.1:23092", "127.0.0.1:23192", "127.0.0.1:23292"]
     admin = AdminClient(kafka_client.config(cluster))
     metadata = admin.list_topics(timeout=30)
     assert sorted(metadata.brokers) == [1, 2, 3]

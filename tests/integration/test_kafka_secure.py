@@ -3,7 +3,7 @@ passwords from local_secrets): trainmon's own clients get through with trainmon.
 a wrong password and a plaintext client get nothing, with errors that say why; the same data dir
 switches to plaintext and back.
 
-The broker runs on its own ports (39095/39096) and home under a tmp dir, and is stopped at the end.
+The broker runs on its own ports (23095/23096) and home under a tmp dir, and is stopped at the end.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def secure(tmp_path_factory) -> Iterator[Settings]:
     settings = Settings(
         services_home=str(tmp_path_factory.mktemp("kafka-secure") / "home"),
-        services_kafka_port=39095,
-        services_kafka_controller_port=39096,
+        services_kafka_port=23095,
+        services_kafka_controller_port=23096,
         services_secure=True,
         kafka_topic_prefix=f"secure-{uuid.uuid4().hex[:6]}.",
         kafka_partitions=2,
@@ -60,7 +60,7 @@ def test_the_broker_listens_sasl_ssl_only_and_its_health_check_authenticates(sec
     assert kafka_client.security(secure).protocol == "SASL_SSL"
     properties = (Path(secure.services_home) / "kafka" / "server.properties")
     text = properties.read_text()
-    assert "listeners=SASL_SSL://127.0.0.1:39095,CONTROLLER://127.0.0.1:39096\n" in text
+    assert "listeners=SASL_SSL://127.0.0.1:23095,CONTROLLER://127.0.0.1:23096\n" in text
     assert "PLAINTEXT://" not in text
     assert properties.stat().st_mode & 0o077 == 0, "server.properties holds the admin password: owner only"
     [healthy] = status_all(secure, ["kafka"])

@@ -5,7 +5,7 @@ dashboard's queries read as the reader, the NaN pages the on-call webhook; and n
 any process's output. Every component gets the same `TRAINMON_SERVICES_SECURE=true` and nothing else
 about security: the local stack's certificates and password files are found by the settings.
 
-Its own services on 39390/39391 (Kafka) and 38190/39190 (ClickHouse), home under a tmp dir.
+Its own services on 23390/23391 (Kafka) and 23180/23181 (ClickHouse), home under a tmp dir.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ STEPS = 300
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory) -> Iterator[Settings]:
     settings = Settings(services_home=str(tmp_path_factory.mktemp("secure-stack") / "home"), services_secure=True,
-                        services_kafka_port=39390, services_kafka_controller_port=39391,
-                        services_clickhouse_http_port=38190, services_clickhouse_tcp_port=39190,
+                        services_kafka_port=23390, services_kafka_controller_port=23391,
+                        services_clickhouse_http_port=23180, services_clickhouse_tcp_port=23181,
                         kafka_topic_prefix=f"sec-{uuid.uuid4().hex[:6]}.", kafka_partitions=2,
                         clickhouse_database="trainmon_secure")
     with running(settings, ["kafka", "clickhouse"]):
