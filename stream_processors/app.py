@@ -4,10 +4,11 @@ One consumer group; run more workers (`trainmon process` on more machines) to sp
 Each agent takes a batch of events (`noack_take`) and hands it to the processing thread, which owns
 all state, per source partition. Offsets are committed only behind a durable state snapshot:
 
-1. a batch is processed (ClickHouse written, rules evaluated) and its events join the pending list;
-2. a checkpoint (every `checkpoint_interval_s`, and at once after a batch that raised alerts) turns
-   the changed partitions' state into snapshots, sends them to the compacted state topic and waits
-   for Kafka to acknowledge them (all partitions' at once);
+1. a batch is processed (rules evaluated, its rows held for ClickHouse) and its events join the
+   pending list; the once-a-second tick writes the held rows (processing.py);
+2. a checkpoint (every `checkpoint_interval_s`, 5 s, and at once after a batch that raised alerts)
+   writes the rows still held, turns the changed partitions' state into snapshots, sends them to the
+   compacted state topic and waits for Kafka to acknowledge them (all partitions' at once);
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
    the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
    in the processing thread), so an alert that a snapshot records as sent is never lost, at shutdown
@@ -60,7 +61,7 @@ def _data_parent(settings: Settings) -> Path:
 
 
 def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, batch_within_s: float = 0.1,
-               checkpoint_interval_s: float = 1.0, lost_after_s: float = 900.0) -> faust.App:
+               checkpoint_interval_s: float = 5.0, lost_after_s: float = 900.0) -> faust.App:
     """A worker as the [processors] settings say (trainmon/settings.py explains each). durable_state off:
     no state snapshots are written or read; checkpoints only ack events and release alerts (on the same
     schedule), and assigned partitions start from empty state: at-least-once processing that forgets all
@@ -102,6 +103,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     state_topic_name = internal_topic_name(STATE, settings.kafka_topic_prefix)
     processing = Processing(
         pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,
+        insert_max_rows=settings.processors_insert_max_rows,
         snapshot_loader=(lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
         if durable_state else (lambda partition: []))
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-processing")  # owns all state
@@ -134,11 +136,14 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     async def in_thread(function, *args) -> Any:
         return await asyncio.get_running_loop().run_in_executor(thread, function, *args)
 
+    async def dead_letter(letters: list) -> None:
+        for key, value, headers in letters:
+            await deadletter_topic.send(key=key, value=value, headers=headers)
+
     async def send(outcome: Outcome) -> None:
         """What may go out before the checkpoint: re-keyed events (replays of them are recognised by
         offset) and dead letters."""
-        for key, value, headers in outcome.dead_letters:
-            await deadletter_topic.send(key=key, value=value, headers=headers)
+        await dead_letter(outcome.dead_letters)
         for summary in outcome.run_hardware:
             await run_hardware_topic.send(key=summary["run"].encode(), value=encode(summary))
         for event in outcome.host_run_ends:
@@ -156,14 +161,17 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 for partition, data in snapshots.items()]
         await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
 
-    def snapshot_and_release(revoked: list[int] | None) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]]]:
-        """In the processing thread, in one step: the snapshots and exactly the alerts and incident
-        notifications they cover."""
+    def snapshot_and_release(revoked: list[int] | None) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list]:
+        """In the processing thread, in one step: the held rows written, the snapshots and exactly the
+        alerts and incident notifications they cover, and the dead letters of rows ClickHouse refused."""
         if revoked is not None:
             snapshots = processing.revoke(revoked)
+        elif durable_state:
+            snapshots = processing.snapshot()
         else:
-            snapshots = processing.snapshot() if durable_state else {}
-        return snapshots, processing.release()
+            processing.flush()
+            snapshots = {}
+        return snapshots, processing.release(), processing.take_refused()
 
     async def publish(alerts: list[dict], notifications: list[dict]) -> None:
         """Released alerts to the alerts topic, and to the incident book or straight to the routes."""
@@ -179,7 +187,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         async with checkpoint_lock:
             events = list(pending_events)  # all handled, so in the snapshots about to be taken
             pending_events.clear()
-            snapshots, (alerts, notifications) = await in_thread(snapshot_and_release, revoked)
+            snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked)
+            await dead_letter(refused)  # before the acks: a refused row's event is never lost
             alerts[:0], notifications[:0] = held_alerts, held_notifications
             held_alerts.clear()
             held_notifications.clear()
@@ -276,7 +285,9 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     @app.on_before_shutdown.connect
     async def flush(sender: Any, **kwargs: Any) -> None:
         async with checkpoint_lock:
-            snapshots, (alerts, notifications) = await in_thread(lambda: (processing.close(), processing.release()))
+            snapshots, (alerts, notifications), refused = await in_thread(
+                lambda: (processing.close(), processing.release(), processing.take_refused()))
+            await dead_letter(refused)
             try:  # open windows and run snapshots written, then the alerts they cover sent
                 await write_snapshots(snapshots)
             except Exception as exc:

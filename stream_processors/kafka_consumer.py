@@ -15,6 +15,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from trainmon.stream_processors.copartitioning import CopartitionedAssignor
 
 Progress = dict[tuple[str, int], tuple[int, float]]  # (topic, partition) -> (high watermark, fetched at)
+# A fetch is answered once this much is there or after FETCH_MAX_WAIT_MS. aiokafka's defaults (1 byte)
+# make a trickle of events one fetch each: at rest, a few hundred round trips a second that cost the
+# worker and the broker more than the events. Under load the bytes are there at once: no delay.
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_MAX_WAIT_MS = 100
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -25,6 +30,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                                "trainmon cannot co-partition its topics with it: install the version "
                                "pyproject.toml allows")
         consumer._partition_assignment_strategy = [CopartitionedAssignor]
+        consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS  # read by start()
         return consumer
 
     def read_progress(self) -> Progress:

@@ -7,6 +7,13 @@ already applied (a replay from the committed offset after a crash) changes nothi
 re-sent one (its producer's seq is not new). The ClickHouse sink and the route dispatcher are per
 worker. Everything runs in one thread, so no locks are needed and the event loop never blocks.
 
+Rows are held, not written per batch: `flush` writes them at every tick (once a second), before
+every snapshot, and when `insert_max_rows` are held. At rest that is one insert per table a second,
+not one per batch of each topic, each making a part that views and merges then work on. `snapshot`
+flushes first, so a snapshot (and the acks behind it) never covers an event whose rows are not in
+ClickHouse; rows written ahead of a snapshot are safe, since a replay of their events is skipped by
+offset (sink.py).
+
 No exception on one event leaves the batch: it is dead-lettered with reason `internal_error` and
 counted, and the rest of the batch goes on. Rows ClickHouse refuses for good are dead-lettered too,
 and the pipeline raises its own alert about them (refusals.py).
@@ -113,7 +120,7 @@ def _internal(raw: bytes, source: str) -> dict:
 class Processing:
     def __init__(self, pipeline: PipelineConfig, sink: ClickHouseSink, dispatcher: Any = None,
                  deliveries: deque | None = None, *, group: str = "trainmon-processors",
-                 lost_after_s: float = 900.0, lateness_s: float = 10.0,
+                 lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
                  snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
         self.pipeline = pipeline
         self.sink = sink
@@ -131,6 +138,10 @@ class Processing:
         self.refusals = RefusalNotices(AlertBook(pipeline.repeat_interval_s, pipeline.dashboard_url))
         self.unreleased: list[dict] = []  # alerts made since the last snapshot: see release()
         self.unnotified: list[dict] = []  # incident notifications made since the last snapshot
+        self.insert_max_rows = insert_max_rows
+        self.held = Batch()  # rows not written yet: see flush()
+        self.held_sources: dict[Source, Message] = {}
+        self.refused: list[DeadLetter] = []  # rows ClickHouse refused at a flush, to dead-letter: see take_refused()
 
     # --- ownership ----------------------------------------------------------------------------------
 
@@ -183,7 +194,9 @@ class Processing:
         return state
 
     def snapshot(self, partitions: Iterable[int] | None = None) -> dict[int, bytes]:
-        """Snapshots of the partitions whose state changed (or of those named), numbered on."""
+        """Snapshots of the partitions whose state changed (or of those named), numbered on; the held
+        rows written first."""
+        self.flush()
         out = {}
         for partition in self.partitions if partitions is None else partitions:
             state = self.partitions.get(partition)
@@ -276,8 +289,7 @@ class Processing:
         self._alert_rows(merged, outcome.alerts)
         self.unreleased.extend(outcome.alerts)
         self._incident_rows(merged, outcome.notifications)
-        if merged:
-            self._write(merged, outcome, sources)
+        self._hold(merged, sources)
         return outcome
 
     def _route(self, state: PartitionState, event: dict, src: Source, batch: Batch, outcome: Outcome,
@@ -325,12 +337,31 @@ class Processing:
             self.counts[f"alert.{alert['state']}"] += 1
         batch.add("alerts", (alert_row(a) for a in alerts))
 
-    def _write(self, batch: Batch, outcome: Outcome, sources: Mapping[Source, Message]) -> None:
+    def _hold(self, batch: Batch, sources: Mapping[Source, Message]) -> None:
+        if batch:
+            self.held.merge(batch)
+            self.held_sources.update(sources)
+            if self.held.values + sum(map(len, self.held.rows.values())) >= self.insert_max_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the held rows; those ClickHouse refuses for good wait in `refused` for the dead-letter
+        topic. Blocks until ClickHouse took the rest (sink.py retries transient errors)."""
+        if not self.held:
+            return
+        batch, sources = self.held, self.held_sources
+        self.held, self.held_sources = Batch(), {}
         for rejected, reason in self.sink.write(batch):
-            message = sources.get(rejected)
             self.counts["rejected_by_clickhouse"] += 1
+            message = sources.get(rejected)
             if message is not None:
-                self._dead_letter(outcome, message, "rejected", reason)
+                self.refused.append(_dead_letter(message, "rejected", reason))
+                self.counts["dead_letter.rejected"] += 1
+
+    def take_refused(self) -> list[DeadLetter]:
+        """The dead letters of refused rows since the last call: to send before the events are acked."""
+        refused, self.refused = self.refused, []
+        return refused
 
     def _dead_letter(self, outcome: Outcome, message: Message, reason: str, detail: str) -> None:
         outcome.dead_letters.append(_dead_letter(message, reason, detail))
@@ -391,8 +422,8 @@ class Processing:
         self._incident_rows(batch, outcome.notifications)
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
-        if batch:
-            self._write(batch, outcome, {})
+        self._hold(batch, {})
+        self.flush()
         return outcome
 
     def _lose_runs(self, state: PartitionState, now: float, outcome: Outcome) -> None:
@@ -415,8 +446,7 @@ class Processing:
             batch.add("runs", runs)
             batch.add("run_ranks", ranks)
             state.dirty = True
-        if batch:
-            self._write(batch, Outcome(), {})
+        self._hold(batch, {})
         return self.snapshot()
 
 

@@ -145,8 +145,13 @@ class Settings:
     processors_web_port: int | None = option(None, "serve Faust's web view on 127.0.0.1:PORT", metavar="PORT",
                                              unset="off", check=_at_least(1))
     processors_batch_events: int = option(
-        5000, "most events per topic handled and written to ClickHouse at once; a batch also closes after "
-        "0.1 s. Bigger: more throughput under backlog, more memory", metavar="N", check=_at_least(1))
+        5000, "most events per topic handled at once; a batch also closes after 0.1 s. Bigger: more "
+        "throughput under backlog, more memory", metavar="N", check=_at_least(1))
+    processors_insert_max_rows: int = option(
+        100_000, "rows (metric values, GPU figures, run and window rows) held for ClickHouse before an "
+        "insert; held rows are also written at every checkpoint (about once a second, and at once when an "
+        "alert fires), so at rest each table gets about one insert a second. Bigger: fewer, larger inserts "
+        "under load, more memory", metavar="N", check=_at_least(1))
     processors_loglevel: str = option("info", "log level: debug, info, warning or error", metavar="LEVEL",
                                       check=_one_of("debug", "info", "warning", "error"))
     processors_session_timeout: float = option(

@@ -120,6 +120,7 @@ def test_events_whose_rows_clickhouse_has_still_reach_the_windows(wall):
     proc, _ = make()
     proc.sink.skip = lambda topic, partition, offset: offset < 6  # rows 0..5 already in ClickHouse
     proc.handle(Feed()(*(metrics(i, T + i, loss=1.0) for i in range(10))))
+    proc.flush()  # rows are held until a checkpoint or a full insert
     assert sum(len(b.metric) for b in proc.sink.batches) == 4
     (window,) = [acc for key, acc in proc.partitions[0].windows.open.items() if "loss" in key]
     assert window[0] == 10
@@ -132,6 +133,7 @@ def test_resent_events_are_dropped_by_producer_and_seq(wall):
     proc.handle(feed(*events))
     proc.handle(feed(*events[2:]))  # the spool re-sent 2..4 after a crash: new offsets, same seq
     proc.handle(feed(dict(metrics(5, T + 5, loss=0.1), producer="p2", seq=0)))  # a new incarnation
+    proc.flush()  # rows are held until a checkpoint or a full insert
     written = sum(len(b.metric) for b in proc.sink.batches)
     assert proc.counts["resent"] == 3 and written == 6
 
@@ -152,6 +154,7 @@ def test_one_event_that_breaks_a_rule_is_dead_lettered_and_the_rest_goes_on(wall
     outcome = proc.handle(feed(*(metrics(i, T + i, loss=1.0) for i in range(6))))
     (_, _, headers), = outcome.dead_letters
     assert dict(headers)["trainmon-dlq-reason"] == b"internal_error"
+    proc.flush()  # rows are held until a checkpoint or a full insert
     assert sum(len(b.metric) for b in proc.sink.batches) == 5
 
 
@@ -236,6 +239,7 @@ def test_a_run_without_run_end_is_lost_once_and_evicted(wall):
     states = [(a["rule"], a["state"]) for a in dispatcher.alerts]
     assert states.count(("run_lost", "firing")) == 1
     assert ("loss_nan", "resolved") in states and ("rank_lost", "resolved") in states
+    proc.flush()  # rows are held until a checkpoint or a full insert
     rows = [row for b in proc.sink.batches for row in b.rows["runs"]]
     assert rows[-1]["status"] == "lost"
     assert proc.partitions[0].size() == 0  # evicted from the run book, every rule and the alert book
@@ -283,6 +287,7 @@ def test_extreme_integers_are_converted_or_dead_lettered_and_other_runs_are_inta
     rank = Message("t.metrics", 0, 4, b"x", encode({**metrics(1, T, run="x", loss=1.0), "rank": 2**32}))
     outcome = proc.handle(good[:2] + [big, wide, rank] + good[2:])
     assert sorted(dict(h)["trainmon-dlq-reason"] for _, _, h in outcome.dead_letters) == [b"invalid_value", b"malformed"]
+    proc.flush()  # rows are held until a checkpoint or a full insert
     (batch,) = proc.sink.batches
     assert len(batch.metric) == 5 + 2 and batch.metric.arrow(sink_types()).num_rows == 7
     assert float(2**63) in batch.metric.values  # converted to the nearest float, written
@@ -321,6 +326,7 @@ def test_a_topic_read_ahead_of_the_metrics_backlog_makes_none_of_it_late(wall):
     assert state.windows.late_events == 0
     wall[0] += 30  # no more metrics: their windows close on the partition's clock
     proc.tick()
+    proc.flush()  # rows are held until a checkpoint or a full insert
     written = [r for b in proc.sink.batches for r in b.rows["window_aggregates"] if r["name"] == "loss"]
     assert sum(r["count"] for r in written) == 20 and state.windows.late_events == 0
 

@@ -1,0 +1,190 @@
+"""Cost at rest: what the local stack costs while the demo's simulated cluster runs.
+
+Starts Kafka, ClickHouse and Alertmanager on the bench ports (.trainmon/bench), the topics and the
+schema, then what `make demo` runs beside them: a processors worker with the shipped rules (its one
+route a local webhook receiver), the dashboard with nobody looking, this machine's node daemon, and
+the simulated cluster (--nodes x --gpus, --runs runs, the demo's faults). After --warmup seconds it
+measures for --duration seconds, per component: CPU as % of one core (process and children, from
+/proc), RSS (median and peak of 1 s samples); and, from ClickHouse's own counters (system.events),
+inserts, rows inserted, parts written, merges and selects per second. Goal (issue 13): ClickHouse + worker < 10 % of one core.
+Everything it starts is stopped by PID at the end.
+
+    python bench/idle.py --json bench/results/idle.json            # 60 s warm-up, 300 s measured
+    python bench/idle.py --quick                                    # 20 s + 30 s (make bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import psutil  # noqa: E402
+
+from pipeline import CpuShare, bench_settings, pipeline_file, say, write_figures  # noqa: E402
+from tests.receivers import Receiver  # noqa: E402
+from trainmon import kafka_client  # noqa: E402
+from trainmon.clickhouse import connect  # noqa: E402
+from trainmon.contract import Topic, topic_name  # noqa: E402
+from trainmon.deploy import services  # noqa: E402
+from trainmon.deploy.demo import DEFAULT_FAULTS, Children  # noqa: E402
+from trainmon.deploy.migrate import migrate  # noqa: E402
+from trainmon.deploy.topics import create_topics  # noqa: E402
+from trainmon.settings import Settings  # noqa: E402
+
+GOAL_PCT = 10.0  # ClickHouse + worker, % of one core
+# ClickHouse's cumulative counters (system.events) whose rates say why it works at rest
+EVENTS = ("InsertQuery", "InsertedRows", "MergeTreeDataWriterBlocks", "Merge", "MergedRows", "SelectQuery")
+
+
+class RssSamples(threading.Thread):
+    """RSS of each component's process tree, once a second."""
+
+    def __init__(self, parts: dict[str, list[int]]) -> None:
+        super().__init__(daemon=True)
+        self.parts = parts
+        self.samples: dict[str, list[int]] = {name: [] for name in parts}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            for name, pids in self.parts.items():
+                total = 0
+                for pid in pids:
+                    try:
+                        proc = psutil.Process(pid)
+                        total += sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+                    except psutil.Error:
+                        pass
+                self.samples[name].append(total)
+
+
+def topic_ends(settings: Settings) -> dict[str, int]:
+    """Messages ever written to each agent topic (the sum of its partitions' high watermarks)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**kafka_client.config(settings), "group.id": "bench-idle-watermarks"})
+    try:
+        return {topic.value: sum(consumer.get_watermark_offsets(
+                    TopicPartition(topic_name(topic, settings.kafka_topic_prefix), p), timeout=10)[1]
+                    for p in range(settings.kafka_partitions))
+                for topic in (Topic.METRICS, Topic.SYSTEM, Topic.RUNS)}
+    finally:
+        consumer.close()
+
+
+def clickhouse_events(settings: Settings) -> dict[str, int]:
+    with connect(settings) as client:
+        rows = client.query("SELECT event, value FROM system.events WHERE event IN {names:Array(String)}",
+                            parameters={"names": list(EVENTS)}).result_rows
+    return {name: int(value) for name, value in rows}
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    settings = bench_settings(4, database="trainmon_bench_idle")
+    cli = [sys.executable, "-m", "trainmon.cli"]
+    say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
+    services.start_all(settings, progress=say)
+    try:
+        create_topics(settings, progress=lambda m: None)
+        migrate(settings, progress=lambda m: None)
+        with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp, Receiver([200] * 100_000) as receiver:
+            logs = Path(tmp)
+            children = Children(settings, logs, say)
+            try:
+                worker = children.start("worker", [*cli, "process", "--pipeline", str(pipeline_file(logs, receiver.url)),
+                                                   "--group", "bench", "--loglevel", "info"])
+                dashboard = children.start("dashboard", [*cli, "dashboard", "--port", "28501"])
+                agent = children.start("agent", [*cli, "agent", "--interval", "1"])
+                simulate = [*cli, "simulate", "--nodes", str(args.nodes), "--gpus", str(args.gpus), "--runs",
+                            str(args.runs), "--duration", str(int(args.warmup + args.duration + 120))]
+                for index, fault in enumerate(DEFAULT_FAULTS):
+                    simulate += ["--fault", f"{fault}:{20 + 10 * index}"]
+                simulator = children.start("simulator", simulate)
+                parts = {"clickhouse": [], "kafka": [], "alertmanager": []}
+                for service in services.services(settings):
+                    if service.pid() and service.name in parts:
+                        parts[service.name].append(service.pid())
+                parts.update({"worker": [worker.pid], "dashboard": [dashboard.pid], "agent": [agent.pid],
+                              "simulator": [simulator.pid]})
+                say(f"idle: warming up for {args.warmup:.0f} s ...")
+                time.sleep(args.warmup)
+                for name, code in children.exited():
+                    raise RuntimeError(f"{name} exited with {code}:\n" + (logs / f"{name}.log").read_text(errors="replace")[-2000:])
+                before, sent_before = clickhouse_events(settings), topic_ends(settings)
+                rss = RssSamples(parts)
+                cpu = CpuShare(parts)
+                rss.start()
+                began = time.monotonic()
+                for elapsed in range(0, int(args.duration), 30):
+                    time.sleep(min(30, args.duration - elapsed))
+                    say(f"idle: {min(elapsed + 30, int(args.duration))}/{args.duration:.0f} s measured")
+                used, wall = cpu.used(), time.monotonic() - began
+                rss.done.set()
+                after, sent_after = clickhouse_events(settings), topic_ends(settings)
+                with connect(settings) as client:
+                    parts_now = dict(client.query(
+                        "SELECT table, count() FROM system.parts WHERE database = {d:String} AND active GROUP BY table",
+                        parameters={"d": settings.clickhouse_database}).result_rows)
+            finally:
+                children.stop_all()
+    finally:
+        services.stop_all(settings, progress=say)
+
+    figures: dict[str, float] = {}
+    for name in parts:
+        figures[f"{name}_cpu_pct"] = round(100.0 * used[name] / wall, 2)
+        samples = rss.samples[name] or [0]
+        figures[f"{name}_rss_median_mb"] = round(statistics.median(samples) / 2**20, 1)
+        figures[f"{name}_rss_peak_mb"] = round(max(samples) / 2**20, 1)
+    figures["clickhouse_plus_worker_cpu_pct"] = round(figures["clickhouse_cpu_pct"] + figures["worker_cpu_pct"], 2)
+    for key in EVENTS:
+        figures[f"clickhouse_{key}_per_s"] = round((after.get(key, 0) - before.get(key, 0)) / wall, 2)
+    for topic, count in sent_after.items():
+        figures[f"{topic}_events_per_s"] = round((count - sent_before[topic]) / wall, 1)
+    figures["clickhouse_active_parts"] = float(sum(parts_now.values()))
+    figures["measured_s"] = round(wall, 1)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=8, help="simulated nodes (default 8, as the demo)")
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs per simulated node (default 8)")
+    parser.add_argument("--runs", type=int, default=3, help="simulated runs (default 3)")
+    parser.add_argument("--warmup", type=float, default=60, help="seconds before measuring (default 60)")
+    parser.add_argument("--duration", type=float, default=300, help="seconds measured (default 300)")
+    parser.add_argument("--quick", action="store_true", help="20 s warm-up, 30 s measured (make bench)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures (names carry the unit)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.warmup, args.duration = 20.0, 30.0
+    figures = measure(args)
+    print(f"\nidle cost over {figures['measured_s']:.0f} s: {args.nodes} nodes x {args.gpus} GPUs, {args.runs} runs "
+          f"simulated ({psutil.cpu_count()} CPUs)")
+    print(f"{'component':14s} {'CPU % of a core':>16s} {'RSS median MB':>14s} {'RSS peak MB':>12s}")
+    for name in ("clickhouse", "worker", "kafka", "alertmanager", "dashboard", "agent", "simulator"):
+        print(f"{name:14s} {figures[f'{name}_cpu_pct']:16.2f} {figures[f'{name}_rss_median_mb']:14.1f} "
+              f"{figures[f'{name}_rss_peak_mb']:12.1f}")
+    total = figures["clickhouse_plus_worker_cpu_pct"]
+    print(f"ClickHouse + worker: {total:.2f} % of one core (goal < {GOAL_PCT:g} %: {'MET' if total < GOAL_PCT else 'NOT MET'})")
+    print("events sent to Kafka, per second: " + ", ".join(f"{t.value} {figures[f'{t.value}_events_per_s']:g}"
+                                                           for t in (Topic.METRICS, Topic.SYSTEM, Topic.RUNS)))
+    rates = {k: v for k, v in figures.items() if k.startswith("clickhouse_") and k.endswith("_per_s")}
+    print("ClickHouse, per second: " + ", ".join(f"{k[len('clickhouse_'):-6]} {v:g}" for k, v in rates.items()))
+    print(f"ClickHouse active parts at the end: {figures['clickhouse_active_parts']:.0f}")
+    if args.json:
+        write_figures(args.json, args, figures)
+        say(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

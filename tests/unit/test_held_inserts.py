@@ -1,0 +1,71 @@
+"""Rows are held for ClickHouse (issue 13: cost at rest): many batches, one insert per tick; a
+snapshot always writes them first; a full hold writes at once; refused rows' dead
+letters wait for the checkpoint that sends them before the acks."""
+
+from __future__ import annotations
+
+from trainmon.contract import encode
+from trainmon.stream_processors.processing import Message
+from tests.unit.alert_streams import metrics
+from tests.unit.test_partition_state import T, make, wall  # noqa: F401 (wall: a fixture)
+
+
+def batch(offset: int, run: str = "r1") -> list[Message]:
+    return [Message("t.metrics", 0, offset, b"k", encode(metrics(offset, T + offset, run=run, loss=1.0, acc=0.5)))]
+
+
+def test_the_batches_of_a_second_become_one_insert_at_the_tick(wall) -> None:
+    proc, _ = make()
+    for offset in range(20):  # twenty batches, as a quiet topic delivers them within 0.1 s each
+        proc.handle(batch(offset))
+    assert proc.sink.batches == []  # nothing written before the tick
+    proc.tick()
+    (written,) = proc.sink.batches
+    assert len(written.metric) == written.values == 40  # 20 events x 2 values
+    proc.tick()
+    assert len(proc.sink.batches) == 1  # nothing held: no empty insert
+
+
+def test_a_snapshot_writes_the_held_rows_first(wall) -> None:
+    proc, _ = make()
+    proc.handle(batch(0))
+    proc.handle(batch(1))
+    snapshots = proc.snapshot()
+    assert 0 in snapshots  # the state covering offsets 0 and 1...
+    assert [len(b.metric) for b in proc.sink.batches] == [4]  # ...only once their rows are written
+    proc.sink.batches.clear()
+    proc.snapshot()
+    assert proc.sink.batches == []  # nothing held: no empty insert
+
+
+def test_a_revoke_and_a_close_write_the_held_rows(wall) -> None:
+    proc, _ = make()
+    proc.handle(batch(0))
+    proc.revoke([0])
+    assert [len(b.metric) for b in proc.sink.batches] == [2]
+    proc, _ = make()
+    proc.handle(batch(0))
+    proc.close()
+    assert sum(len(b.metric) for b in proc.sink.batches) == 2
+
+
+def test_a_full_hold_is_written_without_waiting(wall) -> None:
+    proc, _ = make()
+    proc.insert_max_rows = 10
+    for offset in range(4):  # 2 values each: 8 held
+        proc.handle(batch(offset))
+    assert proc.sink.batches == []
+    proc.handle(batch(4))  # 10: written now, not at the checkpoint
+    assert [len(b.metric) for b in proc.sink.batches] == [10] and not proc.held
+
+
+def test_refused_rows_wait_for_the_checkpoint_as_dead_letters(wall) -> None:
+    proc, _ = make()
+    refused_source = ("t.metrics", 0, 1)
+    proc.sink.write = lambda written: [(refused_source, "ClickHouse refused the row: out of range")]
+    proc.handle(batch(0) + batch(1))
+    assert proc.take_refused() == []  # held: nothing written, nothing refused yet
+    proc.snapshot()
+    ((key, value, headers),) = proc.take_refused()
+    assert dict(headers)["trainmon-dlq-reason"] == b"rejected" and dict(headers)["trainmon-dlq-offset"] == b"1"
+    assert proc.take_refused() == [] and proc.counts["dead_letter.rejected"] == 1
