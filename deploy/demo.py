@@ -2,8 +2,8 @@
 
 Starts Kafka, ClickHouse and Alertmanager (unless already running), creates the topics, migrates,
 then runs a processors worker, the dashboard, this machine's node daemon, a simulated cluster with a
-few faults, and a real two-rank training job (examples/train_digits.py). Ctrl-C stops everything it
-started, by PID, in reverse order.
+few faults, and a real two-rank Keras training job that trainmon's alerts can stop
+(examples/train_digits_keras.py). Ctrl-C stops everything it started, by PID, in reverse order.
 """
 
 from __future__ import annotations
@@ -87,9 +87,10 @@ def run(settings: Settings, *, nodes: int = 8, gpus: int = 8, faults: tuple[str,
         for index, fault in enumerate(faults):
             simulate += ["--fault", f"{fault}:{20 + 10 * index}"]
         children.start("simulated-cluster", simulate)
-        run_id = f"digits-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        run_id = f"digits-keras-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         for rank in (0, 1):
-            children.start(f"training-rank{rank}", [sys.executable, "examples/train_digits.py", "--epochs", str(epochs)],
+            job = [sys.executable, "examples/train_digits_keras.py", "--epochs", str(epochs)]
+            children.start(f"training-rank{rank}", job,
                            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", TRAINMON_RUN_ID=run_id)
         url = f"http://{settings.dashboard_address}:{settings.dashboard_port}"
         progress(f"\ntrainmon demo is running.\n  dashboard: {url}\n  training run: demo/{run_id} (2 ranks)\n"

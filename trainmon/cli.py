@@ -474,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the whole local stack with live data (what `make demo` runs), until Ctrl-C",
         description="Starts the services (if needed), topics, migrations, a processors worker, the dashboard, "
-        "this machine's node daemon, a simulated cluster with faults and a real two-rank training job "
-        "(examples/train_digits.py). Ctrl-C stops everything it started.",
+        "this machine's node daemon, a simulated cluster with faults and a real two-rank Keras training job "
+        "that trainmon's alerts can stop (examples/train_digits_keras.py). Ctrl-C stops everything it started.",
     )
     demo.add_argument("--nodes", type=int, default=8, help="simulated nodes (default %(default)s)")
     demo.add_argument("--gpus", type=int, default=8, help="GPUs per simulated node (default %(default)s)")
