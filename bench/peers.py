@@ -12,6 +12,8 @@ tensorboardX writes event files under tmpdir; trainmon gets its Kafka bootstrap 
 caller (sdk_overhead.py sets TRAINMON_KAFKA_BOOTSTRAP_SERVERS).
 
 `offline_env(tmpdir)` is the environment every worker runs with (set before any peer is imported).
+`start_trainmon_run`, `wandb_settings` and `mlflow_tracking_uri` are shared with bench/framework_loops.py,
+so a tool is set up the same way whether it is called directly or through a framework's integration.
 """
 
 from __future__ import annotations
@@ -53,6 +55,36 @@ def offline_env(tmpdir: Path) -> dict[str, str]:
     }
 
 
+def start_trainmon_run(tmpdir: Path, config: dict | None = None):
+    """A trainmon run spooling under tmpdir; its Kafka bootstrap comes from the environment."""
+    import trainmon
+
+    spool = tmpdir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    return trainmon.init(project=PROJECT, name=RUN_NAME, config=config, heartbeat_s=5.0, spool_dir=str(spool))
+
+
+def trainmon_stats(run) -> dict | None:
+    """The run's publisher counters (delivered, spooled, dropped...): whether the events got out."""
+    publisher = getattr(run, "_publisher", None)
+    return dict(publisher.stats) if publisher is not None else None
+
+
+def wandb_settings():
+    """Offline, silent, no git / code / stats / machine info: wandb's per-log work on this machine only."""
+    import wandb
+
+    return wandb.Settings(mode="offline", console="off", silent=True, disable_git=True, save_code=False,
+                          x_disable_stats=True, x_disable_machine_info=True, x_save_requirements=False)
+
+
+def mlflow_tracking_uri(tmpdir: Path) -> str:
+    """A local store under tmpdir: sqlite (MLflow 3's default kind) unless SDK_BENCH_MLFLOW_STORE=file."""
+    if os.environ.get("SDK_BENCH_MLFLOW_STORE", "sqlite") == "file":
+        return (tmpdir / "mlruns").as_uri()
+    return f"sqlite:///{tmpdir / 'mlflow.db'}"
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -88,12 +120,7 @@ class Trainmon(Adapter):
     call = "run.log(values, step=step)"
 
     def setup(self, tmpdir: Path) -> None:
-        import trainmon
-
-        spool = tmpdir / "spool"
-        spool.mkdir(parents=True, exist_ok=True)
-        self.run = trainmon.init(project=PROJECT, name=RUN_NAME, config=CONFIG, heartbeat_s=5.0,
-                                 spool_dir=str(spool))
+        self.run = start_trainmon_run(tmpdir, CONFIG)
         self._log = self.run.log
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -103,8 +130,7 @@ class Trainmon(Adapter):
         self.run.finish()
 
     def stats(self) -> dict | None:
-        publisher = getattr(self.run, "_publisher", None)
-        return dict(publisher.stats) if publisher is not None else None
+        return trainmon_stats(self.run)
 
 
 class Wandb(Adapter):
@@ -115,10 +141,8 @@ class Wandb(Adapter):
     def setup(self, tmpdir: Path) -> None:
         import wandb
 
-        settings = wandb.Settings(mode="offline", console="off", silent=True, disable_git=True,
-                                  save_code=False, x_disable_stats=True, x_disable_machine_info=True,
-                                  x_save_requirements=False)
-        self.run = wandb.init(project=PROJECT, name=RUN_NAME, config=CONFIG, dir=str(tmpdir), settings=settings)
+        self.run = wandb.init(project=PROJECT, name=RUN_NAME, config=CONFIG, dir=str(tmpdir),
+                              settings=wandb_settings())
         self._log = self.run.log
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -135,12 +159,7 @@ class _Mlflow(Adapter):
     def setup(self, tmpdir: Path) -> None:
         import mlflow
 
-        store = os.environ.get("SDK_BENCH_MLFLOW_STORE", "sqlite")
-        if store == "file":
-            uri = (tmpdir / "mlruns").as_uri()
-        else:
-            uri = f"sqlite:///{tmpdir / 'mlflow.db'}"
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(mlflow_tracking_uri(tmpdir))
         mlflow.set_experiment(PROJECT)
         self.mlflow = mlflow
         self.run = mlflow.start_run(run_name=RUN_NAME, log_system_metrics=False)

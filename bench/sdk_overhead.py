@@ -20,6 +20,14 @@ The output says which case was measured.
     .venv-bench/bin/python bench/sdk_overhead.py --json bench/results/sdk_overhead.json
     .venv-bench/bin/python bench/sdk_overhead.py --tools trainmon,wandb --calls 5000 --repeats 1
     .venv-bench/bin/python bench/sdk_overhead.py --start-kafka      # own broker on 127.0.0.1:49092
+
+--frameworks lightning,transformers,keras measures instead (or, with --tools too, as well) each
+framework's own training loop with trainmon's integration against the same framework's W&B, MLflow and
+TensorBoard integrations, every step logged (bench/framework_loops.py says how; setup_peers.sh
+--frameworks installs them):
+
+    .venv-bench/bin/python bench/sdk_overhead.py --frameworks lightning,transformers,keras \
+        --json bench/results/framework_overhead.json
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -46,11 +55,13 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import framework_loops  # noqa: E402
 from peers import ADAPTERS, PEERS, offline_env  # noqa: E402
 
 NAMES = ["loss", "accuracy", "lr", "grad_norm", "val_loss", "val_accuracy", "throughput", "tokens_per_s",
@@ -345,29 +356,42 @@ def trainmon_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> 
     return proc
 
 
-def run_worker(tool: str, args: argparse.Namespace, matmul_n: int, bootstrap: str) -> dict:
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"sdk-bench-{tool}-"))
+def worker_env(tmpdir: Path, bootstrap: str, args: argparse.Namespace) -> dict[str, str]:
+    """A worker's environment: every peer kept local and quiet, trainmon pointed at `bootstrap`."""
     env = dict(os.environ)
     env.update(offline_env(tmpdir))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["TRAINMON_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     env["SDK_BENCH_MLFLOW_STORE"] = args.mlflow_store
+    return env
+
+
+def run_worker(tool: str, args: argparse.Namespace, matmul_n: int, bootstrap: str) -> dict:
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"sdk-bench-{tool}-"))
     result_path = tmpdir / "result.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, "--tmpdir", str(tmpdir),
            "--result", str(result_path), "--calls", str(args.calls), "--warmup", str(args.warmup),
            "--steps", str(args.steps), "--blocks", str(args.blocks), "--matmul-n", str(matmul_n),
            "--max-loop-s", str(args.max_loop_s)]
+    return run_subprocess(cmd, worker_env(tmpdir, bootstrap, args), tmpdir, args.timeout, args.keep_tmp)
+
+
+def run_subprocess(cmd: list[str], env: dict[str, str], tmpdir: Path, timeout: float, keep_tmp: bool) -> dict:
+    """Run one worker in its own session and directory and read the JSON it left in
+    tmpdir/result.json; a worker that hangs is killed with everything it started, and tmpdir goes
+    (so one tool's leftovers never reach the next)."""
+    result_path = tmpdir / "result.json"
     log_path = tmpdir / "worker.log"
     try:
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(cmd, env=env, cwd=tmpdir, stdout=log_file, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             try:
-                rc = proc.wait(timeout=args.timeout)
+                rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session: it and its children
                 proc.wait()
-                return {"error": f"worker timed out after {args.timeout} s"}
+                return {"error": f"worker timed out after {timeout} s"}
         if result_path.exists():
             result = json.loads(result_path.read_text())
             if rc != 0:
@@ -381,7 +405,7 @@ def run_worker(tool: str, args: argparse.Namespace, matmul_n: int, bootstrap: st
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError, UnboundLocalError):
             pass
-        if args.keep_tmp:
+        if keep_tmp:
             print(f"    (kept {tmpdir})")
         else:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -450,9 +474,121 @@ def print_table(results: dict) -> None:
                             enumerate(zip(row, widths))))
 
 
+class KafkaStartError(RuntimeError):
+    """--start-kafka could not start the broker or create the topics."""
+
+
+@contextlib.contextmanager
+def trainmon_kafka(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """Where trainmon publishes, as (bootstrap, the case in words): a broker started here (stopped on
+    the way out, Ctrl-C and SIGTERM included), --kafka's, or a closed loopback port (it spools)."""
+    kafka_env = dict(os.environ, **KAFKA_ENV)
+    started_kafka = False
+    try:
+        if args.start_kafka:
+            print("starting a Kafka broker for trainmon...")
+            if trainmon_cli(["services", "start", "kafka"], kafka_env).returncode != 0:
+                print("could not start Kafka; stopping what may have started and giving up")
+                trainmon_cli(["services", "stop", "kafka"], kafka_env)
+                raise KafkaStartError("could not start Kafka")
+            started_kafka = True
+            if trainmon_cli(["topics", "create"], kafka_env).returncode != 0:
+                print("could not create the topics; giving up")
+                raise KafkaStartError("could not create the topics")
+            bootstrap = f"127.0.0.1:{KAFKA_ENV['TRAINMON_SERVICES_KAFKA_PORT']}"
+            kafka_case = f"real Kafka broker at {bootstrap} (started by this run)"
+        elif args.kafka:
+            bootstrap = args.kafka
+            kafka_case = f"real Kafka broker at {bootstrap}"
+        else:
+            bootstrap = f"127.0.0.1:{closed_port()}"
+            kafka_case = f"no broker ({bootstrap} refuses connections): publisher spools to disk and retries"
+        print(f"trainmon Kafka: {kafka_case}")
+        yield bootstrap, kafka_case
+    finally:
+        if started_kafka:
+            print("stopping the Kafka broker this run started...")
+            trainmon_cli(["services", "stop", "kafka"], kafka_env)
+
+
+def run_tools(tools: list[str], args: argparse.Namespace, n: int, bootstrap: str) -> dict[str, list[dict]]:
+    """The direct-call mode: every tool in its own subprocess, round-robin over the repeats."""
+    runs: dict[str, list[dict]] = {t: [] for t in tools}
+    for rep in range(args.repeats):
+        for tool in tools:
+            busy = wait_idle(args.wait_idle, args.wait_max)
+            t0 = time.time()
+            r = run_worker(tool, args, n, bootstrap)
+            r["machine_busy_pct_before"] = round(busy, 1)
+            runs[tool].append(r)
+            if "error" in r:
+                print(f"[{rep + 1}/{args.repeats}] {tool:13s} ERROR {r['error'][:200]}", flush=True)
+            else:
+                print(f"[{rep + 1}/{args.repeats}] {tool:13s} p50 {r['p50_us']:9.1f} µs  "
+                      f"p99 {r['p99_us']:9.1f} µs  max {r['max_us']:10.1f} µs  >1ms {r['calls_over_1ms']:5d}"
+                      f"/{r['calls']}  loop {r['loop_slowdown_pct']:+6.2f} % (noise {r['loop_noise_pct']:.2f}, "
+                      f"median step {r['loop_median_step_slowdown_pct']:+.2f} %)  "
+                      f"machine busy before {busy:.0f}%  [{time.time() - t0:.0f} s]", flush=True)
+    return runs
+
+
+def framework_worker(cmd_args: list[str], label: str, args: argparse.Namespace, bootstrap: str) -> dict:
+    """One bench/framework_loops.py process (a measurement or a calibration) in its own directory."""
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"sdk-bench-{label}-"))
+    env = worker_env(tmpdir, bootstrap, args)
+    env.update(framework_loops.framework_env(tmpdir))
+    cmd = [sys.executable, str(HERE / "framework_loops.py"), *cmd_args, "--tmpdir", str(tmpdir),
+           "--result", str(tmpdir / "result.json")]
+    return run_subprocess(cmd, env, tmpdir, args.timeout, args.keep_tmp)
+
+
+def run_frameworks(frameworks: list[str], tools: list[str], args: argparse.Namespace,
+                   bootstrap: str) -> tuple[dict[str, dict], dict[str, dict[str, list[dict]]]]:
+    """The framework mode: calibrate each framework's MLP once, then one subprocess per (framework,
+    tool, repeat), round-robin so slow drifts in machine load hit every tool alike."""
+    calibration: dict[str, dict] = {}
+    for framework in frameworks:
+        wait_idle(args.wait_idle, args.wait_max)
+        t0 = time.time()
+        cal = framework_worker(["--calibrate", framework, "--target-ms", str(args.framework_step_ms)],
+                               f"{framework}-calibrate", args, bootstrap)
+        calibration[framework] = cal
+        if "error" in cal:
+            print(f"{framework}: calibration ERROR {cal['error'][:200]}", flush=True)
+        else:
+            print(f"{framework} {cal['framework_version']}: MLP width {cal['width']} -> one step with no logger "
+                  f"{cal['step_ms']:.2f} ms (framework alone, width 128: {cal['overhead_ms']:.2f} ms) "
+                  f"[{time.time() - t0:.0f} s]", flush=True)
+    runs: dict[str, dict[str, list[dict]]] = {f: {t: [] for t in tools} for f in frameworks}
+    for rep in range(args.repeats):
+        for framework in frameworks:
+            cal = calibration[framework]
+            for tool in tools:
+                if "error" in cal:
+                    runs[framework][tool].append({"error": f"{framework} calibration failed: {cal['error']}"})
+                    continue
+                busy = wait_idle(args.wait_idle, args.wait_max)
+                t0 = time.time()
+                r = framework_worker(["--framework", framework, "--tool", tool, "--width", str(cal["width"]),
+                                      "--steps", str(args.framework_steps), "--blocks", str(args.framework_blocks)],
+                                     f"{framework}-{tool}", args, bootstrap)
+                r["machine_busy_pct_before"] = round(busy, 1)
+                runs[framework][tool].append(r)
+                label = f"[{rep + 1}/{args.repeats}] {framework:12s} {tool:11s}"
+                if "error" in r:
+                    print(f"{label} ERROR {r['error'][:200]}", flush=True)
+                else:
+                    print(f"{label} step {r['step_ms']:6.2f} ms  slowdown {r['slowdown_pct']:+6.2f} % "
+                          f"(blocks {min(r['slowdown_blocks_pct']):+.2f}..{max(r['slowdown_blocks_pct']):+.2f}, "
+                          f"noise {r['noise_pct']:.2f}, mean step {r['mean_slowdown_pct']:+.2f} %)  "
+                          f"machine busy before {busy:.0f}%  [{time.time() - t0:.0f} s]", flush=True)
+    return calibration, runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tools", default=",".join(ADAPTERS), help=f"comma list (default: {','.join(ADAPTERS)})")
+    parser.add_argument("--tools", default=None, help=f"comma list (default: {','.join(ADAPTERS)}; "
+                        "with --frameworks: none unless given)")
     parser.add_argument("--calls", type=int, default=20_000, help="timed calls in the tight loop (default 20000)")
     parser.add_argument("--max-loop-s", type=float, default=60, help="stop a tool's tight loop after this many "
                         "seconds, at a multiple of 1000 calls (slow synchronous tools; default 60, 0: never)")
@@ -461,6 +597,16 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=10, help="logging blocks the steps are split into (default 10)")
     parser.add_argument("--step-ms", type=float, default=5.0, help="target cost of one training step (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="subprocesses per tool; figures are medians (default 3)")
+    parser.add_argument("--frameworks", default="", help="comma list of "
+                        f"{','.join(framework_loops.FRAMEWORKS)}: measure each framework's own loop with "
+                        "trainmon's integration against its W&B / MLflow / TensorBoard ones (default: none)")
+    parser.add_argument("--framework-tools", default=",".join(framework_loops.TOOL_NAMES),
+                        help=f"comma list (default: {','.join(framework_loops.TOOL_NAMES)})")
+    parser.add_argument("--framework-steps", type=int, default=50, help="steps per fit, i.e. per block (default 50)")
+    parser.add_argument("--framework-blocks", type=int, default=6, help="logging blocks per subprocess, each "
+                        "between two baseline blocks (default 6)")
+    parser.add_argument("--framework-step-ms", type=float, default=20.0, help="target cost of one framework step "
+                        "with no logger; the MLP's width is calibrated to it per framework (default 20)")
     parser.add_argument("--kafka", metavar="BOOTSTRAP", help="trainmon publishes to this broker (default: none, "
                         "bootstrap pointed at a closed loopback port: the publisher spools and retries)")
     parser.add_argument("--start-kafka", action="store_true", help="start a broker on 127.0.0.1:49092 "
@@ -493,66 +639,62 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
 
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = [t for t in tools if t not in ADAPTERS]
-    if unknown:
-        parser.error(f"unknown tools {unknown}; known: {', '.join(ADAPTERS)}")
+    def comma_list(value: str, known: list[str], option: str) -> list[str]:
+        names = [t.strip() for t in value.split(",") if t.strip()]
+        unknown = [t for t in names if t not in known]
+        if unknown:
+            parser.error(f"unknown {option} {unknown}; known: {', '.join(known)}")
+        return names
+
+    frameworks = comma_list(args.frameworks, framework_loops.FRAMEWORKS, "--frameworks")
+    framework_tools = comma_list(args.framework_tools, framework_loops.TOOL_NAMES, "--framework-tools")
+    if args.tools is None:
+        args.tools = "" if frameworks else ",".join(ADAPTERS)
+    tools = comma_list(args.tools, list(ADAPTERS), "tools")
+    if not tools and not frameworks:
+        parser.error("nothing to measure: give --tools or --frameworks")
     machine = machine_info()
     revision = trainmon_revision()
     print(f"machine: {machine['cpu_model']}, {machine['cores']} cores, Python {machine['python']}, "
           f"{machine['platform']}")
     print(f"python: {sys.executable}; trainmon at {revision}")
-    n, ms = calibrate_matmul(args.step_ms)
-    print(f"training step: float64 matmul {n}x{n} = {ms:.2f} ms (BLAS threads: "
-          f"{os.environ['OPENBLAS_NUM_THREADS']})")
+    n, ms = 0, 0.0
+    if tools:
+        n, ms = calibrate_matmul(args.step_ms)
+        print(f"training step: float64 matmul {n}x{n} = {ms:.2f} ms (BLAS threads: "
+              f"{os.environ['OPENBLAS_NUM_THREADS']})")
 
-    kafka_env = dict(os.environ, **KAFKA_ENV)
-    started_kafka = False
+    runs: dict[str, list[dict]] = {}
+    calibration: dict[str, dict] = {}
+    framework_runs: dict[str, dict[str, list[dict]]] = {}
     try:
-        if args.start_kafka:
-            print("starting a Kafka broker for trainmon...")
-            if trainmon_cli(["services", "start", "kafka"], kafka_env).returncode != 0:
-                print("could not start Kafka; stopping what may have started and giving up")
-                trainmon_cli(["services", "stop", "kafka"], kafka_env)
-                return 2
-            started_kafka = True
-            if trainmon_cli(["topics", "create"], kafka_env).returncode != 0:
-                print("could not create the topics; giving up")
-                return 2
-            bootstrap = f"127.0.0.1:{KAFKA_ENV['TRAINMON_SERVICES_KAFKA_PORT']}"
-            kafka_case = f"real Kafka broker at {bootstrap} (started by this run)"
-        elif args.kafka:
-            bootstrap = args.kafka
-            kafka_case = f"real Kafka broker at {bootstrap}"
-        else:
-            bootstrap = f"127.0.0.1:{closed_port()}"
-            kafka_case = f"no broker ({bootstrap} refuses connections): publisher spools to disk and retries"
-        print(f"trainmon Kafka: {kafka_case}")
+        with trainmon_kafka(args) as (bootstrap, kafka_case):
+            if tools:
+                runs = run_tools(tools, args, n, bootstrap)
+            if frameworks:
+                calibration, framework_runs = run_frameworks(frameworks, framework_tools, args, bootstrap)
+    except KafkaStartError:
+        return 2
 
-        runs: dict[str, list[dict]] = {t: [] for t in tools}
-        for rep in range(args.repeats):
-            for tool in tools:
-                busy = wait_idle(args.wait_idle, args.wait_max)
-                t0 = time.time()
-                r = run_worker(tool, args, n, bootstrap)
-                r["machine_busy_pct_before"] = round(busy, 1)
-                runs[tool].append(r)
-                if "error" in r:
-                    print(f"[{rep + 1}/{args.repeats}] {tool:13s} ERROR {r['error'][:200]}", flush=True)
-                else:
-                    print(f"[{rep + 1}/{args.repeats}] {tool:13s} p50 {r['p50_us']:9.1f} µs  "
-                          f"p99 {r['p99_us']:9.1f} µs  max {r['max_us']:10.1f} µs  >1ms {r['calls_over_1ms']:5d}"
-                          f"/{r['calls']}  loop {r['loop_slowdown_pct']:+6.2f} % (noise {r['loop_noise_pct']:.2f}, "
-                          f"median step {r['loop_median_step_slowdown_pct']:+.2f} %)  "
-                          f"machine busy before {busy:.0f}%  [{time.time() - t0:.0f} s]", flush=True)
-    finally:
-        if started_kafka:
-            print("stopping the Kafka broker this run started...")
-            trainmon_cli(["services", "stop", "kafka"], kafka_env)
+    out: dict = {"machine": machine, "trainmon_kafka": kafka_case, "trainmon_revision": revision}
+    if tools:
+        out.update(tools_output(tools, runs, args, n, ms, machine, kafka_case))
+    if frameworks:
+        out.update(frameworks_output(calibration, framework_runs, args, out.setdefault("goals", {})))
+        if not out["goals"]:
+            del out["goals"]
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
 
+
+def tools_output(tools: list[str], runs: dict[str, list[dict]], args: argparse.Namespace, n: int, ms: float,
+                 machine: dict, kafka_case: str) -> dict:
+    """The direct-call mode's JSON part, and its table printed."""
     results = {tool: summarize(rs) for tool, rs in runs.items()}
-    out: dict = {"machine": machine, "trainmon_kafka": kafka_case, "trainmon_revision": revision,
-                 "config": {"calls": args.calls, "max_loop_s": args.max_loop_s, "warmup": args.warmup,
+    out: dict = {"config": {"calls": args.calls, "max_loop_s": args.max_loop_s, "warmup": args.warmup,
                             "steps": args.steps, "blocks": args.blocks, "wait_idle_pct": args.wait_idle,
                             "repeats": args.repeats, "matmul_n": n, "step_ms": round(ms, 3),
                             "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "mlflow_store": args.mlflow_store,
@@ -586,11 +728,44 @@ def main() -> int:
         print(f"trainmon vs best peer: p50 {out['trainmon_vs_best_peer_p50_x']}x below ({out['best_peer_p50']}), "
               f"p99 {out['trainmon_vs_best_peer_p99_x']}x below ({out['best_peer_p99']})")
         print("goals: " + ", ".join(f"{k}={'MET' if v else 'NOT MET'}" for k, v in out["goals"].items()))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+    return out
+
+
+def frameworks_output(calibration: dict[str, dict], runs: dict[str, dict[str, list[dict]]],
+                      args: argparse.Namespace, goals: dict) -> dict:
+    """The framework mode's JSON part (`frameworks`, flat `<framework>_<tool>_<figure>_<unit>` numbers,
+    one goal per framework added to `goals`), and its table printed."""
+    results = {f: {t: framework_loops.summarize(rs) for t, rs in tools.items()} for f, tools in runs.items()}
+    framework_goals = framework_loops.goals(results)
+    goals.update(framework_goals)
+    out: dict = {
+        "framework_config": {"frameworks": list(runs), "tools": list(next(iter(runs.values()), {})),
+                             "steps_per_block": args.framework_steps, "blocks": args.framework_blocks,
+                             "target_step_ms": args.framework_step_ms, "repeats": args.repeats,
+                             "wait_idle_pct": args.wait_idle, "logged_every_step": True,
+                             "torch_threads": 1, "batch_size": framework_loops.BATCH,
+                             "mlflow_store": args.mlflow_store, "python_executable": sys.executable},
+        "framework_calibration": {f: {k: v for k, v in c.items() if k != "traceback"} for f, c in calibration.items()},
+        "frameworks": results,
+    }
+    for framework, cal in calibration.items():
+        if "error" not in cal:
+            out[f"{framework}_mlp_width"] = cal["width"]
+            out[f"{framework}_calibrated_step_ms"] = round(cal["step_ms"], 3)
+    out.update(framework_loops.flat_figures(results))
+
+    print()
+    print(f"sdk_overhead --frameworks: each framework's own loop, every step logged by every tool (Lightning "
+          f"log_every_n_steps=1, transformers logging_steps=1, Keras per batch); {args.framework_blocks} logging "
+          f"blocks of {args.framework_steps} steps between baseline blocks x {args.repeats} repeats (median shown)")
+    print("slowdown %: median step with the tool against the median step of the baseline blocks either side "
+          "(median over blocks); spread: min..max over all blocks; noise: baseline against baseline; "
+          "mean-step %: the same with whole-block means")
+    framework_loops.print_table(results, calibration)
+    if framework_goals:
+        print("goals (trainmon < 1 % and below every peer that ran): "
+              + ", ".join(f"{k}={'MET' if v else 'NOT MET'}" for k, v in framework_goals.items()))
+    return out
 
 
 if __name__ == "__main__":
