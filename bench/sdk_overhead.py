@@ -581,6 +581,7 @@ def run_frameworks(frameworks: list[str], tools: list[str], args: argparse.Names
                     print(f"{label} step {r['step_ms']:6.2f} ms  slowdown {r['slowdown_pct']:+6.2f} % "
                           f"(blocks {min(r['slowdown_blocks_pct']):+.2f}..{max(r['slowdown_blocks_pct']):+.2f}, "
                           f"noise {r['noise_pct']:.2f}, mean step {r['mean_slowdown_pct']:+.2f} %)  "
+                          f"hooks {r['hook_us_per_step']:.1f} µs/step ({r['hook_share_pct']:.3f} %)  "
                           f"machine busy before {busy:.0f}%  [{time.time() - t0:.0f} s]", flush=True)
     return calibration, runs
 
@@ -760,10 +761,13 @@ def frameworks_output(calibration: dict[str, dict], runs: dict[str, dict[str, li
           f"blocks of {args.framework_steps} steps between baseline blocks x {args.repeats} repeats (median shown)")
     print("slowdown %: median step with the tool against the median step of the baseline blocks either side "
           "(median over blocks); spread: min..max over all blocks; noise: baseline against baseline; "
-          "mean-step %: the same with whole-block means")
+          "mean-step %: the same with whole-block means; hooks: time inside the tool's per-step hook methods per "
+          "step on the training thread (any thread: Keras runs async-safe batch hooks on its workers), and as % "
+          "of the baseline step; per fit: its fit and epoch hooks; null: the framework's logger interface doing "
+          "nothing (a reference, not a peer)")
     framework_loops.print_table(results, calibration)
     if framework_goals:
-        print("goals (trainmon < 1 % and below every peer that ran): "
+        print("goals (trainmon < 1 % of a step and below every peer that ran): "
               + ", ".join(f"{k}={'MET' if v else 'NOT MET'}" for k, v in framework_goals.items()))
     return out
 

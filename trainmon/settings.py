@@ -149,9 +149,8 @@ class Settings:
         "throughput under backlog, more memory", metavar="N", check=_at_least(1))
     processors_insert_max_rows: int = option(
         100_000, "rows (metric values, GPU figures, run and window rows) held for ClickHouse before an "
-        "insert; held rows are also written at every checkpoint (about once a second, and at once when an "
-        "alert fires), so at rest each table gets about one insert a second. Bigger: fewer, larger inserts "
-        "under load, more memory", metavar="N", check=_at_least(1))
+        "insert; held rows are also written once a second and before every checkpoint, so at rest each table "
+        "gets about one insert a second. Bigger: fewer, larger inserts under load, more memory", metavar="N", check=_at_least(1))
     processors_loglevel: str = option("info", "log level: debug, info, warning or error", metavar="LEVEL",
                                       check=_one_of("debug", "info", "warning", "error"))
     processors_session_timeout: float = option(
