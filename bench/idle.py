@@ -10,7 +10,7 @@ inserts, rows inserted, parts written, merges and selects per second. Goal (issu
 Everything it starts is stopped by PID at the end.
 
     python bench/idle.py --json bench/results/idle.json            # 60 s warm-up, 300 s measured
-    python bench/idle.py --quick                                    # 20 s + 30 s (make bench)
+    python bench/idle.py --quick                                    # 20 s + 30 s, a quick look
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="simulated runs (default 3)")
     parser.add_argument("--warmup", type=float, default=60, help="seconds before measuring (default 60)")
     parser.add_argument("--duration", type=float, default=300, help="seconds measured (default 300)")
-    parser.add_argument("--quick", action="store_true", help="20 s warm-up, 30 s measured (make bench)")
+    parser.add_argument("--quick", action="store_true", help="20 s warm-up, 30 s measured: a quick look")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures (names carry the unit)")
     args = parser.parse_args(argv)
     if args.quick:
