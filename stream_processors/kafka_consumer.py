@@ -1,15 +1,25 @@
-"""The processors' Kafka consumer: Faust's, with the co-partitioning assignor and read progress.
+"""The processors' Kafka consumer: Faust's, with the co-partitioning assignor, read progress and a
+cheaper delivery loop.
 
-Two things Faust does not offer: the assignor (copartitioning.py says why), and how far each assigned
+Three things Faust does not offer: the assignor (copartitioning.py says why); how far each assigned
 partition has been fetched (its high watermark and when a fetch reported it), which the partition
-clocks need to tell "nothing more was sent" from "not read yet" (clock.py). Set `ProcessorsTransport`
-as `app.transport` before any topic is declared.
+clocks need to tell "nothing more was sent" from "not read yet" (clock.py); and delivering a fetched
+batch without racing every single message against a flow stop. Faust's loop does the latter with
+`wait_first` per message: four tasks made and three cancelled per event, several event-loop turns
+each, which at rest cost the worker more than its own processing (issue 13, bench/idle.py). Here one
+race covers a whole fetched batch, with the same outcome: once the flow is stopped (a rebalance), the
+batch's undelivered rest is dropped, and the new assignment re-reads from the committed offsets. Set
+`ProcessorsTransport` as `app.transport` before any topic is declared.
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any, AsyncIterator
+
 import aiokafka
 from aiokafka.errors import IllegalStateError
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from trainmon.stream_processors.copartitioning import CopartitionedAssignor
@@ -56,6 +66,55 @@ class _Consumer(faust_aiokafka.Consumer):
         """Per assigned (topic, partition): Kafka's high watermark at the latest fetch, and the wall
         time of that fetch; partitions not fetched yet are left out."""
         return self._thread.read_progress()
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop (faust.transport.consumer.Consumer._drain_messages), one flow race per
+        fetched batch instead of per message (module doc)."""
+        consumer_stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records = self.getmany(timeout=1.0)
+                await self.sleep(0)  # getmany may return at once, again and again: let others run
+                if not self.should_stop:
+                    await self.wait_first(self._deliver(records), self.suspend_flow.wait())
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if not self.transport.app.should_stop:
+                raise
+            self.log.info("Broker stopped consumer, shutting down...")
+        except asyncio.CancelledError:
+            if not self.transport.app.should_stop:
+                raise
+            self.log.info("Consumer shutting down for user cancel.")
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _deliver(self, records: AsyncIterator) -> None:
+        """Each record of one fetch to its topic's streams, in order; what Faust's loop does per record
+        but the race: read offsets (a record below one was delivered already), gaps in acking topics,
+        commits every `broker_commit_every` acks, a turn for others every 100 records."""
+        read_offset, callback, commit_every = self._read_offset, self.callback, self._commit_every
+        acking = self.app.topics.acks_enabled_for
+        since_yield = 0
+        async for tp, message in records:
+            since_yield += 1
+            if since_yield > 100:
+                await asyncio.sleep(0)
+                since_yield = 0
+            offset, last = message.offset, read_offset[tp]
+            if last is not None and offset < last:
+                continue  # delivered before a seek back
+            if last and offset - last > 1 and acking(message.topic):
+                await self._add_gap(tp, last + 1, offset)
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            await callback(message)
+            read_offset[tp] = offset
 
 
 class ProcessorsTransport(faust_aiokafka.Transport):

@@ -7,9 +7,10 @@ already applied (a replay from the committed offset after a crash) changes nothi
 re-sent one (its producer's seq is not new). The ClickHouse sink and the route dispatcher are per
 worker. Everything runs in one thread, so no locks are needed and the event loop never blocks.
 
-Rows are held, not written per batch: `flush` writes them at every tick (once a second), before
-every snapshot, and when `insert_max_rows` are held. At rest that is one insert per table a second,
-not one per batch of each topic, each making a part that views and merges then work on. `snapshot`
+Rows are held, not written per batch: `flush` writes them at the first tick (once a second) after the
+oldest has waited `insert_max_delay_s`, before every snapshot, and when `insert_max_rows` are held. At
+rest that is one insert per table every 2 s, not one per batch of each topic, each making a part that
+views and merges then work on; under load the row limit comes first, so inserts grow instead. `snapshot`
 flushes first, so a snapshot (and the acks behind it) never covers an event whose rows are not in
 ClickHouse; rows written ahead of a snapshot are safe, since a replay of their events is skipped by
 offset (sink.py).
@@ -121,6 +122,7 @@ class Processing:
     def __init__(self, pipeline: PipelineConfig, sink: ClickHouseSink, dispatcher: Any = None,
                  deliveries: deque | None = None, *, group: str = "trainmon-processors",
                  lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
+                 insert_max_delay_s: float = 1.5,
                  snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
         self.pipeline = pipeline
         self.sink = sink
@@ -138,8 +140,9 @@ class Processing:
         self.refusals = RefusalNotices(AlertBook(pipeline.repeat_interval_s, pipeline.dashboard_url))
         self.unreleased: list[dict] = []  # alerts made since the last snapshot: see release()
         self.unnotified: list[dict] = []  # incident notifications made since the last snapshot
-        self.insert_max_rows = insert_max_rows
+        self.insert_max_rows, self.insert_max_delay_s = insert_max_rows, insert_max_delay_s
         self.held = Batch()  # rows not written yet: see flush()
+        self.held_since = 0.0  # wall time the oldest held row was held
         self.held_sources: dict[Source, Message] = {}
         self.refused: list[DeadLetter] = []  # rows ClickHouse refused at a flush, to dead-letter: see take_refused()
 
@@ -339,6 +342,8 @@ class Processing:
 
     def _hold(self, batch: Batch, sources: Mapping[Source, Message]) -> None:
         if batch:
+            if not self.held:
+                self.held_since = time.time()
             self.held.merge(batch)
             self.held_sources.update(sources)
             if self.held.values + sum(map(len, self.held.rows.values())) >= self.insert_max_rows:
@@ -423,7 +428,8 @@ class Processing:
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
         self._hold(batch, {})
-        self.flush()
+        if self.held and wall - self.held_since >= self.insert_max_delay_s:
+            self.flush()
         return outcome
 
     def _lose_runs(self, state: PartitionState, now: float, outcome: Outcome) -> None:

@@ -2,6 +2,10 @@
 
 ClickHouse keeps the newest snapshot (ReplacingMergeTree on updated_at), so writing a run again is
 harmless; writes are throttled per run so heartbeats from 512 ranks do not become 512 rows a second.
+A run is written only when it changed: at the next flush for lifecycle changes (start, metadata, end,
+lost), and at most every `snapshot_every_s` (15 s) when only its progress moved (last step, last seen,
+dropped events), which a running run's does all the time: each write is a part in two tables, and the
+runs list does not need its step count fresher than that.
 A multi-node run is one run: ranks add hosts, and the run's status is the worst final status of any
 rank (failed > crashed > killed > finished), `finished` only once every rank reported it.
 """
@@ -85,7 +89,7 @@ class RunBook:
     A finished or lost run is kept for `keep_ended_s` of partition time after its last event (so its
     late stragglers are recognised), then evicted: memory stays flat however many runs have ended."""
 
-    def __init__(self, snapshot_every_s: float = 5.0, keep_ended_s: float = 3600.0) -> None:
+    def __init__(self, snapshot_every_s: float = 15.0, keep_ended_s: float = 3600.0) -> None:
         self.runs: dict[tuple[str, str], RunState] = {}
         self.snapshot_every_s = snapshot_every_s
         self.keep_ended_s = keep_ended_s

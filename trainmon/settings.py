@@ -149,8 +149,12 @@ class Settings:
         "throughput under backlog, more memory", metavar="N", check=_at_least(1))
     processors_insert_max_rows: int = option(
         100_000, "rows (metric values, GPU figures, run and window rows) held for ClickHouse before an "
-        "insert; held rows are also written once a second and before every checkpoint, so at rest each table "
-        "gets about one insert a second. Bigger: fewer, larger inserts under load, more memory", metavar="N", check=_at_least(1))
+        "insert; held rows are also written once the oldest has waited insert_max_delay and before every "
+        "checkpoint. Bigger: fewer, larger inserts under load, more memory", metavar="N", check=_at_least(1))
+    processors_insert_max_delay: float = option(
+        1.5, "seconds the oldest held row may wait before the held rows are written (checked once a second): "
+        "at rest each table gets an insert every 2 s; under load insert_max_rows comes first. Smaller: data "
+        "visible sooner, more inserts, parts and merges", metavar="SECONDS", check=_at_least(0))
     processors_loglevel: str = option("info", "log level: debug, info, warning or error", metavar="LEVEL",
                                       check=_one_of("debug", "info", "warning", "error"))
     processors_session_timeout: float = option(

@@ -1,4 +1,5 @@
-"""Rows are held for ClickHouse (issue 13: cost at rest): many batches, one insert per tick; a
+"""Rows are held for ClickHouse (issue 13: cost at rest): many batches, one insert once the oldest row
+has waited insert_max_delay_s; a
 snapshot always writes them first; a full hold writes at once; refused rows' dead
 letters wait for the checkpoint that sends them before the acks."""
 
@@ -14,14 +15,19 @@ def batch(offset: int, run: str = "r1") -> list[Message]:
     return [Message("t.metrics", 0, offset, b"k", encode(metrics(offset, T + offset, run=run, loss=1.0, acc=0.5)))]
 
 
-def test_the_batches_of_a_second_become_one_insert_at_the_tick(wall) -> None:
+def test_held_batches_become_one_insert_once_the_oldest_has_waited(wall) -> None:
     proc, _ = make()
     for offset in range(20):  # twenty batches, as a quiet topic delivers them within 0.1 s each
         proc.handle(batch(offset))
-    assert proc.sink.batches == []  # nothing written before the tick
+    proc.tick()
+    wall[0] += 1.0
+    proc.tick()
+    assert proc.sink.batches == []  # the oldest has waited 1 s of insert_max_delay_s = 1.5
+    wall[0] += 1.0
     proc.tick()
     (written,) = proc.sink.batches
     assert len(written.metric) == written.values == 40  # 20 events x 2 values
+    wall[0] += 5.0
     proc.tick()
     assert len(proc.sink.batches) == 1  # nothing held: no empty insert
 
