@@ -15,7 +15,7 @@ batch's undelivered rest is dropped, and the new assignment re-reads from the co
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiokafka
 from aiokafka.errors import IllegalStateError
@@ -69,14 +69,15 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop (faust.transport.consumer.Consumer._drain_messages), one flow race per
-        fetched batch instead of per message (module doc)."""
+        fetched batch instead of per message (module doc). The fetch itself stays outside the race:
+        a fetch cancelled in flight would still move the consumer's position past records nobody got."""
         consumer_stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                records = self.getmany(timeout=1.0)
+                records = [record async for record in self.getmany(timeout=1.0)]
                 await self.sleep(0)  # getmany may return at once, again and again: let others run
-                if not self.should_stop:
+                if records and not self.should_stop:
                     await self.wait_first(self._deliver(records), self.suspend_flow.wait())
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -93,18 +94,20 @@ class _Consumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _deliver(self, records: AsyncIterator) -> None:
+    async def _deliver(self, records: list[tuple[Any, Any]]) -> None:
         """Each record of one fetch to its topic's streams, in order; what Faust's loop does per record
         but the race: read offsets (a record below one was delivered already), gaps in acking topics,
-        commits every `broker_commit_every` acks, a turn for others every 100 records."""
+        commits every `broker_commit_every` acks, a turn for others every 100 records. Like Faust's
+        getmany, it stops at a flow stop or a new group generation: the records left are read again
+        from the committed offsets."""
         read_offset, callback, commit_every = self._read_offset, self.callback, self._commit_every
-        acking = self.app.topics.acks_enabled_for
-        since_yield = 0
-        async for tp, message in records:
-            since_yield += 1
-            if since_yield > 100:
+        acking, app = self.app.topics.acks_enabled_for, self.app
+        generation = app.consumer_generation_id
+        for index, (tp, message) in enumerate(records):
+            if not self.flow_active or app.consumer_generation_id != generation:
+                return
+            if index and index % 100 == 0:
                 await asyncio.sleep(0)
-                since_yield = 0
             offset, last = message.offset, read_offset[tp]
             if last is not None and offset < last:
                 continue  # delivered before a seek back
