@@ -303,6 +303,18 @@ def test_series_pools_ranks_or_reads_one_and_handles_ranges(q):
     assert q.series(P, ["nope"], "loss").empty and q.series(P, [], "loss").empty
 
 
+@pytest.mark.parametrize("points", [50, 1_000])
+@pytest.mark.parametrize("rank", [None, 0])
+def test_the_whole_run_plan_from_the_hourly_rollup_is_the_minute_rollups(q, points, rank):
+    """The 1h rollup plans whole runs (60x fewer rows at a billion points); its plan must be exactly the
+    one the 1m rollup gives: table, bounds and bucket width per run."""
+    runs = ["r-a", "r-b", "r-long"]
+    hourly = q._hourly_step_plan(P, runs, "loss", points=points, rank=rank, source="auto")
+    minute = q._minute_plan(P, runs, "loss", x="step", points=points, rank=rank, start=None, end=None, source="auto")
+    assert hourly == minute
+    assert hourly[0]["r-long"][0] == ("1h" if points == 50 else "1m")  # 84 hours: enough for 50 points only
+
+
 def test_series_by_time(q):
     frame = q.series(P, ["r-a"], "loss", x="time", points=60, rank=0)
     assert 30 <= len(frame) <= 60 and frame["count"].sum() == 10_000
