@@ -30,6 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.quick import parse_args  # noqa: E402
 from trainmon import settings as settings_module  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for `trainmon agent`, repeatable (e.g. --agent-arg=--no-pcie)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, seconds=15.0)
 
     bootstrap = args.bootstrap or settings_module.load().bootstrap_servers
     broker = reachable(bootstrap)

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import trainmon  # noqa: E402
 from bench.pipeline import alerting_stack, bench_settings, say, write_figures  # noqa: E402
+from bench.quick import parse_args  # noqa: E402
 from bench.recovery import wait_until  # noqa: E402
 from trainmon import kafka_client  # noqa: E402
 from trainmon.contract import Topic, decode, topic_name  # noqa: E402
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a run may wait for its callback")
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, repeats=3)
 
     settings = bench_settings(args.partitions, database="trainmon_bench_alert_callback")
     with alerting_stack(settings, "trainmon-alert-cb-", 100_000) as (workdir, receiver, _worker):

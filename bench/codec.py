@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.quick import parse_args  # noqa: E402
 from trainmon.contract import decode, encode, envelope  # noqa: E402
 
 NOW = 1_764_230_400.0
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run (default 1.0)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per figure; the median is reported (default 5)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, seconds=0.3, repeats=3)
 
     figures: dict[str, float] = {}
     for name, event in (("metrics64", metrics_event()), ("system8gpu", system_event())):

@@ -43,6 +43,7 @@ from trainmon.agent.publisher import Publisher  # noqa: E402
 from trainmon.agent.simulator import FaultSpec, SimConfig, Simulation  # noqa: E402
 from trainmon.agent.simulator.faults import FAULTS, Planned  # noqa: E402
 from bench.pipeline import alerting_stack, bench_settings, say, write_figures  # noqa: E402
+from bench.quick import parse_args  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 
 # fault kind -> the shipped rule that detects it; the goal (s) where issue 10 names one
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the simulator's hazards in both phases: all, none, or names joined by commas "
                              "(default all; `trainmon simulate --list-hazards`)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, repeats=1, clean_minutes=1.0)
 
     settings = bench_settings(args.partitions, database="trainmon_bench_detection")
     with alerting_stack(settings, "trainmon-detection-", 1_000_000) as (workdir, receiver, worker):

@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainmon.agent.simulator import SimConfig, generate  # noqa: E402
+from bench.quick import parse_args  # noqa: E402
+from bench.sim_storage import merge, recent_start, sim_config, table_bytes, write  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.migrate import migrate  # noqa: E402
 from trainmon.settings import Settings  # noqa: E402
-from trainmon.stream_processors.sink import Batch, ClickHouseSink  # noqa: E402
 
 # Retention of each table in days, as the migrations set it (0: no TTL, kept while its run is).
 RETENTION_DAYS = {"system_samples": 30, "system_rollup_1m": 365, "system_rollup_1h": 1825, "system_latest": 0,
@@ -45,36 +45,6 @@ RETENTION_DAYS = {"system_samples": 30, "system_rollup_1m": 365, "system_rollup_
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def write(settings: Settings, config: SimConfig, start: float, batch_events: int) -> dict[str, int]:
-    """Every system and metrics event of the simulation through the sink, in worker-sized batches."""
-    sink = ClickHouseSink(settings)
-    batch, offsets, counts = Batch(), {"system": 0, "metrics": 0}, {"system": 0, "metrics": 0, "values": 0}
-    pending = 0
-    for event in generate(config, start=start):
-        kind = event["kind"]
-        if kind not in offsets:
-            continue  # run lifecycle and heartbeats: a few rows per run, not per GPU-second
-        (batch.add_system if kind == "system" else batch.add_metrics)(event, f"bench.{kind}", 0, offsets[kind])
-        offsets[kind] += 1
-        counts[kind] += 1
-        pending += 1
-        if pending >= batch_events:
-            counts["values"] += batch.values
-            sink.write(batch)
-            batch, pending = Batch(), 0
-    if batch:
-        counts["values"] += batch.values
-        sink.write(batch)
-    return counts
-
-
-def table_bytes(client) -> dict[str, tuple[int, int, int]]:
-    """table -> (rows, compressed bytes on disk, uncompressed bytes) of the active parts."""
-    rows = client.query("SELECT table, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) FROM system.parts "
-                        "WHERE database = currentDatabase() AND active GROUP BY table").result_rows
-    return {table: (int(r), int(b), int(u)) for table, r, b, u in rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", default="trainmon_bench_disk", help="database (default trainmon_bench_disk)")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, hours=2.0)
 
     settings = Settings(services_home=str(ROOT / ".trainmon" / "bench"), services_clickhouse_http_port=28123,
                         services_clickhouse_tcp_port=29000, clickhouse_database=args.database,
@@ -105,10 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         admin.command(f"DROP DATABASE IF EXISTS {args.database} SYNC")
         migrate(settings, progress=lambda m: None)
-        seconds = args.hours * 3600
-        config = SimConfig(nodes=args.nodes, gpus=args.gpus, runs=1, world_size=args.nodes * args.gpus,
-                           duration=seconds, interval=1.0, step_interval=args.metrics_every, seed=1)
-        start = time.time() - seconds - 60  # recent: inside every TTL
+        config = sim_config(args.nodes, args.gpus, args.hours, args.metrics_every)
+        start = recent_start(args.hours)
         say(f"writing {args.hours:g} h of {args.nodes} node(s) x {args.gpus} GPUs at 1 Hz, one run logging every "
             f"{args.metrics_every:g} s, batches of {args.batch_events} events ...")
         began = time.monotonic()
@@ -116,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {counts['system']:,} system and {counts['metrics']:,} metrics events, {counts['values']:,} values "
             f"in {time.monotonic() - began:.0f} s; merging (OPTIMIZE ... FINAL)")
         client = connect(settings)
-        for table in RETENTION_DAYS:
-            client.command(f"OPTIMIZE TABLE {table} FINAL")
+        merge(client, RETENTION_DAYS)
         sizes = table_bytes(client)
         gpu_days = args.nodes * args.gpus * args.hours / 24
         print(f"\n{'table':<20} {'rows':>12} {'on disk':>12} {'raw':>12} {'bytes/row':>10} {'MB per GPU-day':>15} "

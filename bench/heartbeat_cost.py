@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.pipeline import bench_settings, say, write_figures  # noqa: E402
+from bench.quick import parse_args  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.topics import create_topics  # noqa: E402
 from trainmon.settings import environment  # noqa: E402
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of both cases; medians (default 3)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, seconds=15.0, warmup=3.0, repeats=1)
 
     settings = bench_settings(1, database="trainmon_bench_heartbeat")
     say(f"starting Kafka under {settings.home} ...")

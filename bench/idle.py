@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 import psutil  # noqa: E402
 
-from pipeline import CpuShare, bench_settings, pipeline_file, say, write_figures  # noqa: E402
+from pipeline import PORT_OFFSET, CpuShare, bench_settings, pipeline_file, say, write_figures  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from trainmon import kafka_client  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
@@ -101,7 +101,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             try:
                 worker = children.start("worker", [*cli, "process", "--pipeline", str(pipeline_file(logs, receiver.url)),
                                                    "--group", "bench", "--loglevel", "info"])
-                dashboard = children.start("dashboard", [*cli, "dashboard", "--port", "28501"])
+                dashboard = children.start("dashboard", [*cli, "dashboard", "--port", str(28501 + PORT_OFFSET)])
                 agent = children.start("agent", [*cli, "agent", "--interval", "1"])
                 simulate = [*cli, "simulate", "--nodes", str(args.nodes), "--gpus", str(args.gpus), "--runs",
                             str(args.runs), "--duration", str(int(args.warmup + args.duration + 120))]

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.clickhouse_target import bench_clickhouse  # noqa: E402
+from bench.quick import parse_args  # noqa: E402
 from trainmon.deploy.migrate import migrate  # noqa: E402
 from tests import dashboard_seed as seed  # noqa: E402
 from tests.headless import Chromium, Dashboard  # noqa: E402
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the seeded database afterwards")
     parser.add_argument("--screenshots", metavar="DIR", help="save each page's last load as DIR/<page>.png")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, loads=1)
 
     settings, admin, described = bench_clickhouse(args.url, args.database)
     say(f"{described}, load average {os.getloadavg()[0]:.1f}")

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.quick import parse_args  # noqa: E402
 from trainmon.agent.publisher import Publisher  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.migrate import migrate  # noqa: E402
@@ -52,18 +54,48 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def machine_info() -> dict[str, str | int | float]:
+    """What a figure depends on besides the code: CPU model, cores, memory, OS, kernel, Python.
+
+    Read from /proc and the interpreter, so a published figure says which machine made it
+    (bench/run_all.py's manifest and every write_figures JSON)."""
+    cpuinfo = ""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    os_name = platform.system()
+    try:
+        release = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+        os_name = release.get("PRETTY_NAME", os_name).strip('"')
+    except OSError:
+        pass
+    return {"cpu_model": model, "cores": os.cpu_count() or 0,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "virtualized": " hypervisor" in cpuinfo, "os": os_name,
+            "kernel": f"{platform.system()} {platform.release()}",
+            "python": f"{platform.python_implementation()} {platform.python_version()}"}
+
+
 def write_figures(path: Path, args: argparse.Namespace, figures: dict[str, float]) -> None:
     """A benchmark's named figures, with the machine and the options that made them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    machine = f"{os.cpu_count()} CPUs, {os.uname().sysname} {os.uname().release}"
-    path.write_text(json.dumps({"machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+    path.write_text(json.dumps({"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()},
                                 "figures": figures}, indent=2) + "\n")
 
 
+# Added to every bench port (and the services home gets it as a suffix), so that two benchmarks can run
+# side by side, e.g. one under a profiler while another is developed: TRAINMON_BENCH_PORT_OFFSET=-3000.
+PORT_OFFSET = int(os.environ.get("TRAINMON_BENCH_PORT_OFFSET", "0"))
+
+
 def bench_settings(partitions: int, database: str = "trainmon_bench_pipeline") -> Settings:
-    return Settings(services_home=str(ROOT / ".trainmon" / "bench"), services_kafka_port=29092,
-                    services_kafka_controller_port=29093, services_clickhouse_http_port=28123,
-                    services_clickhouse_tcp_port=29000, services_alertmanager_port=29094,
+    home = ROOT / ".trainmon" / ("bench" if not PORT_OFFSET else f"bench{PORT_OFFSET:+d}")
+    return Settings(services_home=str(home), services_kafka_port=29092 + PORT_OFFSET,
+                    services_kafka_controller_port=29093 + PORT_OFFSET, services_clickhouse_http_port=28123 + PORT_OFFSET,
+                    services_clickhouse_tcp_port=29000 + PORT_OFFSET, services_alertmanager_port=29094 + PORT_OFFSET,
                     kafka_topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", kafka_partitions=partitions,
                     clickhouse_database=database)
 
@@ -296,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=120, help="max wait for the backlog (default 120)")
     parser.add_argument("--repeats", type=int, default=3, help="runs; medians are reported (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, seconds=10.0, repeats=1)
 
     settings = bench_settings(args.partitions)
     say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")

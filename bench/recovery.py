@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from trainmon.agent.publisher import Publisher  # noqa: E402
+from bench.quick import parse_args  # noqa: E402
 from bench.pipeline import (PROBE_RUN, bench_settings, drive, pipeline_file, quantiles, run_once, say,  # noqa: E402
                             start_worker, wait_visible)
 from trainmon.deploy import services  # noqa: E402
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--logs", metavar="DIR", help="keep the recovery phase's worker logs in DIR (default: "
                         "a temporary directory, removed)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, repeats=1, seconds=10.0)
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not phases <= {"recovery", "throughput"} or not phases or not set(args.modes) <= set(MODES) or not args.modes:

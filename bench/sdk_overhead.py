@@ -19,7 +19,7 @@ The output says which case was measured.
 
     .venv-bench/bin/python bench/sdk_overhead.py --json bench/results/sdk_overhead.json
     .venv-bench/bin/python bench/sdk_overhead.py --tools trainmon,wandb --calls 5000 --repeats 1
-    .venv-bench/bin/python bench/sdk_overhead.py --start-kafka      # own broker on 127.0.0.1:49092
+    .venv-bench/bin/python bench/sdk_overhead.py --start-kafka      # own broker on 127.0.0.1:29292
 
 --frameworks lightning,transformers,keras measures instead (or, with --tools too, as well) each
 framework's own training loop with trainmon's integration against the same framework's W&B, MLflow and
@@ -63,14 +63,15 @@ sys.path.insert(0, str(HERE))
 
 import framework_loops  # noqa: E402
 from peers import ADAPTERS, PEERS, offline_env  # noqa: E402
+from quick import parse_args  # noqa: E402
 
 NAMES = ["loss", "accuracy", "lr", "grad_norm", "val_loss", "val_accuracy", "throughput", "tokens_per_s",
          "gpu_mem_gb", "epoch_frac"]
 GOAL_FACTOR = 10.0
 GOAL_MAX_US = 1000.0
 GOAL_SLOWDOWN_PCT = 1.0
-KAFKA_ENV = {"TRAINMON_SERVICES_HOME": "/tmp/tm-sdk-bench", "TRAINMON_SERVICES_KAFKA_PORT": "49092",
-             "TRAINMON_SERVICES_KAFKA_CONTROLLER_PORT": "49093"}
+KAFKA_ENV = {"TRAINMON_SERVICES_HOME": "/tmp/tm-sdk-bench", "TRAINMON_SERVICES_KAFKA_PORT": "29292",
+             "TRAINMON_SERVICES_KAFKA_CONTROLLER_PORT": "29293"}
 
 
 def values_for(step: int) -> dict[str, float]:
@@ -610,7 +611,7 @@ def main() -> int:
                         "with no logger; the MLP's width is calibrated to it per framework (default 20)")
     parser.add_argument("--kafka", metavar="BOOTSTRAP", help="trainmon publishes to this broker (default: none, "
                         "bootstrap pointed at a closed loopback port: the publisher spools and retries)")
-    parser.add_argument("--start-kafka", action="store_true", help="start a broker on 127.0.0.1:49092 "
+    parser.add_argument("--start-kafka", action="store_true", help="start a broker on 127.0.0.1:29292 "
                         "(TRAINMON_SERVICES_HOME=/tmp/tm-sdk-bench), create the topics, measure, stop it")
     parser.add_argument("--mlflow-store", choices=["sqlite", "file"], default="sqlite",
                         help="MLflow local store kind (default sqlite, MLflow 3's default)")
@@ -625,7 +626,8 @@ def main() -> int:
     parser.add_argument("--tmpdir", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--matmul-n", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, None, calls=2000, warmup=200, steps=200, blocks=4, repeats=1, max_loop_s=10.0,
+                      framework_steps=20, framework_blocks=2)
 
     if args.worker:
         result = worker(args)
