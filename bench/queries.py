@@ -27,21 +27,22 @@ overlay's among them). Overlay runs log 4 steps a second (1,000,000 steps = ~69 
 --shape (how the history is written; the data is the same):
 - `ingest` (default): the recent part is written as a live system writes it. Events go through the
   processors' own sink (stream_processors/sink.py `Batch` + `ClickHouseSink`) the way one worker holds
-  and flushes them (processing.py): rows held, written at every 1 s tick or once [processors]
-  insert_max_rows are held (checked every processors_batch_events events); run and rank snapshots from
-  stream_processors/runs.py's RunBook at every tick (each running run every 5 s). Each simulated second
+  and flushes them (processing.py): rows held, written at the first 1 s tick after the oldest has waited
+  [processors] insert_max_delay (1.5 s: every other tick) or once insert_max_rows are held (checked every
+  processors_batch_events events); run and rank snapshots from stream_processors/runs.py's RunBook at
+  every tick (a running run's progress every 15 s). Each simulated second
   holds the whole cluster's system event (every node's 4 host + 8 x 5 GPU figures, and its `gpus` rows),
   a metrics event from every rank of every running run (4 values; one rank per GPU of the cluster at most),
   and 4 overlay steps per overlay run. The last --ingest-seconds are written this way: first as fast as
   the machine allows (after 10 seconds that measure its speed, the rest moves forward, leaving one gap
   in every series, so that it ends about when it is written), then --tail-seconds at the live cadence
-  (one flush per wall-clock second), so the tables end with a live system's fresh small parts and the
+  (one tick per wall-clock second), so the tables end with a live system's fresh small parts and the
   merges they set off are still running when the views are timed. Older history (the
   overlay's earlier steps, the runs' final states, the GPU's month, cluster minutes before the window)
   is bulk-loaded with INSERT ... SELECT and left to the background merges for up to --settle-s (never
   OPTIMIZE), as a live system's older months have been merged for days.
   How the part counts compare with a live ingest: the window's inserts are the ones a live worker makes,
-  one per table per tick; written faster than real time, they give the merges less time per insert
+  one per table per flush; written faster than real time, they give the merges less time per insert
   than live, so the newest partitions hold at least as many parts as live. During the tail (live
   cadence) the part counts are sampled every few seconds: `ingest.tail_parts` gives their range, the
   live figure; `parts_active` at timing is beside it. A live deployment with W workers makes W inserts
@@ -398,7 +399,8 @@ def wait_for_merges(w, database: str, limit_s: float = 30.0, quiet_s: int = 3) -
 
 class Replay:
     """Seconds of a live cluster written as one processors worker writes them (processing.py): events go into
-    the held Batch, which is written through ClickHouseSink at every tick or once insert_max_rows are held
+    the held Batch, which is written through ClickHouseSink at the tick after the oldest held row has waited
+    insert_max_delay, or once insert_max_rows are held
     (checked every batch_events events, as a worker does per handled batch); at every tick RunBook
     (stream_processors/runs.py) adds the run and rank snapshots that are due."""
 
@@ -409,7 +411,8 @@ class Replay:
         self.held = Batch()
         self.partitions = max(1, settings.kafka_partitions)
         self.batch_events = settings.processors_batch_events
-        self.max_rows = settings.processors_insert_max_rows
+        self.max_rows, self.max_delay = settings.processors_insert_max_rows, settings.processors_insert_max_delay
+        self.held_since: float | None = None  # simulated time the oldest held row was held
         self.nodes, self.gpus, self.silent_from = nodes, gpus, silent_from
         self.offsets: Counter[tuple[str, int]] = Counter()
         # The rows' src_topic, `name#topic-id` as in production, with an id of this run's own: the sink's
@@ -495,9 +498,13 @@ class Replay:
         runs, ranks = self.book.snapshots(t + 1)
         self.held.add("runs", runs)
         self.held.add("run_ranks", ranks)
-        self.flush()
+        if self.held_since is None:
+            self.held_since = t
+        if t + 1 - self.held_since >= self.max_delay:
+            self.flush()
 
     def flush(self) -> None:
+        self.held_since = None
         if not self.held:
             return
         batch, self.held = self.held, Batch()
@@ -588,8 +595,9 @@ def ingest(w, replay: Replay, database: str, t0: int, fast_s: int, tail_s: int) 
             sampled = time.time()
             for table, count in part_counts(w, database).items():
                 tail_parts.setdefault(table, []).append(count)
+    replay.flush()  # the rows a worker would still hold are written at its next tick or checkpoint
     if tail_s:
-        say(f"  ingest: {tail_s} s more at the live cadence (one flush a second)")
+        say(f"  ingest: {tail_s} s more at the live cadence (one tick a second)")
     return {"window_start": t0, "window_end": t, "seconds_fast": written, "seconds_tail": tail_s, "gap_s": gap,
             "fast_wall_s": round(fast_wall, 1), "speed_x_real_time": round(written / max(fast_wall, 1e-9), 2),
             "behind_s_at_tail": max(0, int(time.time()) - t), "wall_s": round(time.perf_counter() - started, 1),
