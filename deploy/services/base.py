@@ -140,7 +140,21 @@ class LocalService(ABC):
             pid = int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        return pid if pid_alive(pid) and self._runs_here(pid) else None
+
+    def _runs_here(self, pid: int) -> bool:
+        """A pidfile outlives its process (SIGKILL, reboot, a deleted checkout's copy), and the kernel hands
+        its PID to someone else: a start would take that process for the service and a stop would kill it
+        (seen: a test run's stop killed another checkout's Kafka). Ours works in this service's folder,
+        where start() launched it (ClickHouse moves into its run folder below it). Without /proc: trusted."""
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)"))
+        except FileNotFoundError:
+            return not Path("/proc/self/cwd").exists()  # gone since kill(0), or no /proc at all
+        except OSError:  # not ours to inspect
+            return False
+        here = self.dir.resolve()
+        return cwd == here or here in cwd.parents
 
     def status(self) -> ServiceStatus:
         pid = self.pid()
