@@ -57,9 +57,10 @@ def pipeline_file(directory: Path, webhook_url: str) -> Path:
     return path
 
 
-def start_worker(settings: Settings, pipeline: Path, group: str, log: Path) -> subprocess.Popen:
+def start_worker(settings: Settings, pipeline: Path, group: str, log: Path, **extra_env: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # logs survive a SIGKILL
     env.update(environment(settings))
+    env.update(extra_env)
     env["TRAINMON_KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
     env["TRAINMON_CLICKHOUSE_URL"] = settings.clickhouse
     return subprocess.Popen([sys.executable, "-m", "trainmon.cli", "process", "--pipeline", str(pipeline),
@@ -173,7 +174,10 @@ def test_two_workers_one_killed_mid_stream_counts_stay_exact(own_topics, tmp_pat
     metrics_topic = topic_name(Topic.METRICS, own_topics.kafka_topic_prefix)
     with Receiver([200] * 100) as receiver:
         pipeline = pipeline_file(tmp_path, receiver.url)
-        workers = [start_worker(own_topics, pipeline, group, tmp_path / f"worker{i}.log") for i in range(2)]
+        # Rows written at every batch (a small insert_max_rows), not held for 2 s: whenever worker 0 dies,
+        # it has written rows its last checkpoint does not cover, which the survivor must skip.
+        workers = [start_worker(own_topics, pipeline, group, tmp_path / f"worker{i}.log",
+                                TRAINMON_PROCESSORS_INSERT_MAX_ROWS="100") for i in range(2)]
         try:
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
             steps = 2000
