@@ -397,6 +397,14 @@ def wait_for_merges(w, database: str, limit_s: float = 30.0, quiet_s: int = 3) -
 # --- ingest-shaped generation -------------------------------------------------------------------------
 
 
+def live_second(replay: "Replay", t: int) -> None:
+    """Simulated second `t`, written no earlier than its end on the wall clock, as a live cluster sends it."""
+    wait = t + 1 - time.time()
+    if wait > 0:
+        time.sleep(wait)
+    replay.second(t)
+
+
 class Replay:
     """Seconds of a live cluster written as one processors worker writes them (processing.py): events go into
     the held Batch, which is written through ClickHouseSink at the tick after the oldest held row has waited
@@ -565,10 +573,7 @@ def ingest(w, replay: Replay, database: str, t0: int, fast_s: int, tail_s: int) 
         gap = max(0, int(time.time() + rest / speed) - rest - t)
         t += gap
     for _ in range(rest):
-        wait = t + 1 - time.time()
-        if wait > 0:
-            time.sleep(wait)
-        replay.second(t)
+        live_second(replay, t)
         t += 1
         elapsed = time.perf_counter() - started
         if elapsed - noted >= 15:
@@ -586,10 +591,7 @@ def ingest(w, replay: Replay, database: str, t0: int, fast_s: int, tail_s: int) 
     tail_parts: dict[str, list[int]] = {}
     sampled = 0.0
     for _ in range(tail_s):
-        wait = t + 1 - time.time()
-        if wait > 0:
-            time.sleep(wait)
-        replay.second(t)
+        live_second(replay, t)
         t += 1
         if time.time() - sampled >= 5:
             sampled = time.time()
