@@ -1,8 +1,9 @@
-"""The trainmon stream processors as a Faust app, top to bottom: topics, agents, checkpoints, timer.
+"""The trainmon stream processors as a Faust app, top to bottom: topics, batch handlers, checkpoints, timer.
 
 One consumer group; run more workers (`trainmon process` on more machines) to split the partitions.
-Each agent takes a batch of events (`noack_take`) and hands it to the processing thread, which owns
-all state, per source partition. Offsets are committed only behind a durable state snapshot:
+Each fetch's events of a topic come as one batch (kafka_consumer.py: no Faust stream or agent per
+event) and go to the processing thread, which owns all state, per source partition. Offsets are
+committed only behind a durable state snapshot:
 
 1. a batch is processed (rules evaluated, its rows held for ClickHouse) and its events join the
    pending list; the once-a-second tick writes the held rows (processing.py);
@@ -39,7 +40,7 @@ from trainmon.stream_processors.config import PipelineConfig
 from trainmon.stream_processors.copartitioning import split_partitions
 from trainmon.stream_processors.internal_topics import (HOST_RUN_ENDS, INCIDENT_ALERTS, INCIDENT_PARTITION, RUN_HARDWARE, STATE,
                                                internal_topic_name)
-from trainmon.stream_processors.kafka_consumer import ProcessorsTransport
+from trainmon.stream_processors.kafka_consumer import BatchHandler, ProcessorsTransport
 from trainmon.stream_processors.processing import Message, Outcome, Processing
 from trainmon.stream_processors.sink import ClickHouseSink
 from trainmon.stream_processors.state_topic import latest_snapshots
@@ -60,7 +61,7 @@ def _data_parent(settings: Settings) -> Path:
     return parent
 
 
-def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *, batch_within_s: float = 0.1,
+def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                checkpoint_interval_s: float = 5.0, lost_after_s: float = 900.0) -> faust.App:
     """A worker as the [processors] settings say (trainmon/settings.py explains each). durable_state off:
     no state snapshots are written or read; checkpoints only ack events and release alerts (on the same
@@ -94,7 +95,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=max(4096, batch_events * 2),
+        broker_max_poll_records=batch_events,  # a fetch's records, the largest batch handled at once
         stream_wait_empty=False,  # pending events are acked by our own checkpoint, also on revoke
         producer_compression_type="lz4",
         producer_max_request_size=MAX_SNAPSHOT_BYTES,
@@ -121,10 +122,11 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     run_hardware_topic = internal(RUN_HARDWARE)  # GPU busyness per run, for the stall rule
     host_run_ends_topic = internal(HOST_RUN_ENDS)  # run_end per host, for the node rules
     incident_topic = internal(INCIDENT_ALERTS)  # released alerts, to the incident book
-    read_topics = {t.get_topic_name() for t in (metrics_topic, runs_topic, system_topic, run_hardware_topic,
-                                                host_run_ends_topic, incident_topic)}
+    sources = {metrics_topic: "contract", runs_topic: "contract", system_topic: "contract",  # what each is
+               run_hardware_topic: "run_hardware", host_run_ends_topic: "host_run_ends", incident_topic: "incidents"}
+    read_topics = {t.get_topic_name() for t in sources}
 
-    pending_events: list[tuple[Any, Any]] = []  # (stream, event) processed, not yet behind a snapshot
+    pending_events: list[Any] = []  # Faust messages processed, not yet behind a snapshot
     held_alerts: list[dict] = []  # released with snapshots that could not be written: sent next time
     held_notifications: list[dict] = []  # the same, of incidents
     checkpoint_lock = asyncio.Lock()
@@ -200,44 +202,24 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 for state in processing.partitions.values():
                     state.dirty = True
                 return
-            for stream, event in events:
-                await stream.ack(event)
+            for message in events:
+                app.consumer.ack(message)
             await publish(alerts, notifications)
 
-    async def consume(stream, source: str = "contract") -> None:
-        async for events in stream.noack_take(batch_events, within=batch_within_s):
+    def consume(source: str) -> BatchHandler:
+        async def handle(events: list[Any]) -> None:
             await assignment_ready.wait()
-            messages = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                                e.message.value) for e in events]
+            messages = [Message(e.topic, e.partition, e.offset, e.key, e.value) for e in events]
             outcome = await in_thread(processing.handle, messages, source)
             await send(outcome)
-            pending_events.extend((stream, e) for e in events if e.message.partition not in outcome.unowned)
+            pending_events.extend(e for e in events if e.partition not in outcome.unowned)
             if outcome.alerts or outcome.notifications:
                 await checkpoint()  # alerts leave as soon as the state that made them is durable
+        return handle
 
-    @app.agent(metrics_topic)
-    async def metrics(stream):
-        await consume(stream)
-
-    @app.agent(runs_topic)
-    async def runs(stream):
-        await consume(stream)
-
-    @app.agent(system_topic)
-    async def system(stream):
-        await consume(stream)
-
-    @app.agent(run_hardware_topic)
-    async def hardware(stream):
-        await consume(stream, "run_hardware")
-
-    @app.agent(host_run_ends_topic)
-    async def host_run_ends(stream):
-        await consume(stream, "host_run_ends")
-
-    @app.agent(incident_topic)
-    async def incident_alerts(stream):
-        await consume(stream, "incidents")
+    for topic, source in sources.items():
+        app.topics.add(topic)  # subscribed; its records come to the handler a fetch at a time
+        app.transport.batch_handlers[topic.get_topic_name()] = consume(source)
 
     @app.timer(interval=1.0)
     async def tick() -> None:

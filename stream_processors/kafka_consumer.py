@@ -1,20 +1,24 @@
-"""The processors' Kafka consumer: Faust's, with the co-partitioning assignor, read progress and a
-cheaper delivery loop.
+"""The processors' Kafka consumer: Faust's, with the co-partitioning assignor, read progress and
+delivery a fetched batch at a time.
 
 Three things Faust does not offer: the assignor (copartitioning.py says why); how far each assigned
 partition has been fetched (its high watermark and when a fetch reported it), which the partition
-clocks need to tell "nothing more was sent" from "not read yet" (clock.py); and delivering a fetched
-batch without racing every single message against a flow stop. Faust's loop does the latter with
-`wait_first` per message: four tasks made and three cancelled per event, several event-loop turns
-each, which at rest cost the worker more than its own processing (issue 13, bench/idle.py). Here one
-race covers a whole fetched batch, with the same outcome: once the flow is stopped (a rebalance), the
-batch's undelivered rest is dropped, and the new assignment re-reads from the committed offsets. Set
-`ProcessorsTransport` as `app.transport` before any topic is declared.
+clocks need to tell "nothing more was sent" from "not read yet" (clock.py); and handing a fetched batch
+to its handler as one list. Faust's loop races every message against a flow stop (four tasks made and
+three cancelled per event), then decodes it into an Event, puts it on a stream's queue, and wakes the
+agent that takes it off again: several event-loop turns per event, which at rest cost the worker more
+than its own processing (issue 13, bench/idle.py). Here a topic with a batch handler
+(`ProcessorsTransport.batch_handlers`) gets each fetch's records of that topic as one list, in offset
+order per partition, and acks them itself (`Consumer.ack`) once they are durable; other topics go
+through Faust's streams as before. Once the flow is stopped (a rebalance) or the group's generation
+moves on, the batch's undelivered rest is dropped, and the new assignment re-reads it from the
+committed offsets. Set `ProcessorsTransport` as `app.transport` before any topic is declared.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiokafka
@@ -30,6 +34,7 @@ Progress = dict[tuple[str, int], tuple[int, float]]  # (topic, partition) -> (hi
 # worker and the broker more than the events. Under load the bytes are there at once: no delay.
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
+BatchHandler = Callable[[list[Any]], Awaitable[None]]  # a topic's records of one fetch (Faust messages)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -95,14 +100,15 @@ class _Consumer(faust_aiokafka.Consumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
     async def _deliver(self, records: list[tuple[Any, Any]]) -> None:
-        """Each record of one fetch to its topic's streams, in order; what Faust's loop does per record
-        but the race: read offsets (a record below one was delivered already), gaps in acking topics,
-        commits every `broker_commit_every` acks, a turn for others every 100 records. Like Faust's
-        getmany, it stops at a flow stop or a new group generation: the records left are read again
-        from the committed offsets."""
+        """Each record of one fetch to its topic's batch handler (one list per topic) or Faust stream, in
+        order; what Faust's per-record loop does but the race: read offsets (a record below one was
+        delivered already), gaps in acking topics, commits every `broker_commit_every` acks, a turn for
+        others every 100 records. Like Faust's getmany, it stops at a flow stop or a new group
+        generation: the records left are read again from the committed offsets."""
         read_offset, callback, commit_every = self._read_offset, self.callback, self._commit_every
-        acking, app = self.app.topics.acks_enabled_for, self.app
+        acking, app, handlers = self.app.topics.acks_enabled_for, self.app, self.transport.batch_handlers
         generation = app.consumer_generation_id
+        batches: dict[str, list[Any]] = {}
         for index, (tp, message) in enumerate(records):
             if not self.flow_active or app.consumer_generation_id != generation:
                 return
@@ -116,9 +122,25 @@ class _Consumer(faust_aiokafka.Consumer):
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await self.commit()
-            await callback(message)
+            if message.topic in handlers:
+                batches.setdefault(message.topic, []).append(message)
+            else:
+                await callback(message)
             read_offset[tp] = offset
+        for topic, messages in batches.items():
+            if not self.flow_active or app.consumer_generation_id != generation:
+                return
+            # Shielded: a flow stop ends the race around this call, not a handler half way through
+            # (its state changes would be made, its outcome lost); it then ends on its own.
+            await asyncio.shield(handlers[topic](messages))
 
 
 class ProcessorsTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with the consumer above. `batch_handlers`: topic name -> the handler
+    that gets that topic's records a fetch at a time (the consumer then never gives them to a stream)."""
+
     Consumer = _Consumer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_handlers: dict[str, BatchHandler] = {}

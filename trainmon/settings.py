@@ -145,8 +145,8 @@ class Settings:
     processors_web_port: int | None = option(None, "serve Faust's web view on 127.0.0.1:PORT", metavar="PORT",
                                              unset="off", check=_at_least(1))
     processors_batch_events: int = option(
-        5000, "most events per topic handled at once; a batch also closes after 0.1 s. Bigger: more "
-        "throughput under backlog, more memory", metavar="N", check=_at_least(1))
+        5000, "most events one Kafka fetch hands over (a fetch is answered at 64 KiB or after 0.1 s), handled "
+        "a topic at a time. Bigger: more throughput under backlog, more memory", metavar="N", check=_at_least(1))
     processors_insert_max_rows: int = option(
         100_000, "rows (metric values, GPU figures, run and window rows) held for ClickHouse before an "
         "insert; held rows are also written once the oldest has waited insert_max_delay and before every "

@@ -1,6 +1,8 @@
 """The consumer's batch delivery (kafka_consumer.py): what Faust's per-message loop guaranteed must
 hold for a whole fetched batch: order, no record below the read offset, and nothing delivered after
-a flow stop or a new group generation (those records are read again from the committed offsets)."""
+a flow stop or a new group generation (those records are read again from the committed offsets).
+Topics with a batch handler get a fetch's records as one list per topic, never through the callback;
+a handler once started runs to its end even if the delivery around it is cancelled."""
 
 from __future__ import annotations
 
@@ -15,14 +17,22 @@ class FakeConsumer:
     """The attributes _deliver reads, with a callback that records what it got and can stop the flow
     or move the group's generation on, as a rebalance would while a batch is being delivered."""
 
-    def __init__(self, stop_at: int | None = None, rebalance_at: int | None = None) -> None:
+    def __init__(self, stop_at: int | None = None, rebalance_at: int | None = None,
+                 batched: tuple[str, ...] = ()) -> None:
         self.delivered: list[tuple[str, int]] = []
+        self.batches: list[tuple[str, list[int]]] = []
         self.flow_active = True
         self._read_offset: defaultdict = defaultdict(lambda: None)
         self._commit_every = None
         self._n_acked = 0
         self.app = SimpleNamespace(consumer_generation_id=1, topics=SimpleNamespace(acks_enabled_for=lambda t: False))
+        self.transport = SimpleNamespace(batch_handlers={topic: self.handler(topic) for topic in batched})
         self.stop_at, self.rebalance_at = stop_at, rebalance_at
+
+    def handler(self, topic: str):
+        async def handle(messages: list) -> None:
+            self.batches.append((topic, [m.offset for m in messages]))
+        return handle
 
     async def callback(self, message) -> None:
         self.delivered.append((message.topic, message.offset))
@@ -32,8 +42,8 @@ class FakeConsumer:
             self.app.consumer_generation_id += 1
 
 
-def records(offsets: range, topic: str = "t") -> list:
-    tp = (topic, 0)
+def records(offsets: range, topic: str = "t", partition: int = 0) -> list:
+    tp = (topic, partition)
     return [(tp, SimpleNamespace(topic=topic, offset=offset)) for offset in offsets]
 
 
@@ -66,3 +76,48 @@ def test_nothing_is_delivered_after_a_new_generation() -> None:
     consumer = FakeConsumer(rebalance_at=6)
     deliver(consumer, records(range(10)))
     assert [offset for _, offset in consumer.delivered] == list(range(7))
+
+
+def test_a_batched_topic_gets_one_list_per_fetch_and_others_the_callback() -> None:
+    consumer = FakeConsumer(batched=("m", "s"))
+    fetch = records(range(0, 3), "m") + records(range(10, 12), "s") + records(range(5, 7), "t") + records(
+        range(20, 22), "m", partition=1)
+    deliver(consumer, fetch)
+    assert consumer.batches == [("m", [0, 1, 2, 20, 21]), ("s", [10, 11])]
+    assert consumer.delivered == [("t", 5), ("t", 6)]
+    assert consumer._read_offset[("m", 0)] == 2 and consumer._read_offset[("m", 1)] == 21
+
+
+def test_a_flow_stop_before_the_handlers_drops_the_batch() -> None:
+    for fetch in (records(range(0, 3), "m") + records(range(5, 7), "t"),  # stopped mid-fetch
+                  records(range(0, 3), "m") + records(range(5, 6), "t")):  # at its last record
+        consumer = FakeConsumer(stop_at=5, batched=("m",))
+        deliver(consumer, fetch)
+        assert consumer.batches == []  # read again from the committed offsets
+        assert consumer.delivered == [("t", 5)]
+
+
+def test_a_handler_runs_to_its_end_when_the_delivery_is_cancelled() -> None:
+    finished: list[list[int]] = []
+
+    async def scenario() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def handle(messages: list) -> None:
+            started.set()
+            await release.wait()  # the processing thread at work
+            finished.append([m.offset for m in messages])
+
+        consumer = FakeConsumer()
+        consumer.transport.batch_handlers["m"] = handle
+        delivery = asyncio.ensure_future(_Consumer._deliver(consumer, records(range(3), "m")))
+        await started.wait()
+        delivery.cancel()  # the flow race lost: a rebalance began
+        await asyncio.sleep(0)
+        release.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert delivery.cancelled()
+
+    asyncio.run(scenario())
+    assert finished == [[0, 1, 2]]
