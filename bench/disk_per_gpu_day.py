@@ -40,7 +40,7 @@ from trainmon.settings import Settings  # noqa: E402
 # Retention of each table in days, as the migrations set it (0: no TTL, kept while its run is).
 RETENTION_DAYS = {"system_samples": 30, "system_rollup_1m": 365, "system_rollup_1h": 1825, "system_latest": 0,
                   "gpus": 0, "metric_points": 730, "metric_rollup_1m": 1825, "metric_rollup_1h": 1825,
-                  "metric_epochs_1m": 1825}
+                  "metric_epochs_1m": 1825, "metric_epochs_1h": 1825}
 
 
 def say(message: str) -> None:

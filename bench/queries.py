@@ -904,8 +904,8 @@ def main(argv: list[str] | None = None) -> int:
         detail = w.query("SELECT project, run FROM runs FINAL WHERE status = 'running' AND project != {p:String} "
                          "ORDER BY world_size DESC, run LIMIT 1", parameters={"p": OVERLAY_PROJECT}).result_rows
         say("active parts (newest partition), rows:")
-        for table in ("metric_points", "metric_rollup_1m", "metric_rollup_1h", "metric_epochs_1m", "system_samples",
-                      "system_rollup_1m", "system_rollup_1h", "system_latest", "runs", "run_ranks", "gpus", "alerts",
+        for table in ("metric_points", "metric_rollup_1m", "metric_rollup_1h", "metric_epochs_1m", "metric_epochs_1h",
+                      "system_samples", "system_rollup_1m", "system_rollup_1h", "system_latest", "runs", "run_ranks", "gpus", "alerts",
                       "ingest_offsets"):
             t = tables.get(table)
             if t:

@@ -95,7 +95,8 @@ from trainmon.stream_processors.sink import ClickHouseSink  # noqa: E402
 
 RAW = ("metric_points", "system_samples")
 # Tables the raw tables' views fill, by the raw table whose points they summarise.
-DERIVED = {"metric_points": ("metric_rollup_1m", "metric_rollup_1h", "metric_epochs_1m"),
+DERIVED = {"metric_points": ("metric_rollup_1m", "metric_rollup_1h", "metric_epochs_1m",
+                             "metric_epochs_1h"),
            "system_samples": ("system_rollup_1m", "system_rollup_1h", "system_latest")}
 OTHER = ("gpus", "ingest_offsets")  # a few rows per GPU or partition: listed, in no per-point figure
 # Per-figure partitions of the trial tables: each figure's bytes show apart (host and GPU figures apart).

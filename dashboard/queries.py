@@ -547,8 +547,10 @@ class Queries:
         """Per run, at most `points` (step, epoch) pairs, the epoch at the first step of each step bucket.
 
         Runs whose `metric` series reads raw points (see `series`) get an exact map from
-        `metric_points`; longer runs one from `metric_epochs_1m` (the first point of each minute),
-        which costs rows per minute of the run, not per point."""
+        `metric_points`; longer runs one from the epoch table at their series' grain: `metric_epochs_1m`
+        (the first point of each minute) for runs read from the 1m rollup, `metric_epochs_1h` for those
+        read from the 1h rollup, whose step buckets each span an hour or more: rows per minute or hour of
+        the run, not per point."""
         runs = list(dict.fromkeys(_strings(runs) or []))[:MAX_SERIES_RUNS]
         empty = pd.DataFrame({"run": pd.Series(dtype="object"), "step": pd.Series(dtype="float64"),
                               "epoch": pd.Series(dtype="float64")})
@@ -562,8 +564,8 @@ class Queries:
             return empty
         q = _Sql()
         parts = []
-        for table in ("raw", "rollup"):
-            group = {run: p for run, p in plan.items() if (p[0] == "raw") == (table == "raw")}
+        for table in ("raw", "1m", "1h"):
+            group = {run: p for run, p in plan.items() if p[0] == table}
             if not group:
                 continue
             names = q.texts(list(group))
@@ -577,7 +579,7 @@ class Queries:
             else:
                 parts.append("SELECT run, toFloat64(min(s)) AS first, argMin(e, s) AS at FROM ("
                              "SELECT run, bucket, min(first_step) AS s, argMinMerge(first_epoch) AS e "
-                             f"FROM metric_epochs_1m {q.where(conditions)} GROUP BY run, bucket) "
+                             f"FROM metric_epochs_{table} {q.where(conditions)} GROUP BY run, bucket) "
                              f"GROUP BY run, intDiv(s - {lo}, {width})")
         return self._frame(f"SELECT run, first, at FROM ({' UNION ALL '.join(parts)}) ORDER BY run, first", q
                            ).rename(columns={"first": "step", "at": "epoch"})

@@ -40,6 +40,7 @@ SHARDING_KEYS = {
     "metric_rollup_1m": "cityHash64(project, run)",
     "metric_rollup_1h": "cityHash64(project, run)",
     "metric_epochs_1m": "cityHash64(project, run)",
+    "metric_epochs_1h": "cityHash64(project, run)",
     "window_aggregates": "cityHash64(project, run, host)",
     "gpus": "cityHash64(host)",
     "system_rollup_1m": "cityHash64(host)",

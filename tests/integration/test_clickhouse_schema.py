@@ -31,7 +31,7 @@ def test_migrate_twice_applies_once(migrated, clickhouse):
     tables = {r[0] for r in clickhouse.query("SHOW TABLES").result_rows}
     assert {"metric_points", "system_samples", "runs", "run_ranks", "run_events", "window_aggregates", "alerts",
             "alert_deliveries", "gpus", "metric_rollup_1m", "metric_rollup_1h", "system_rollup_1m",
-            "system_rollup_1h", "ingest_offsets", "system_latest", "metric_epochs_1m"} <= tables
+            "system_rollup_1h", "ingest_offsets", "system_latest", "metric_epochs_1m", "metric_epochs_1h"} <= tables
 
 
 def test_an_edited_applied_migration_is_refused(migrated, tmp_path):

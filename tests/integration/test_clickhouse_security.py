@@ -37,8 +37,8 @@ DATABASE = "trainmon_secure"
 WRONG = "not-the-password-0123456789"
 TEAM, TEAM_PASSWORD = "team_a", "team-a-password-9876543210"
 # Every table with a `project` column: a team reader's row policy must name each one (checked below).
-PROJECT_TABLES = ("alerts", "incidents", "metric_epochs_1m", "metric_points", "metric_rollup_1h", "metric_rollup_1m",
-                  "run_events", "run_ranks", "runs", "window_aggregates")
+PROJECT_TABLES = ("alerts", "incidents", "metric_epochs_1h", "metric_epochs_1m", "metric_points", "metric_rollup_1h",
+                  "metric_rollup_1m", "run_events", "run_ranks", "runs", "window_aggregates")
 T0 = float(int(time.time()) // 60 * 60 - 600)
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 

@@ -333,6 +333,16 @@ def test_series_by_epoch(q, writer):
     long = q.series(P, "r-long", "loss", x="epoch", points=1_000)
     assert long.attrs["sources"] == {"r-long": "1m"}  # rollup buckets are mapped too
     assert list(long["x"]) == pytest.approx(list(by_step["x"] / 1000)) and long["count"].sum() == LONG_STEPS
+    # 50 points: the run's 84 hours plan it from the 1h rollup, and its epochs come from metric_epochs_1h,
+    # one row an hour (exact wherever a later hour's point follows; a last bucket that starts after the
+    # last hour's first step takes that hour's epoch, at most an hour of steps early).
+    by_step, hourly = q.series(P, "r-long", "loss", points=50), q.series(P, "r-long", "loss", x="epoch", points=50)
+    assert hourly.attrs["sources"] == {"r-long": "1h"} and hourly["count"].sum() == LONG_STEPS
+    assert list(hourly["x"])[:-1] == pytest.approx(list(by_step["x"] / 1000)[:-1])
+    assert 0 <= by_step["x"].iloc[-1] / 1000 - hourly["x"].iloc[-1] <= 3.6
+    epochs = q.epoch_map(P, ["r-long"], "loss", plan=by_step.attrs["plan"])
+    start = int((NOW - timedelta(seconds=LONG_STEPS)).timestamp())  # r-long logs step n at start + n s
+    assert len(epochs) == 50 and all((start + step) % 3600 == 0 for step in epochs["step"].iloc[1:])  # hours
     # A run that never logged an epoch has no epoch axis: left out, not plotted at epoch 0.
     writer.insert("metric_points", [[OTHER, "r-noepoch", 0, H1, "loss", s, math.nan, 1.0, T0] for s in range(50)],
                   column_names=POINT_COLUMNS, settings=NO_SETTINGS)

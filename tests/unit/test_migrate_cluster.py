@@ -75,7 +75,7 @@ def test_engine_arguments_follow_the_zookeeper_path_and_replica():
 
 def test_views_read_and_write_local_tables_on_every_node():
     views = [s for statements in forms().values() for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 9
+    assert len(views) == 10
     for view in views:
         assert re.match(rf"CREATE MATERIALIZED VIEW IF NOT EXISTS \w+ {re.escape(ON)} TO \w+_local AS\n", view), view
         sources = re.findall(r"\bFROM (\w+)( AS (\w+))?", view)
@@ -108,6 +108,8 @@ def test_every_statement_runs_on_the_cluster_but_the_backfill_which_runs_once_th
                 assert ON in statement.split("\n")[0], (name, statement)
     backfill = forms()["0004_epoch_map.sql"][-1]
     assert backfill.startswith("INSERT INTO metric_epochs_1m\nSELECT") and "FROM metric_points\n" in backfill
+    hourly = forms()["0009_epochs_1h.sql"][-1]
+    assert hourly.startswith("INSERT INTO metric_epochs_1h\nSELECT") and "FROM metric_epochs_1m\n" in hourly
 
 
 def sort_key(create: str) -> set[str]:
