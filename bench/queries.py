@@ -914,7 +914,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"overlay: {overlay_points:,} points in {len(overlay_runs)} runs; database {sum(t['bytes'] for t in tables.values()) / 1e9:.2f} GB on disk")
 
         try:
-            reader = connect(settings.replace(clickhouse_user=args.read_user, clickhouse_password=""))
+            reader = connect(settings.replace(clickhouse_user=args.read_user, clickhouse_password=""),
+                             autogenerate_session_id=False)  # as the dashboard connects (dashboard/components.py)
             reader.query("SELECT 1")
             read_user = args.read_user
         except Exception as exc:  # e.g. a server without that user

@@ -11,6 +11,7 @@ import math
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 
 from trainmon.dashboard.queries import MAX_POINTS, Queries
@@ -350,6 +351,22 @@ def test_series_by_epoch(q, writer):
     assert q.series(OTHER, "r-noepoch", "loss", x="epoch").empty
     with pytest.raises(ValueError, match="epoch"):
         q.series(P, "r-a", "loss", x="wallclock")
+
+
+def test_a_sessionless_client_reads_the_epoch_map_beside_the_buckets(stack, q):
+    """The dashboard's client has no session (dashboard/components.py), so an epoch overlay sends its map
+    query beside the buckets' on a second connection; the frame is the one read one after the other."""
+    client = connect(stack.replace(clickhouse_user="reader"), autogenerate_session_id=False)
+    try:
+        beside = Queries(client)
+        for points in (50, 1_000):
+            expected = q.series(P, ["r-a", "r-b", "r-long"], "loss", x="epoch", points=points)
+            pd.testing.assert_frame_equal(beside.series(P, ["r-a", "r-b", "r-long"], "loss", x="epoch", points=points),
+                                          expected)
+        assert "epochs" in beside.series(P, ["r-a", "r-long"], "loss", _with_epochs=True).attrs  # read beside
+        assert "epochs" not in q.series(P, ["r-a", "r-long"], "loss", _with_epochs=True).attrs  # a session: after
+    finally:
+        client.close()
 
 
 def test_long_runs_read_the_rollup_and_keep_peaks(q):
