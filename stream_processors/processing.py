@@ -1,4 +1,4 @@
-"""What the Faust agents do with a batch, as plain synchronous code (run in one worker thread).
+"""What the processors do with a batch, as plain synchronous code (run in one worker thread).
 
 All state lives per source partition (stream_processors/partition.py) and is owned by the worker the
 partition is assigned to: `assign` restores it from its latest snapshot, `snapshot` turns what
@@ -53,7 +53,7 @@ DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 @dataclass(frozen=True)
 class Message:
-    """The parts of a Kafka message the processing needs (Faust's own objects stay in the agents)."""
+    """The parts of a Kafka message the processing needs (Faust's own objects stay in app.py)."""
 
     topic: str
     partition: int
