@@ -268,7 +268,7 @@ def test_the_cluster_form_makes_local_tables_on_every_node_and_distributed_table
         views = client.query("SELECT create_table_query FROM system.tables WHERE database = {d:String} "
                              "AND engine = 'MaterializedView'", parameters={"d": database}).result_rows
         local_to_local = re.compile(rf"\bTO {database}\.\w+_local\b.* FROM {database}\.\w+_local\b", re.S)
-        assert len(views) == 9 and all(local_to_local.search(sql) for (sql,) in views), views
+        assert len(views) == 10 and all(local_to_local.search(sql) for (sql,) in views), views
 
 
 def test_migrating_the_cluster_again_applies_nothing_and_the_ledger_lists_each_migration_once(databases, nodes):
