@@ -22,6 +22,8 @@ import statistics
 from datetime import datetime
 from typing import Any, Sequence
 
+import numpy as np
+
 from trainmon.stream_processors.sink import Columns, utc
 
 RANK_SPREAD_METRICS = frozenset({"step_time_s", "samples_per_s", "tokens_per_s"})
@@ -153,8 +155,6 @@ class _Grouping:
     """
 
     def __init__(self, columns: Columns, keys: Sequence[str], only_names: frozenset[str] = frozenset()):
-        import numpy as np
-
         self.size = 0
         if not len(columns):
             return
@@ -185,8 +185,6 @@ class _Grouping:
 
     def aggregate(self, size: float):
         """(key labels, bucket start, count, sum, sum of squares, min, max, time of last, last) per group."""
-        import numpy as np
-
         buckets = np.floor(self.times / size)
         change = np.flatnonzero((np.diff(self.combined) != 0) | (np.diff(buckets) != 0)) + 1
         starts = np.concatenate(([0], change))

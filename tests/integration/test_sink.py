@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from trainmon.stream_processors.runs import raw_event_row
 from trainmon.stream_processors.sink import Batch, ClickHouseSink
 from trainmon.clickhouse import connect
 from trainmon.contract import envelope
@@ -101,3 +102,47 @@ def test_while_clickhouse_is_down_the_sink_holds_and_then_writes_everything_once
     assert done.is_set() and flaky.failures == 0
     client = connect(migrated)
     assert count(client, "SELECT count() FROM metric_points WHERE run = 'sink-down'") == 20 * 9
+
+
+class DescribeCounter:
+    """A real client that counts table descriptions: create_insert_context, and inserts given no column
+    types (clickhouse-connect then runs DESCRIBE TABLE first)."""
+
+    def __init__(self, settings, refuse_next: int = 0) -> None:
+        self.real, self.describes, self.refuse_next = connect(settings), 0, refuse_next
+
+    def create_insert_context(self, *args, **kwargs):
+        self.describes += 1
+        return self.real.create_insert_context(*args, **kwargs)
+
+    def insert(self, *args, **kwargs):
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            raise ConnectionRefusedError("ClickHouse is down")
+        self.describes += kwargs.get("column_types") is None and kwargs.get("context") is None
+        return self.real.insert(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_row_inserts_describe_their_table_once_and_again_after_a_failure(migrated):
+    counter = DescribeCounter(migrated)
+    sink = ClickHouseSink(migrated, client_factory=lambda settings: counter, max_backoff_s=0.2)
+    starts = [envelope("run_start", project="p", run="sink-describe", rank=r, host="node-1", time=T0 + r,
+                       config={}) for r in range(6)]
+
+    def write(offset: int) -> None:
+        batch = Batch()
+        batch.add_run_event(raw_event_row(starts[offset]), "t.describe", 0, offset)
+        sink.write(batch)
+
+    for offset in range(3):
+        write(offset)
+    assert counter.describes == 1, "one DESCRIBE for the table, not one per insert"
+    counter.refuse_next = 1  # a failed insert may mean a migration changed the table: described again
+    for offset in range(3, 6):
+        write(offset)
+    assert counter.describes == 2
+    client = connect(migrated)
+    assert count(client, "SELECT count() FROM run_events WHERE run = 'sink-describe'") == 6
