@@ -5,9 +5,9 @@ Each fetch's events of a topic come as one batch (kafka_consumer.py: no Faust st
 event) and go to the processing thread, which owns all state, per source partition. Offsets are
 committed only behind a durable state snapshot:
 
-1. a batch is processed (rules evaluated, its rows held for ClickHouse) and its events join the
-   pending list; the once-a-second tick writes the held rows (processing.py);
-2. a checkpoint (every `checkpoint_interval_s`, 5 s, and at once after a batch that raised alerts)
+1. a batch is processed, up to PIECE_EVENTS at a time (rules evaluated, its rows held for ClickHouse),
+   and its events join the pending list; the once-a-second tick writes the held rows (processing.py);
+2. a checkpoint (every `checkpoint_interval_s`, 5 s, and at once after a piece that raised alerts)
    writes the rows still held, turns the changed partitions' state into snapshots, sends them to the
    compacted state topic and waits for Kafka to acknowledge them (all partitions' at once);
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,18 @@ from trainmon.settings import Settings
 log = logging.getLogger("trainmon.processors")
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # the state topic's max.message.bytes (deploy/topics.py)
 HEARTBEAT_INTERVAL_S = 1.0  # to the group coordinator; the session timeout must be several of these
+PIECE_EVENTS = 500  # a fetch is handled this many events at a time: see in_pieces
+
+
+async def in_pieces(events: list[Any], size: int, handle: Callable[[list[Any]], Awaitable[bool]],
+                    checkpoint: Callable[[], Awaitable[None]]) -> None:
+    """A fetch's events handled `size` at a time, with a checkpoint after each piece that raised alerts:
+    alerts leave as soon as the state that made them is durable. Under load a fetch holds thousands of
+    events, up to a second's work, and an alert early in it no longer waits for the rest (at rest a
+    fetch is one piece)."""
+    for start in range(0, len(events), size):
+        if await handle(events[start:start + size]):
+            await checkpoint()
 
 
 def _data_parent(settings: Settings) -> Path:
@@ -207,14 +220,16 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             await publish(alerts, notifications)
 
     def consume(source: str) -> BatchHandler:
-        async def handle(events: list[Any]) -> None:
-            await assignment_ready.wait()
+        async def handle_piece(events: list[Any]) -> bool:
             messages = [Message(e.topic, e.partition, e.offset, e.key, e.value) for e in events]
             outcome = await in_thread(processing.handle, messages, source)
             await send(outcome)
             pending_events.extend(e for e in events if e.partition not in outcome.unowned)
-            if outcome.alerts or outcome.notifications:
-                await checkpoint()  # alerts leave as soon as the state that made them is durable
+            return bool(outcome.alerts or outcome.notifications)
+
+        async def handle(events: list[Any]) -> None:
+            await assignment_ready.wait()
+            await in_pieces(events, PIECE_EVENTS, handle_piece, checkpoint)
         return handle
 
     for topic, source in sources.items():
