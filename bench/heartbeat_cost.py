@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pipeline import bench_settings, say, write_figures  # noqa: E402
+from bench.pipeline import bench_settings, delete_topics, say, write_figures  # noqa: E402
 from bench.quick import parse_args  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.topics import create_topics  # noqa: E402
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"round {round_ + 1}/{args.repeats}: heartbeat every {beat:g} s, {args.seconds:g} s...")
                     cpu[beat].append(measure(settings, beat, args, Path(tmp) / f"spool-{round_}-{beat:g}"))
     finally:
+        delete_topics(settings)
         services.stop_all(settings, ["kafka"], progress=say)
     one, five = statistics.median(cpu[1.0]), statistics.median(cpu[5.0])
     extra_beats = args.seconds * (1.0 - 1.0 / 5.0)

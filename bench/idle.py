@@ -28,7 +28,8 @@ sys.path.insert(0, str(HERE))
 
 import psutil  # noqa: E402
 
-from pipeline import PORT_OFFSET, CpuShare, bench_settings, pipeline_file, say, write_figures  # noqa: E402
+from pipeline import (PORT_OFFSET, CpuShare, bench_settings, delete_topics, pipeline_file, say,  # noqa: E402
+                      write_figures)
 from tests.receivers import Receiver  # noqa: E402
 from trainmon import kafka_client  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
@@ -136,6 +137,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             finally:
                 children.stop_all()
     finally:
+        delete_topics(settings)
         services.stop_all(settings, progress=say)
 
     figures: dict[str, float] = {}

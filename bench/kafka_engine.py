@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from bench.pipeline import CpuShare, bench_settings, say, start_worker, write_figures  # noqa: E402
+from bench.pipeline import CpuShare, bench_settings, delete_topics, say, start_worker, write_figures  # noqa: E402
 from bench.quick import parse_args  # noqa: E402
 from trainmon.agent.publisher import Publisher  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
@@ -610,21 +610,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_figures(Path(args.json), args, figures)
     return 0
-
-
-def delete_topics(settings: Settings) -> None:
-    """The bench's topics (its own prefix) removed, so repeated runs do not fill the disk."""
-    from confluent_kafka.admin import AdminClient
-
-    from trainmon import kafka_client
-
-    try:
-        admin = AdminClient(kafka_client.config(settings, log_level=0))
-        names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(settings.kafka_topic_prefix)]
-        for future in admin.delete_topics(names, operation_timeout=30).values():
-            future.result(30)
-    except Exception as exc:  # Kafka gone: nothing to clean
-        say(f"could not delete the bench topics: {exc}")
 
 
 if __name__ == "__main__":

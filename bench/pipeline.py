@@ -101,6 +101,22 @@ def bench_settings(partitions: int, database: str = "trainmon_bench_pipeline") -
                     clickhouse_database=database)
 
 
+def delete_topics(settings: Settings) -> None:
+    """The bench's topics (its own prefix) removed, so repeated runs neither fill the disk nor pile up
+    topics: with about 800 left by earlier runs the broker was slow to list a run's new ones."""
+    from confluent_kafka.admin import AdminClient
+
+    from trainmon import kafka_client
+
+    try:
+        admin = AdminClient(kafka_client.config(settings, log_level=0))
+        names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(settings.kafka_topic_prefix)]
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result(30)
+    except Exception as exc:  # Kafka gone: nothing to clean
+        say(f"could not delete the bench topics: {exc}")
+
+
 def pipeline_file(directory: Path, webhook_url: str) -> Path:
     """The shipped rules and windows, with one route: a local webhook that timestamps arrivals."""
     config = yaml.safe_load(DEFAULT_PIPELINE.read_text())
@@ -133,6 +149,7 @@ def alerting_stack(settings: Settings, prefix: str, replies: int) -> Iterator[tu
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
+        delete_topics(settings)
         services.stop_all(settings, progress=say)
 
 
@@ -363,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             say(json.dumps({k: round(v, 1) for k, v in results[-1].items()}))
     finally:
         connect(settings, database="default").command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        delete_topics(settings)
         services.stop_all(settings, progress=say)
 
     figures = {key: statistics.median(r[key] for r in results) for key in results[0]}

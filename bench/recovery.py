@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from trainmon.agent.publisher import Publisher  # noqa: E402
 from bench.quick import parse_args  # noqa: E402
-from bench.pipeline import (PROBE_RUN, bench_settings, drive, pipeline_file, quantiles, run_once, say,  # noqa: E402
-                            start_worker, wait_visible)
+from bench.pipeline import (PROBE_RUN, bench_settings, delete_topics, drive, pipeline_file, quantiles,  # noqa: E402
+                            run_once, say, start_worker, wait_visible)
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.migrate import migrate  # noqa: E402
 from trainmon.deploy.topics import create_topics  # noqa: E402
@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             connect(settings, database="default").command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
         finally:
+            delete_topics(settings)
             services.stop_all(settings, progress=say)
 
     figures = figures_of(kills, checks, runs, args)

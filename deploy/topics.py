@@ -5,13 +5,14 @@ Kafka is the buffer, ClickHouse the record: data topics keep a few days so a pro
 caught up; the dead-letter topic keeps two weeks so bad input can be inspected and replayed.
 
 The processors' internal topics (stream_processors/internal_topics.py) are made here too, with the
-same partition count: a worker that joins before they exist runs with partitions unassigned, then
-rebalances and drops its rule state. The state-snapshot topic is compacted (the latest snapshot of
-each source partition is all that matters) and takes large messages, as one partition's snapshot can be.
+same partition count; a worker waits for all of them before it joins its group (`wait_for_topics`).
+The state-snapshot topic is compacted (the latest snapshot of each source partition is all that
+matters) and takes large messages, as one partition's snapshot can be.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -70,6 +71,13 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
 CHECKED_CONFIGS = ("cleanup.policy", "min.insync.replicas")
 
 
+def not_answering(settings: Settings, exc: Exception, timeout_s: float) -> str:
+    """Why Kafka's admin API gave no answer, and what to check."""
+    return (f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:g} s ({exc.args[0].str()}), "
+            f"connecting with {kafka_client.security(settings)}: check that it runs, and that [kafka] "
+            "security_protocol and the credentials match its listener")
+
+
 def create_topics(settings: Settings, progress: Callable[[str], None] = print, timeout_s: float = 30.0) -> list[TopicState]:
     """Create every topic of the contract and of the processors that is missing, with [kafka] partitions,
     replication_factor and min_insync_replicas (0: the brokers' default); report existing ones that
@@ -81,9 +89,7 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise TopicsError(f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:g} s "
-                          f"({exc.args[0].str()}), connecting with {kafka_client.security(settings)}: check that it "
-                          "runs, and that [kafka] security_protocol and the credentials match its listener") from None
+        raise TopicsError(not_answering(settings, exc, timeout_s)) from None
     existing = metadata.topics
     replication = settings.kafka_replication_factor
     if replication < min(3, len(metadata.brokers)):
@@ -111,6 +117,38 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
         verb = "created" if state.created else "exists"
         progress(f"topics: {state.name} {verb}, {state.partitions} partitions {state.note}".rstrip())
     return states
+
+
+def wait_for_topics(settings: Settings, progress: Callable[[str], None] = print, poll_s: float = 1.0,
+                    say_every_s: float = 10.0) -> None:
+    """Return once Kafka lists every topic `create_topics` makes, each with its partitions led.
+
+    A processors worker that joined its group before then would be assigned nothing of a topic missing
+    from the broker's metadata until aiokafka's next metadata refresh (5 min), or crash reading a state
+    topic that is not there. Workers started beside `trainmon topics create` meet that, and so did
+    workers started just after it: in bench/pipeline.py, with 800 topics on its broker, they were told
+    the new topics did not exist. Waits as long as it takes, saying what is missing every `say_every_s`."""
+    from confluent_kafka import KafkaException
+
+    admin, wanted, timeout_s = _admin(settings), list(topic_configs(settings)), max(poll_s, 5.0)
+    said_at = None
+    while True:
+        try:
+            listed = admin.list_topics(timeout=timeout_s).topics
+            missing = [name for name in wanted if name not in listed or listed[name].error is not None
+                       or not listed[name].partitions or any(p.leader < 0 for p in listed[name].partitions.values())]
+            why = (f"{len(missing)} of {len(wanted)} topics not in Kafka's metadata yet ({', '.join(missing)}): "
+                   "create them with `trainmon topics create` and the same settings")
+        except KafkaException as exc:
+            missing, why = wanted, not_answering(settings, exc, timeout_s)
+        if not missing:
+            if said_at is not None:
+                progress(f"topics: all {len(wanted)} present")
+            return
+        if said_at is None or time.monotonic() - said_at >= say_every_s:
+            progress(f"topics: waiting: {why}")
+            said_at = time.monotonic()
+        time.sleep(poll_s)
 
 
 def _existing(admin, names: list[str], metadata: dict, wanted: dict, replication: int, timeout_s: float) -> list[TopicState]:

@@ -18,6 +18,7 @@ committed offsets. Set `ProcessorsTransport` as `app.transport` before any topic
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ import aiokafka
 from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import Service
 
 from trainmon.stream_processors.copartitioning import CopartitionedAssignor
 
@@ -35,18 +37,43 @@ Progress = dict[tuple[str, int], tuple[int, float]]  # (topic, partition) -> (hi
 FETCH_MIN_BYTES = 64 * 1024
 FETCH_MAX_WAIT_MS = 100
 BatchHandler = Callable[[list[Any]], Awaitable[None]]  # a topic's records of one fetch (Faust messages)
+# A topic the group reads that the broker's metadata does not list (a broker slow to learn of a new
+# topic, a topic re-created) is assigned to nobody, and aiokafka asks for metadata again only every
+# metadata_max_age_ms (5 min). While one is missing it is asked every METADATA_RETRY_S instead: when
+# the topic shows up, the group leader's metadata snapshot changes and aiokafka rebalances.
+METADATA_RETRY_S = 2.0
+log = logging.getLogger("trainmon.processors")
+
+
+def ask_for_missing_topics(consumer: aiokafka.AIOKafkaConsumer, known: list[str]) -> list[str]:
+    """Metadata asked for again if a subscribed topic has none; returns the topics missing, and warns
+    when they differ from `known` (the previous call's)."""
+    missing = sorted(t for t in consumer.subscription() if not consumer.partitions_for_topic(t))
+    if missing and missing != known:
+        log.warning("not in the broker's metadata: %s; asking every %g s (their partitions are assigned to "
+                    "nobody until then)", ", ".join(missing), METADATA_RETRY_S)
+    if missing:
+        consumer._client.force_metadata_update()
+    return missing
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    _missing_topics: list[str] = []
+
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        if not hasattr(consumer, "_partition_assignment_strategy"):  # read by AIOKafkaConsumer.start()
-            raise RuntimeError(f"aiokafka {aiokafka.__version__} changed how a consumer keeps its assignors; "
-                               "trainmon cannot co-partition its topics with it: install the version "
+        if not all(hasattr(consumer, name) for name in ("_partition_assignment_strategy", "_client")):
+            raise RuntimeError(f"aiokafka {aiokafka.__version__} changed how a consumer keeps its assignors or its "
+                               "client; trainmon cannot co-partition its topics with it: install the version "
                                "pyproject.toml allows")
         consumer._partition_assignment_strategy = [CopartitionedAssignor]
         consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS  # read by start()
         return consumer
+
+    @Service.timer(METADATA_RETRY_S)
+    async def _ask_for_missing_topics(self) -> None:
+        if self._consumer is not None:
+            self._missing_topics = ask_for_missing_topics(self._consumer, self._missing_topics)
 
     def read_progress(self) -> Progress:
         consumer = self._consumer

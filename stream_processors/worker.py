@@ -44,6 +44,7 @@ def run(settings: Settings) -> None:
     """One worker as the [processors] settings say, until SIGTERM/Ctrl-C."""
     import faust
 
+    from trainmon.deploy.topics import wait_for_topics
     from trainmon.stream_processors.app import create_app
     from trainmon.stream_processors.config import load_pipeline
     from trainmon.stream_processors.delivery import Dispatcher
@@ -51,6 +52,8 @@ def run(settings: Settings) -> None:
 
     path = pipeline_path(settings)
     pipeline = load_pipeline(path, settings=settings)  # fails fast, naming file, line and key
+    wait_for_topics(settings, progress=lambda message: print(f"trainmon processors: {message}", file=sys.stderr,
+                                                              flush=True))
     deliveries: deque = deque()
     dispatcher = Dispatcher([build_route(spec) for spec in pipeline.routes], deliveries.append)
     app = create_app(settings, pipeline, dispatcher)

@@ -1,8 +1,9 @@
 """The processors end to end: real broker, real ClickHouse, `trainmon process` workers as subprocesses.
 
-A clean run fires nothing, a NaN loss fires and resolves through a signed webhook, bad input is
-dead-lettered while good input flows, and with two workers one of which is SIGKILLed mid-stream the
-final ClickHouse counts are exact (raw rows and rollups: nothing lost, nothing twice).
+A worker started before its topics waits for them; a clean run fires nothing, a NaN loss fires and
+resolves through a signed webhook, bad input is dead-lettered while good input flows, and with two
+workers one of which is SIGKILLed mid-stream the final ClickHouse counts are exact (raw rows and
+rollups: nothing lost, nothing twice).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from confluent_kafka import Producer
 
 from trainmon.agent.publisher import Publisher
+from trainmon.deploy.topics import create_topics
 from trainmon.stream_processors.routes.webhook import signature
 from tests.kafka_util import consume, metrics_partitions
 from tests.receivers import Receiver
@@ -101,12 +103,17 @@ def lifecycle(kind: str, run: str, rank: int, **fields) -> dict:
     return envelope(kind, project="e2e", run=run, rank=rank, host=f"node-{rank}", time=time.time(), **fields)
 
 
-def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(own_topics, tmp_path):
+def test_clean_and_nan_runs_bad_input_and_the_alert_round_trip(migrated, tmp_path):
+    """The worker starts before its topics exist, as it may beside `trainmon topics create`: it waits."""
+    own_topics = migrated.replace(kafka_topic_prefix=f"{migrated.kafka_topic_prefix}{uuid.uuid4().hex[:6]}.")
     clean, nan_run = f"clean-{uuid.uuid4().hex[:6]}", f"nan-{uuid.uuid4().hex[:6]}"
     with Receiver([200] * 20) as receiver:
         worker = start_worker(own_topics, pipeline_file(tmp_path, receiver.url), f"e2e-{uuid.uuid4().hex[:6]}",
                               tmp_path / "worker.log")
         try:
+            wait_until(lambda: "topics: waiting: 9 of 9" in (tmp_path / "worker.log").read_text(), 30,
+                       "the worker to say it waits for its topics")
+            create_topics(own_topics, progress=lambda message: None)
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
             for run in (clean, nan_run):
                 for rank in (0, 1):

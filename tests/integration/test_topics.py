@@ -1,14 +1,21 @@
 """`trainmon topics create` over the real broker: every contract and internal topic, co-partitioned,
-the state snapshots compacted; a second call changes nothing; existing topics that differ are reported."""
+the state snapshots compacted; a second call changes nothing; existing topics that differ are reported.
+A worker's wait for them at start, and its consumer's for their metadata once in the group."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from trainmon.deploy.topics import create_topics
+from trainmon.deploy.topics import create_topics, wait_for_topics
+from trainmon.stream_processors.copartitioning import CopartitionedAssignor
+from trainmon.stream_processors.kafka_consumer import ask_for_missing_topics
 from trainmon.stream_processors.internal_topics import COMPACTED, INTERNAL, internal_topic_name
 from trainmon.contract import Topic, topic_name
 
@@ -81,3 +88,51 @@ def test_existing_topics_that_differ_are_reported_not_changed(stack):
     assert any(metrics in m and "partitions, settings say" in m for m in messages), messages
     assert sum(s.created for s in states.values()) == len(Topic) + len(INTERNAL) - 2
     assert len(admin.list_topics(timeout=10).topics[metrics].partitions) == settings.kafka_partitions + 1
+
+
+def test_a_worker_waits_for_every_topic_at_start_and_says_which_are_missing(stack):
+    settings = fresh(stack)
+    said: list[str] = []
+    waiter = threading.Thread(target=wait_for_topics, args=(settings, said.append, 0.2, 60.0), daemon=True)
+    waiter.start()
+    time.sleep(2.0)
+    assert waiter.is_alive(), "returned although no topic exists"
+    assert len(said) == 1 and said[0].startswith("topics: waiting: 9 of 9 topics not in Kafka's metadata yet")
+    assert topic_name(Topic.METRICS, settings.kafka_topic_prefix) in said[0] and "trainmon topics create" in said[0]
+    create_topics(settings, progress=lambda message: None)
+    waiter.join(15)
+    assert not waiter.is_alive(), "still waiting after every topic was created"
+    assert said[-1] == "topics: all 9 present"
+
+
+def test_a_topic_created_after_the_group_formed_is_assigned_within_seconds_not_at_the_5_min_refresh(stack):
+    """The group's leader assigns nothing of a topic its metadata lacks; aiokafka rebalances when the
+    metadata shows the topic, but asks again only every 5 min unless `ask_for_missing_topics` does."""
+    name = f"{stack.kafka_topic_prefix}late-{uuid.uuid4().hex[:6]}"
+
+    async def assigned(consumer: AIOKafkaConsumer, seconds: float, ask: bool) -> set:
+        deadline, missing = time.monotonic() + seconds, []
+        while time.monotonic() < deadline and not consumer.assignment():
+            await consumer.getmany(timeout_ms=200)
+            if ask:
+                missing = ask_for_missing_topics(consumer, missing)
+        return consumer.assignment()
+
+    async def scenario() -> tuple[set, set, set]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap_servers, group_id=f"late-{uuid.uuid4().hex[:6]}",
+                                    partition_assignment_strategy=[CopartitionedAssignor])
+        await consumer.start()
+        consumer.subscribe([name])  # after start(), as Faust does: start() would wait for the topic, then fail
+        try:
+            before = await assigned(consumer, 3.0, ask=False)  # joined, with the topic missing
+            admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+            admin.create_topics([NewTopic(name, num_partitions=4, replication_factor=1)])[name].result(timeout=30)
+            unasked = await assigned(consumer, 6.0, ask=False)
+            asked = await assigned(consumer, 20.0, ask=True)
+            return before, unasked, asked
+        finally:
+            await consumer.stop()
+
+    before, unasked, asked = asyncio.run(scenario())
+    assert before == set() and unasked == set(), "aiokafka alone picked the new topic up: this guard is moot"
+    assert {(tp.topic, tp.partition) for tp in asked} == {(name, p) for p in range(4)}
