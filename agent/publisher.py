@@ -11,6 +11,14 @@ Run-side events that carry a `producer` id get their `seq` here, on this thread,
 before they are encoded: so seq grows in the order events reach the spool and Kafka, and a record the
 spool re-sends after a crash carries the same producer and seq bytes as the original.
 
+A topic Kafka does not have (the agent or the job started before `trainmon topics create`, a topic
+being re-created) is not a loss either: librdkafka fails those records at once, and they stay in the
+spool (holding the watermark) while the publisher stops producing until everything in flight is
+reported, then hands exactly the failed records over again every MISSING_TOPIC_RETRY_S, in order,
+before anything newer. Nothing delivered is sent twice. The one gap: a topic created in the moment
+between a record's failure and a later record's success on it; a run's event re-sent after a later
+one of that run was read is then skipped as a replay (its seq is not new).
+
 What cannot be kept is counted, never silent: events refused at a full memory queue (warned once,
 then at most once a minute), events the spool's size cap removed before they were sent, permanent
 Kafka errors, and what was still only in memory at close. `dropped` is their sum. If the spool
@@ -32,6 +40,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from trainmon.agent.spool import Record, Spool, SpoolLocked
 from trainmon.contract import TOPIC_OF_KIND, ContractError, Topic, encode, partition_key, topic_name
@@ -56,6 +66,7 @@ SLICE_PAUSE_S = 50e-6
 CYCLE_EVENTS = 20_000  # per cycle at most; the next cycle starts at once while more are queued
 FRESH_MAX_EVENTS = 2 * CYCLE_EVENTS  # spooled records kept in memory for producing; beyond, read back from disk
 WARN_EVERY_S = 60.0  # repeated trouble (drops, spool write failures) is logged at most this often
+MISSING_TOPIC_RETRY_S = 2.0  # records refused for a topic Kafka does not have are handed over again this often
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,8 @@ class Publisher:
         # both stay as small as what librdkafka holds, and seqs the spool no longer has are never awaited.
         self._inflight: deque[int] = deque()
         self._delivered: set[int] = set()
+        self._missing: set[int] = set()  # in flight, refused for a topic Kafka does not have
+        self._missing_retry_at = 0.0
         self._fresh: list[Record] = []  # just spooled, not yet produced: spares a read back from disk
         self._unspooled: deque[tuple[int, bytes, bytes]] = deque()  # the spool failed: produced from memory
         self._direct_inflight = 0  # of those, handed to librdkafka and not yet reported
@@ -314,6 +327,8 @@ class Publisher:
             self._produced = spool.handed = spool.acked
             self._fresh = []
         inflight = self._inflight
+        if time.monotonic() < self._missing_retry_at or (self._missing and not self._retry_missing()):
+            return
         while self._produced < spool.last_seq:
             fresh = self._fresh
             batch = fresh if fresh and fresh[0].seq == self._produced + 1 else spool.read(self._produced + 1, REPLAY_CHUNK)
@@ -325,7 +340,9 @@ class Publisher:
                 try:
                     self._producer.produce(self._names[record.topic], record.value, record.key,
                                            on_delivery=partial(self._on_delivery, record.seq))
-                except BufferError:  # librdkafka's bounded queue is full (Kafka slow or down): wait on disk
+                except (BufferError, KafkaException) as exc:  # queue full (Kafka slow or down), or no topic
+                    if isinstance(exc, KafkaException):
+                        self._topic_missing(self._names[record.topic], exc.args[0])  # or raise
                     self._fresh = batch[index:] if batch[index].seq == self._produced + 1 else []
                     return
                 inflight.append(record.seq)
@@ -346,7 +363,51 @@ class Publisher:
             if produced % PRODUCE_SLICE_EVENTS == 0:
                 self._pause()
 
-    def _on_delivery(self, seq: int, err: Any, _message: Any) -> None:
+    def _retry_missing(self) -> bool:
+        """Hand the records refused for a missing topic over again, once nothing else is in flight (a
+        later record of that topic must not overtake them). False while they wait: nothing newer is
+        produced meanwhile."""
+        missing, delivered = self._missing, self._delivered
+        if any(seq not in delivered and seq not in missing for seq in self._inflight):
+            return False
+        wanted, last = set(missing), max(missing)
+        seq = min(missing)
+        while wanted and seq <= last:
+            batch = self.spool.read(seq, REPLAY_CHUNK)
+            if not batch:
+                break
+            for record in batch:
+                if record.seq in wanted:
+                    try:
+                        self._producer.produce(self._names[record.topic], record.value, record.key,
+                                               on_delivery=partial(self._on_delivery, record.seq))
+                    except (BufferError, KafkaException) as exc:  # the rest later
+                        if isinstance(exc, KafkaException):
+                            self._topic_missing(self._names[record.topic], exc.args[0])
+                        return False
+                    wanted.discard(record.seq)
+                    missing.discard(record.seq)
+            seq = batch[-1].seq + 1
+        for gone in wanted:  # the spool's size cap removed them meanwhile: counted as lost there
+            missing.discard(gone)
+            delivered.add(gone)
+        return True
+
+    def _topic_missing(self, topic: str, err: Any) -> None:
+        """Kafka has no such topic (yet): hold everything for MISSING_TOPIC_RETRY_S. Any other
+        KafkaException from produce() is raised again (the cycle logs it and retries)."""
+        if err.code() not in _MISSING_TOPIC_CODES:
+            raise KafkaException(err)
+        self._missing_retry_at = time.monotonic() + MISSING_TOPIC_RETRY_S
+        self._warn_limited("missing_topic", "trainmon: Kafka has no topic %s (%s): its events stay in the spool "
+                           "%s and are sent once it exists; create it with `trainmon topics create`",
+                           topic, err.str(), self.spool.dir)
+
+    def _on_delivery(self, seq: int, err: Any, message: Any) -> None:
+        if err is not None and err.code() in _MISSING_TOPIC_CODES:
+            self._missing.add(seq)
+            self._topic_missing(message.topic(), err)
+            return
         self._report(err)
         self._delivered.add(seq)
 
@@ -426,3 +487,13 @@ def _down_codes() -> frozenset[int]:
 
 
 _DOWN_CODES = _down_codes()
+
+
+def _missing_topic_codes() -> frozenset[int]:
+    """Errors that mean the topic (or its partition) does not exist yet: the broker's and librdkafka's."""
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION})
+
+
+_MISSING_TOPIC_CODES = _missing_topic_codes()

@@ -1,4 +1,5 @@
-"""The publisher against the real broker: delivery, a broker outage mid-training, SIGKILL and replay."""
+"""The publisher against the real broker: delivery, a broker outage mid-training, topics created after
+the first events, SIGKILL and replay."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -169,6 +171,33 @@ def test_events_the_contract_cannot_encode_are_refused_not_fatal(migrated, tmp_p
     publisher.close()
     assert publisher.stats["refused"] == 1 and publisher.stats["delivered"] >= 1
     assert "event refused" in caplog.text
+
+
+def test_events_for_topics_kafka_does_not_have_yet_wait_in_the_spool_and_arrive_once_in_order(
+        migrated, tmp_path, caplog):
+    """A node agent or a job started before `trainmon topics create`: Kafka refuses its records at once
+    (unknown topic); they stay spooled and arrive once the topics exist, none lost and none twice (these
+    events carry no producer seq, so a re-sent delivered one would show as a duplicate)."""
+    settings = migrated.replace(kafka_topic_prefix=f"{migrated.kafka_topic_prefix}{uuid.uuid4().hex[:6]}.")
+    # librdkafka refuses records of a topic it cannot find after topic.metadata.propagation.max.ms (30 s
+    # by default): 1 s here, so the refusal comes within the test.
+    publisher = Publisher(settings, spool_dir=tmp_path / "spool",
+                          producer_config={"topic.metadata.propagation.max.ms": 1000})
+    for step in range(200):
+        for rank in (0, 1):
+            assert publisher.publish(metrics("before-topics", rank, step))
+    assert not publisher.flush(3), "delivered to topics that do not exist"
+    assert publisher.dropped == 0 and publisher.stats["delivered"] == 0
+    assert f"Kafka has no topic {topic_name(Topic.METRICS, settings.kafka_topic_prefix)}" in caplog.text
+    create_topics(settings, progress=lambda message: None)
+    for step in range(200, 300):
+        for rank in (0, 1):
+            assert publisher.publish(metrics("before-topics", rank, step))
+    assert publisher.flush(30)
+    publisher.close()
+    messages = consume(settings, topic_name(Topic.METRICS, settings.kafka_topic_prefix), 600, settle_s=1.0)
+    assert_exact_and_ordered(messages, {("before-topics", 0): 300, ("before-topics", 1): 300})
+    assert publisher.dropped == 0 and publisher.stats["delivered"] == 600
 
 
 KILLED_TRAINER = textwrap.dedent("""
