@@ -341,8 +341,7 @@ class Publisher:
                     self._producer.produce(self._names[record.topic], record.value, record.key,
                                            on_delivery=partial(self._on_delivery, record.seq))
                 except (BufferError, KafkaException) as exc:  # queue full (Kafka slow or down), or no topic
-                    if isinstance(exc, KafkaException):
-                        self._topic_missing(self._names[record.topic], exc.args[0])  # or raise
+                    self._held_back(exc, record)
                     self._fresh = batch[index:] if batch[index].seq == self._produced + 1 else []
                     return
                 inflight.append(record.seq)
@@ -382,8 +381,7 @@ class Publisher:
                         self._producer.produce(self._names[record.topic], record.value, record.key,
                                                on_delivery=partial(self._on_delivery, record.seq))
                     except (BufferError, KafkaException) as exc:  # the rest later
-                        if isinstance(exc, KafkaException):
-                            self._topic_missing(self._names[record.topic], exc.args[0])
+                        self._held_back(exc, record)
                         return False
                     wanted.discard(record.seq)
                     missing.discard(record.seq)
@@ -393,11 +391,17 @@ class Publisher:
             delivered.add(gone)
         return True
 
+    def _held_back(self, exc: BufferError | KafkaException, record: Record) -> None:
+        """produce() did not take the record: its queue is full (it is tried again next cycle), or
+        Kafka has no such topic (see _topic_missing). Any other KafkaException is raised again: the
+        cycle logs it and retries."""
+        if isinstance(exc, KafkaException):
+            if exc.args[0].code() not in _MISSING_TOPIC_CODES:
+                raise exc
+            self._topic_missing(self._names[record.topic], exc.args[0])
+
     def _topic_missing(self, topic: str, err: Any) -> None:
-        """Kafka has no such topic (yet): hold everything for MISSING_TOPIC_RETRY_S. Any other
-        KafkaException from produce() is raised again (the cycle logs it and retries)."""
-        if err.code() not in _MISSING_TOPIC_CODES:
-            raise KafkaException(err)
+        """Kafka has no such topic (yet): hold everything for MISSING_TOPIC_RETRY_S."""
         self._missing_retry_at = time.monotonic() + MISSING_TOPIC_RETRY_S
         self._warn_limited("missing_topic", "trainmon: Kafka has no topic %s (%s): its events stay in the spool "
                            "%s and are sent once it exists; create it with `trainmon topics create`",

@@ -5,8 +5,8 @@ Four things Faust does not offer: the assignor (copartitioning.py says why); met
 again within seconds, not minutes, while a topic the group reads is missing from it
 (METADATA_RETRY_S); how far each assigned partition has been fetched (its high watermark and when a
 fetch reported it), which the partition clocks need to tell "nothing more was sent" from "not read
-yet" (clock.py); and handing a fetched batch to its handler as one list. Faust's loop races every message against a flow stop (four tasks made and
-three cancelled per event), then decodes it into an Event, puts it on a stream's queue, and wakes the
+yet" (clock.py); and handing a fetched batch to its handler as one list. Faust's loop races every
+message against a flow stop (four tasks made and three cancelled per event), then decodes it into an Event, puts it on a stream's queue, and wakes the
 agent that takes it off again: several event-loop turns per event, which at rest cost the worker more
 than its own processing (issue 13, bench/idle.py). Here a topic with a batch handler
 (`ProcessorsTransport.batch_handlers`) gets each fetch's records of that topic as one list, in offset
