@@ -1,5 +1,5 @@
-"""Reading topics back in tests: a throwaway consumer group from the earliest offset; which partitions a
-`trainmon process` worker was assigned, from its log."""
+"""Reading topics back in tests: a throwaway consumer group from the earliest offset, or every partition
+to its high watermark; which partitions a `trainmon process` worker was assigned, from its log."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
+from trainmon import kafka_client
 from trainmon.settings import Settings
 
 
@@ -29,6 +30,34 @@ def consume(settings: Settings, topic: str, expected: int, timeout_s: float = 30
     finally:
         consumer.close()
     return messages
+
+
+def read_all(settings: Settings, topics: list[str]) -> list:
+    """Every message now in `topics`: each partition read from its start up to its high watermark, so
+    the count is exact (no 'until N arrived or timeout')."""
+    consumer = Consumer(kafka_client.config(settings, **{"group.id": f"t-{uuid.uuid4().hex}",
+                                                         "enable.auto.commit": False}))
+    try:
+        metadata = consumer.list_topics(timeout=30)
+        ends: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                if high > low:
+                    ends[(topic, partition)] = high
+        consumer.assign([TopicPartition(topic, partition, 0) for topic, partition in ends])
+        messages, deadline = [], time.monotonic() + 120
+        while ends and time.monotonic() < deadline:
+            for message in consumer.consume(5000, 1.0):
+                assert message.error() is None, message.error()
+                messages.append(message)
+                key = (message.topic(), message.partition())
+                if message.offset() + 1 >= ends.get(key, 0):
+                    ends.pop(key, None)
+        assert not ends, f"partitions not read to their end within 120 s: {ends}"
+        return messages
+    finally:
+        consumer.close()
 
 
 def metrics_partitions(log: Path, topic: str) -> set[int]:

@@ -50,27 +50,45 @@ def test_faults_among_hazards_page_once_each_in_seconds_and_healthy_nodes_page_n
         pipeline["routes"] = [{"name": "hook", "kind": "webhook", "url": hook.url, "params": {"secret": "s"}}]
         (tmp_path / "pipeline.yml").write_text(yaml.safe_dump(pipeline))
         worker = start_worker(own_topics, tmp_path / "pipeline.yml", f"detection-{project}", tmp_path / "worker.log")
+        halt, failed, simulating = threading.Event(), [], None
         try:
             simulation = Simulation(own_topics, config, spool_dir=tmp_path / "spool")
-            simulation.run(threading.Event())
-            subjects, injected_at = {}, {}
+            subjects = {}
             for planned in simulation.faults:
-                injected_at[planned.fault.name] = simulation.injected[planned.describe()]
                 subject = planned.subject
                 run = subject.id if planned.fault.target == "run" else None
-                host = subject.ranks[0].node.host if run else subject.host
-                subjects[planned.fault.name] = (run, host)
+                subjects[planned.fault.name] = (run, subject.ranks[0].node.host if run else subject.host)
             pages = lambda: [(r.wall, r.json()) for r in list(hook.requests) if r.json()["state"] == "firing"]  # noqa: E731
             found = lambda kind: [w for w, p in pages() if any(  # noqa: E731
                 m["rule"] == FOUND_BY[kind][0] for m in about(p, *subjects[kind]))]
+
+            def simulate() -> None:
+                try:
+                    simulation.run(halt)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread below
+                    failed.append(exc)
+            # The cluster lives on until every fault has paged and 3 s more (a second page for one of them
+            # would have come by then: group_wait 2 s), not to a fixed end; its runs then end "killed", as
+            # at config.duration, and 3 s more let a page about that ending arrive.
+            simulating = threading.Thread(target=simulate)
+            simulating.start()
             try:
-                wait_until(lambda: all(found(kind) for kind in FAULTS), 30, "every fault's page")
+                wait_until(lambda: all(found(kind) for kind in FAULTS) or failed, config.duration + 30,
+                           "every fault's page")
             except AssertionError:
                 assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
                 raise AssertionError(f"found {[k for k in FAULTS if found(k)]} of {list(FAULTS)} (faults {subjects}); "
                                      f"pages: {[(p['rule'], [(m['rule'], m['labels']) for m in p['members']]) for _, p in pages()]}")
-            time.sleep(3)  # a second page for one of them would have come by now (group_wait 2 s)
+            time.sleep(3)
+            halt.set()
+            simulating.join(60)
+            assert not failed, failed
+            time.sleep(3)
+            injected_at = {planned.fault.name: simulation.injected[planned.describe()] for planned in simulation.faults}
         finally:
+            halt.set()
+            if simulating is not None:
+                simulating.join(60)
             stop(worker)
     assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
     for kind, (rule, allowed_s) in FOUND_BY.items():

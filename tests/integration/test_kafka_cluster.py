@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from tests.conftest import _unavailable
+from tests.kafka_util import read_all
 from tests.integration.test_processors import pipeline_file, scalar, start_worker, stop, wait_until
 from tests.receivers import Receiver
 from trainmon import kafka_client
@@ -65,34 +66,6 @@ def running(settings: Settings, names: list[str]) -> Iterator[Settings]:
         began = time.monotonic()
         stop_all(settings, names, progress=print)
         print(f"{', '.join(names)}: stopped in {time.monotonic() - began:.1f}s")
-
-
-def read_all(settings: Settings, topics: list[str]) -> list:
-    """Every message now in `topics`: each partition read from its start up to its high watermark, so
-    the count is exact (no 'until N arrived or timeout')."""
-    consumer = Consumer(kafka_client.config(settings, **{"group.id": f"t-{uuid.uuid4().hex}",
-                                                         "enable.auto.commit": False}))
-    try:
-        metadata = consumer.list_topics(timeout=30)
-        ends: dict[tuple[str, int], int] = {}
-        for topic in topics:
-            for partition in metadata.topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-                if high > low:
-                    ends[(topic, partition)] = high
-        consumer.assign([TopicPartition(topic, partition, 0) for topic, partition in ends])
-        messages, deadline = [], time.monotonic() + 120
-        while ends and time.monotonic() < deadline:
-            for message in consumer.consume(5000, 1.0):
-                assert message.error() is None, message.error()
-                messages.append(message)
-                key = (message.topic(), message.partition())
-                if message.offset() + 1 >= ends.get(key, 0):
-                    ends.pop(key, None)
-        assert not ends, f"partitions not read to their end within 120 s: {ends}"
-        return messages
-    finally:
-        consumer.close()
 
 
 @pytest.fixture(scope="module")
