@@ -135,8 +135,10 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     run_hardware_topic = internal(RUN_HARDWARE)  # GPU busyness per run, for the stall rule
     host_run_ends_topic = internal(HOST_RUN_ENDS)  # run_end per host, for the node rules
     incident_topic = internal(INCIDENT_ALERTS)  # released alerts, to the incident book
-    sources = {metrics_topic: "contract", runs_topic: "contract", system_topic: "contract",  # what each is
-               run_hardware_topic: "run_hardware", host_run_ends_topic: "host_run_ends", incident_topic: "incidents"}
+    # What each topic is, in the order a fetch's batches are handled (kafka_consumer.py): released alerts
+    # on their way to a page first, then the re-keyed rule inputs and lifecycle events, the bulk last.
+    sources = {incident_topic: "incidents", host_run_ends_topic: "host_run_ends", run_hardware_topic: "run_hardware",
+               runs_topic: "contract", system_topic: "contract", metrics_topic: "contract"}
     read_topics = {t.get_topic_name() for t in sources}
 
     pending_events: list[Any] = []  # Faust messages processed, not yet behind a snapshot

@@ -1,8 +1,9 @@
 """The consumer's batch delivery (kafka_consumer.py): what Faust's per-message loop guaranteed must
 hold for a whole fetched batch: order, no record below the read offset, and nothing delivered after
 a flow stop or a new group generation (those records are read again from the committed offsets).
-Topics with a batch handler get a fetch's records as one list per topic, never through the callback;
-a handler once started runs to its end even if the delivery around it is cancelled."""
+Topics with a batch handler get a fetch's records as one list per topic, never through the callback,
+in the order the handlers were added; a handler once started runs to its end even if the delivery
+around it is cancelled."""
 
 from __future__ import annotations
 
@@ -86,6 +87,30 @@ def test_a_batched_topic_gets_one_list_per_fetch_and_others_the_callback() -> No
     assert consumer.batches == [("m", [0, 1, 2, 20, 21]), ("s", [10, 11])]
     assert consumer.delivered == [("t", 5), ("t", 6)]
     assert consumer._read_offset[("m", 0)] == 2 and consumer._read_offset[("m", 1)] == 21
+
+
+def test_a_fetchs_batches_go_to_their_handlers_in_the_order_the_handlers_were_added() -> None:
+    """Under load a fetch holds seconds of metrics; a released alert on its way to the incident book,
+    fetched with them, must not wait behind them (nor behind the next fetch's): the app adds that
+    topic's handler first."""
+    consumer = FakeConsumer(batched=("incidents", "runs", "metrics"))
+    fetch = records(range(0, 3), "metrics") + records(range(7, 9), "runs") + records(range(4, 5), "incidents") + (
+        records(range(10, 12), "metrics", partition=1))
+    deliver(consumer, fetch)
+    assert consumer.batches == [("incidents", [4]), ("runs", [7, 8]), ("metrics", [0, 1, 2, 10, 11])]
+
+
+def test_the_app_handles_released_alerts_first_and_the_bulk_metrics_last(tmp_path) -> None:
+    from trainmon.contract import Topic, topic_name
+    from trainmon.stream_processors.app import create_app
+    from trainmon.stream_processors.config import load_pipeline
+    from trainmon.stream_processors.internal_topics import INCIDENT_ALERTS, internal_topic_name
+    from trainmon.settings import Settings
+
+    settings = Settings(services_home=str(tmp_path), kafka_bootstrap_servers="127.0.0.1:1")  # nothing listens
+    order = list(create_app(settings, load_pipeline(), None).transport.batch_handlers)
+    assert order[0] == internal_topic_name(INCIDENT_ALERTS, settings.kafka_topic_prefix)
+    assert order[-1] == topic_name(Topic.METRICS, settings.kafka_topic_prefix)
 
 
 def test_a_flow_stop_before_the_handlers_drops_the_batch() -> None:
