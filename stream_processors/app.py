@@ -7,10 +7,9 @@ committed only behind a durable state snapshot:
 
 1. a batch is processed, up to PIECE_EVENTS at a time (rules evaluated, its rows held for ClickHouse),
    and its events join the pending list; the once-a-second tick writes the held rows (processing.py);
-2. a checkpoint (every `checkpoint_interval_s`, 5 s) writes the rows still held, turns the changed
-   partitions' state into snapshots, sends them to the compacted state topic and waits for Kafka to
-   acknowledge them (all partitions' at once); after a piece or a tick that raised alerts, one at once
-   for the partitions that raised them alone (their held rows, their snapshots, their events' acks);
+2. a checkpoint (every `checkpoint_interval_s`, 5 s, and at once after a piece that raised alerts)
+   writes the rows still held, turns the changed partitions' state into snapshots, sends them to the
+   compacted state topic and waits for Kafka to acknowledge them (all partitions' at once);
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
    the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
    in the processing thread), so an alert that a snapshot records as sent is never lost, at shutdown
@@ -179,25 +178,17 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 for partition, data in snapshots.items()]
         await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
 
-    def snapshot_and_release(revoked: list[int] | None, alerting: bool
-                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list, set[int] | None]:
+    def snapshot_and_release(revoked: list[int] | None) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list]:
         """In the processing thread, in one step: the held rows written, the snapshots and exactly the
-        alerts and incident notifications they cover, the dead letters of rows ClickHouse refused, and
-        the partitions covered (None: all). alerting: only the partitions whose state made the alerts
-        not released yet (Processing.snapshot_alerting)."""
-        covered = processing.alerting() if alerting and revoked is None else None
+        alerts and incident notifications they cover, and the dead letters of rows ClickHouse refused."""
         if revoked is not None:
             snapshots = processing.revoke(revoked)
-        elif covered is not None:
-            snapshots = processing.snapshot_alerting(covered) if durable_state else {}
-            if not durable_state:
-                processing.flush(covered)
         elif durable_state:
             snapshots = processing.snapshot()
         else:
             processing.flush()
             snapshots = {}
-        return snapshots, processing.release(covered), processing.take_refused(), covered
+        return snapshots, processing.release(), processing.take_refused()
 
     async def publish(alerts: list[dict], notifications: list[dict]) -> None:
         """Released alerts to the alerts topic, and to the incident book or straight to the routes."""
@@ -208,19 +199,12 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                                           partition=INCIDENT_PARTITION)
         processing.dispatch(notifications if pipeline.incidents is not None else alerts + notifications)
 
-    async def checkpoint(revoked: list[int] | None = None, alerting: bool = False) -> None:
-        """Snapshots of changed state made durable, then acks and alerts released (see module doc).
-        alerting: for alerts just made, only the partitions that made them (the others' events stay
-        pending for the next full checkpoint)."""
+    async def checkpoint(revoked: list[int] | None = None) -> None:
+        """Snapshots of changed state made durable, then acks and alerts released (see module doc)."""
         async with checkpoint_lock:
             events = list(pending_events)  # all handled, so in the snapshots about to be taken
             pending_events.clear()
-            alerting &= not (held_alerts or held_notifications)  # theirs: every partition's snapshots
-            snapshots, (alerts, notifications), refused, covered = await in_thread(
-                snapshot_and_release, revoked, alerting)
-            if covered is not None:
-                pending_events[:0] = [e for e in events if e.partition not in covered]
-                events = [e for e in events if e.partition in covered]
+            snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked)
             await dead_letter(refused)  # before the acks: a refused row's event is never lost
             alerts[:0], notifications[:0] = held_alerts, held_notifications
             held_alerts.clear()
@@ -229,8 +213,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 await write_snapshots(snapshots)
             except Exception as exc:  # Kafka unreachable: keep everything pending, try again next time
                 log.warning("state snapshot not written (%s); offsets and alerts held", exc)
-                pending_events[:0] = events
-                held_alerts[:0], held_notifications[:0] = alerts, notifications
+                pending_events[:0], held_alerts[:0], held_notifications[:0] = events, alerts, notifications
                 for state in processing.partitions.values():
                     state.dirty = True
                 return
@@ -248,7 +231,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
         async def handle(events: list[Any]) -> None:
             await assignment_ready.wait()
-            await in_pieces(events, PIECE_EVENTS, handle_piece, lambda: checkpoint(alerting=True))
+            await in_pieces(events, PIECE_EVENTS, handle_piece, checkpoint)
         return handle
 
     for topic, source in sources.items():
@@ -260,7 +243,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         outcome = await in_thread(processing.tick, app.consumer.read_progress())
         await send(outcome)
         if outcome.alerts or outcome.notifications:
-            await checkpoint(alerting=True)  # a silence or a group_wait ending pages now, not a checkpoint later
+            await checkpoint()  # a silence or a group_wait ending pages now, not a checkpoint later
 
     @app.timer(interval=checkpoint_interval_s)
     async def periodic_checkpoint() -> None:

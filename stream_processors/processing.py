@@ -118,12 +118,6 @@ def _internal(raw: bytes, source: str) -> dict:
     return event
 
 
-def _own(outcome: Outcome, owners: tuple[list, list], partition: int | None) -> None:
-    """`partition` as the owner of the alerts and notifications added to `outcome` since the last call."""
-    owners[0].extend([partition] * (len(outcome.alerts) - len(owners[0])))
-    owners[1].extend([partition] * (len(outcome.notifications) - len(owners[1])))
-
-
 class Processing:
     def __init__(self, pipeline: PipelineConfig, sink: ClickHouseSink, dispatcher: Any = None,
                  deliveries: deque | None = None, *, group: str = "trainmon-processors",
@@ -144,10 +138,8 @@ class Processing:
         self.topic_keys: dict[str, str] = {}  # topic name -> name#id, offsets' key (topic_ids.py)
         self.counts: Counter[str] = Counter()
         self.refusals = RefusalNotices(AlertBook(pipeline.repeat_interval_s, pipeline.dashboard_url))
-        # alerts and incident notifications made since the last snapshot, each with the partition whose
-        # state made it (None: the worker's own, e.g. refusals): see release()
-        self.unreleased: list[tuple[int | None, dict]] = []
-        self.unnotified: list[tuple[int | None, dict]] = []
+        self.unreleased: list[dict] = []  # alerts made since the last snapshot: see release()
+        self.unnotified: list[dict] = []  # incident notifications made since the last snapshot
         self.insert_max_rows, self.insert_max_delay_s = insert_max_rows, insert_max_delay_s
         self.held = Batch()  # rows not written yet: see flush()
         self.held_since = 0.0  # wall time the oldest held row was held
@@ -213,36 +205,18 @@ class Processing:
             state = self.partitions.get(partition)
             if state is None or not (state.dirty or partitions is not None):
                 continue
-            out[partition] = self._dump(state)
+            state.version = (state.version[0], state.version[1] + 1)
+            state.dirty = False
+            out[partition] = dumps(self.group, partition, state.version, state.state())
         return out
 
-    def alerting(self) -> set[int]:
-        """The partitions whose state made the alerts and notifications not released yet."""
-        return {p for p, _ in self.unreleased + self.unnotified if p is not None}
-
-    def snapshot_alerting(self, partitions: set[int]) -> dict[int, bytes]:
-        """A checkpoint for alerts alone: snapshots of the changed ones of `partitions` (alerting()), only
-        their held rows written first. Under load that is a share of the rows and state a full
-        checkpoint writes; the other partitions' events wait, unacked, for the next full one."""
-        self.flush(partitions)
-        return {p: self._dump(self.partitions[p]) for p in sorted(partitions)
-                if p in self.partitions and self.partitions[p].dirty}
-
-    def _dump(self, state: PartitionState) -> bytes:
-        state.version = (state.version[0], state.version[1] + 1)
-        state.dirty = False
-        return dumps(self.group, state.partition, state.version, state.state())
-
-    def release(self, partitions: set[int] | None = None) -> tuple[list[dict], list[dict]]:
-        """The alerts and incident notifications made since the previous call (of `partitions` and the
-        worker's own, if given), to send once the snapshots taken with them (call it in the same thread
-        step as `snapshot`, `snapshot_alerting`, `revoke` or `close`) are durable: then nothing is sent
-        whose state could be lost, and nothing is lost whose state says it was sent."""
-        mine = lambda owner: partitions is None or owner is None or owner in partitions  # noqa: E731
-        alerts = [a for owner, a in self.unreleased if mine(owner)]
-        notifications = [n for owner, n in self.unnotified if mine(owner)]
-        self.unreleased = [(owner, a) for owner, a in self.unreleased if not mine(owner)]
-        self.unnotified = [(owner, n) for owner, n in self.unnotified if not mine(owner)]
+    def release(self) -> tuple[list[dict], list[dict]]:
+        """The alerts and incident notifications made since the previous call, to send once the
+        snapshots taken with them (call it in the same thread step as `snapshot`, `revoke` or `close`)
+        are durable: then nothing is sent whose state could be lost, and nothing is lost whose state
+        says it was sent."""
+        alerts, self.unreleased = self.unreleased, []
+        notifications, self.unnotified = self.unnotified, []
         return alerts, notifications
 
     def revoke(self, partitions: Iterable[int]) -> dict[int, bytes]:
@@ -268,7 +242,6 @@ class Processing:
         replays: dict[int, Batch] = {}  # events new to the state whose rows ClickHouse already has: windows only
         newest: dict[tuple[int, str], float | None] = {}  # (partition, topic) -> newest event time read
         sources: dict[Source, Message] = {}
-        owners: tuple[list[int], list[int]] = ([], [])  # the partition of each of outcome's alerts, notifications
         for message in messages:
             state = self._owned(message.partition)
             if state is None:
@@ -303,8 +276,6 @@ class Processing:
                                   message.partition, message.offset)
                 self._dead_letter(outcome, message, "internal_error", f"{type(exc).__name__}: {exc}")
                 continue
-            finally:
-                _own(outcome, owners, message.partition)
             if event["time"] > (newest[message.partition, message.topic] or 0.0):
                 newest[message.partition, message.topic] = event["time"]
             sources[src] = message
@@ -319,8 +290,8 @@ class Processing:
             if partition in batches:
                 merged.merge(batches[partition])
         self._alert_rows(merged, outcome.alerts)
-        self.unreleased.extend(zip(owners[0], outcome.alerts))
-        self._incident_rows(merged, outcome.notifications, owners[1])
+        self.unreleased.extend(outcome.alerts)
+        self._incident_rows(merged, outcome.notifications)
         self._hold(merged, sources)
         return outcome
 
@@ -359,9 +330,9 @@ class Processing:
         else:
             outcome.notifications.extend(state.incidents.add(alert, wall))
 
-    def _incident_rows(self, batch: Batch, notifications: list[dict], owners: list[int]) -> None:
+    def _incident_rows(self, batch: Batch, notifications: list[dict]) -> None:
         self.counts["incident.notified"] += len(notifications)
-        self.unnotified.extend(zip(owners, notifications))
+        self.unnotified.extend(notifications)
         batch.add("incidents", (incident_row(n) for n in notifications if "incident" in n))
 
     def _alert_rows(self, batch: Batch, alerts: list[dict]) -> None:
@@ -378,21 +349,13 @@ class Processing:
             if self.held.values + sum(map(len, self.held.rows.values())) >= self.insert_max_rows:
                 self.flush()
 
-    def flush(self, partitions: set[int] | None = None) -> None:
-        """Write the held rows (of events read from `partitions`, and every row not from an event, if
-        given); those ClickHouse refuses for good wait in `refused` for the dead-letter topic. Blocks
-        until ClickHouse took the rest (sink.py retries transient errors)."""
+    def flush(self) -> None:
+        """Write the held rows; those ClickHouse refuses for good wait in `refused` for the dead-letter
+        topic. Blocks until ClickHouse took the rest (sink.py retries transient errors)."""
         if not self.held:
             return
-        if partitions is None:
-            batch, sources = self.held, self.held_sources
-            self.held, self.held_sources = Batch(), {}
-        else:
-            batch, self.held = self.held.split(partitions)
-            sources = {src: m for src, m in self.held_sources.items() if src[1] in partitions}
-            self.held_sources = {src: m for src, m in self.held_sources.items() if src[1] not in partitions}
-            if not batch:
-                return
+        batch, sources = self.held, self.held_sources
+        self.held, self.held_sources = Batch(), {}
         for rejected, reason in self.sink.write(batch):
             self.counts["rejected_by_clickhouse"] += 1
             message = sources.get(rejected)
@@ -435,7 +398,6 @@ class Processing:
             state = self.partitions.get(partition)
             if state is not None:
                 state.clock.fetched(topic, fetched, highwater, state.applied.get(self.topic_keys.get(topic, topic), -1))
-        owners: tuple[list[int | None], list[int | None]] = ([], [])
         for state in self.partitions.values():
             if not state.clock.events:
                 continue  # nothing read yet: the partition has no time
@@ -454,18 +416,15 @@ class Processing:
                 state.evict(run)
             if rows or runs or len(outcome.alerts) > before:
                 state.dirty = True
-            _own(outcome, owners, state.partition)
         outcome.alerts.extend(self.refusals.due(self.sink.refused, wall))
-        _own(outcome, owners, None)  # the worker's own
         self._alert_rows(batch, outcome.alerts)
-        self.unreleased.extend(zip(owners[0], outcome.alerts))
+        self.unreleased.extend(outcome.alerts)
         for state in self.partitions.values():
             if state.incidents is not None and state.incidents.open:
                 notifications = state.incidents.tick(wall)
                 state.dirty |= bool(notifications)
                 outcome.notifications.extend(notifications)
-                _own(outcome, owners, state.partition)
-        self._incident_rows(batch, outcome.notifications, owners[1])
+        self._incident_rows(batch, outcome.notifications)
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
         self._hold(batch, {})

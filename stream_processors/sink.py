@@ -24,7 +24,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
-from typing import Any, Callable, Collection, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 # Imported here, not where first used: a worker pays for them (~0.3 s) as it starts, before it joins the
 # group, instead of in its first batch, where they held up the first alert after every (re)start.
@@ -145,21 +145,6 @@ class Columns:
             part.names, part.values, part.counts = self.names[values], self.values[values], self.counts[groups]
         return parts
 
-    def split(self, partitions: Collection[int]) -> tuple["Columns", "Columns"]:
-        """The groups (events) read from `partitions`, and the rest."""
-        if set(self.shared["src_partition"]) <= set(partitions):
-            return self, Columns(tuple(self.shared))
-        parts, row = (Columns(tuple(self.shared)), Columns(tuple(self.shared))), 0
-        for group, (partition, count) in enumerate(zip(self.shared["src_partition"], self.counts)):
-            part = parts[partition not in partitions]
-            for mine, theirs in zip(part._shared_lists, self._shared_lists):
-                mine.append(theirs[group])
-            part.names.extend(self.names[row:row + count])
-            part.values.extend(self.values[row:row + count])
-            part.counts.append(count)
-            row += count
-        return parts
-
     def sources(self) -> list[Source]:
         return list(zip(self.shared["src_topic"], self.shared["src_partition"], self.shared["src_offset"]))
 
@@ -251,21 +236,6 @@ class Batch:
         for (topic, partition), offset in other.offsets.items():
             self._source(topic, partition, offset)
         self.values += other.values
-
-    def split(self, partitions: Collection[int]) -> tuple["Batch", "Batch"]:
-        """(the rows of events read from `partitions` and every row not from one event, the rest): what
-        a snapshot of `partitions` needs written first, and what may wait."""
-        taken, kept = Batch(), Batch()
-        taken.metric, kept.metric = self.metric.split(partitions)
-        taken.system, kept.system = self.system.split(partitions)
-        for table, rows in self.rows.items():
-            for row in rows:
-                (kept if row.get("src_partition", -1) not in partitions and "src_topic" in row else taken
-                 ).rows[table].append(row)
-        for (topic, partition), offset in self.offsets.items():
-            (taken if partition in partitions else kept).offsets[(topic, partition)] = offset
-        taken.values, kept.values = len(taken.metric) + len(taken.system), len(kept.metric) + len(kept.system)
-        return taken, kept
 
     def __bool__(self) -> bool:
         return bool(len(self.metric) or len(self.system) or any(self.rows.values()))

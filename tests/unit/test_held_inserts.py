@@ -75,38 +75,3 @@ def test_refused_rows_wait_for_the_checkpoint_as_dead_letters(wall) -> None:
     ((key, value, headers),) = proc.take_refused()
     assert dict(headers)["trainmon-dlq-reason"] == b"rejected" and dict(headers)["trainmon-dlq-offset"] == b"1"
     assert proc.take_refused() == [] and proc.counts["dead_letter.rejected"] == 1
-
-
-def event(partition: int, offset: int, run: str, loss: float | str) -> Message:
-    return Message("t.metrics", partition, offset, run.encode(), encode(metrics(offset, T + offset, run=run, loss=loss)))
-
-
-def test_an_alerting_checkpoint_writes_and_snapshots_only_the_partition_that_alerted(wall) -> None:
-    """A NaN on partition 1 while partition 0 is busy: the checkpoint that lets its alert out covers
-    partition 1 alone (its rows written first); partition 0's rows wait, held, for the full one."""
-    proc, _ = make()
-    proc.handle([event(0, 0, "busy", 1.0), event(0, 1, "busy", 0.9), event(1, 0, "nan", 1.0)])
-    proc.handle([event(1, 1, "nan", "NaN")])
-    assert proc.alerting() == {1}
-    snapshots = proc.snapshot_alerting(proc.alerting())
-    assert set(snapshots) == {1}
-    (written,) = proc.sink.batches
-    assert written.metric.shared["src_partition"] == [1, 1] and written.offsets == {("t.metrics", 1): 1}
-    assert [row["state"] for row in written.rows["alerts"]] == ["firing"]  # the worker's own rows go along
-    alerts, _ = proc.release({1})
-    assert [(a["rule"], a["state"], a["labels"]["run"]) for a in alerts] == [("loss_nan", "firing", "nan")]
-    assert proc.held.metric.shared["src_partition"] == [0, 0] and proc.held.offsets == {("t.metrics", 0): 1}
-    assert proc.partitions[0].dirty and not proc.partitions[1].dirty
-    assert proc.release() == ([], [])  # nothing else was made
-    assert set(proc.snapshot()) == {0}  # the next full checkpoint: partition 0's rows, then its state
-    assert [b.metric.shared["src_partition"] for b in proc.sink.batches] == [[1, 1], [0, 0]]
-
-
-def test_alerts_of_partitions_not_covered_stay_unreleased(wall) -> None:
-    proc, _ = make()
-    proc.handle([event(0, 0, "a", "NaN"), event(1, 0, "b", "NaN")])
-    assert proc.alerting() == {0, 1}
-    proc.snapshot_alerting({0})
-    alerts, _ = proc.release({0})
-    assert [a["labels"]["run"] for a in alerts] == ["a"]
-    assert proc.alerting() == {1} and [a["labels"]["run"] for a in proc.release()[0]] == ["b"]
