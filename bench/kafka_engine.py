@@ -78,7 +78,7 @@ from trainmon.contract import Topic, envelope, topic_name  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.migrate import migrate  # noqa: E402
 from trainmon.deploy.services.base import pid_alive  # noqa: E402
-from trainmon.deploy.topics import create_topics  # noqa: E402
+from trainmon.deploy.topics import create_topics, wait_for_topics  # noqa: E402
 from trainmon.settings import Settings  # noqa: E402
 from trainmon.stream_processors.config import DEFAULT_PIPELINE  # noqa: E402
 from trainmon.stream_processors.topic_ids import topic_keys  # noqa: E402
@@ -543,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     single: dict[str, float] = {}
     try:
         create_topics(settings, progress=lambda m: None)
+        wait_for_topics(settings, progress=say)  # a new topic's id is unknown until the broker lists it
         for target in (settings, settings_b):
             migrate(target, progress=lambda m: None)
         metrics_topic = topic_name(Topic.METRICS, settings.kafka_topic_prefix)

@@ -111,6 +111,8 @@ def delete_topics(settings: Settings) -> None:
     try:
         admin = AdminClient(kafka_client.config(settings, log_level=0))
         names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(settings.kafka_topic_prefix)]
+        if not names:
+            return
         for future in admin.delete_topics(names, operation_timeout=30).values():
             future.result(30)
     except Exception as exc:  # Kafka gone: nothing to clean
