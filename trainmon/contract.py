@@ -16,6 +16,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 from trainmon.errors import TrainmonError
 
+try:  # the processors' extra installs it; the SDK decodes little and does without
+    import orjson
+except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
+    orjson = None
+
 SCHEMA_VERSION = 1
 KNOWN_VERSIONS = frozenset({1})
 MAX_EVENT_BYTES = 1_000_000  # under Kafka's default message.max.bytes (1 MiB)
@@ -404,10 +409,30 @@ def validate(event: Any) -> dict:
     return event
 
 
+# The kinds that are most of the traffic, parsed by orjson (4-5x faster than the json module) when it
+# is installed. Its result can differ from the json module's only where an integer literal lies
+# outside [-2**63, 2**64) (orjson makes it a float): in these kinds every field that keeps integers
+# exact is an integer field, which then refuses the float, and a refusal is decoded again below, so
+# accepted events and refusal reasons are the json module's. Rare kinds (free-form configs, whose
+# integers must stay exact) always take the json module.
+_FAST_KINDS = frozenset({"metrics", "system"})
+
+
 def decode(raw: bytes | bytearray | memoryview) -> dict:
     """Bytes from Kafka to a validated event dict, or ContractError naming the reason."""
     if len(raw) > MAX_EVENT_BYTES:
         raise ContractError(Reason.OVERSIZED, f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+    if orjson is not None:
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # NaN literals, lone surrogates, huge floats...: the json module says why
+            pass
+        else:
+            if type(event) is dict and event.get("kind") in _FAST_KINDS:
+                try:
+                    return validate(event)
+                except ContractError:
+                    pass  # the reason as the json module's parse gives it (an integer past 2**64, say)
     try:
         event = _decoder.decode(bytes(raw).decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
+import orjson
 import pytest
 
+from trainmon import contract
 from trainmon.contract import (
     MAX_EVENT_BYTES,
     MAX_VALUES,
@@ -23,6 +26,32 @@ from trainmon.contract import (
 )
 
 T = 1_764_230_400.25
+
+
+@pytest.fixture(autouse=True, params=["orjson", "json"])
+def parser(request, monkeypatch):
+    """Every test with both parsers: orjson (the processors' extra) and the json module (the SDK alone)."""
+    if request.param == "json":
+        monkeypatch.setattr(contract, "orjson", None)
+    return request.param
+
+
+def with_json_module(raw: bytes):
+    """decode() as the SDK without orjson runs it: the reference the orjson path must match."""
+    saved, contract.orjson = contract.orjson, None
+    try:
+        return decode(raw)
+    except ContractError as error:
+        return (error.reason, error.field, str(error))
+    finally:
+        contract.orjson = saved
+
+
+def decoded(raw: bytes):
+    try:
+        return decode(raw)
+    except ContractError as error:
+        return (error.reason, error.field, str(error))
 
 
 def metrics(**overrides):
@@ -182,3 +211,75 @@ def test_a_heartbeat_with_a_bad_phase_is_refused_clearly(phase):
     error = reason_of(as_bytes({**VALID["heartbeat"], "phase": phase}))
     assert (error.reason, error.field) == (Reason.INVALID_VALUE, "phase")
     assert "1..32 of a-z 0-9 _ -" in str(error) and repr(phase[:40]) in str(error)
+
+
+PAST_64_BITS = [
+    ("step past 2**64", b'{"v":1,"kind":"metrics","project":"p","run":"r","rank":0,"host":"h","time":1764230400,'
+     b'"step":18446744073709551616,"values":{"loss":1}}'),
+    ("step past -2**63", b'{"v":1,"kind":"metrics","project":"p","run":"r","rank":0,"host":"h","time":1764230400,'
+     b'"step":-9223372036854775809,"values":{"loss":1}}'),
+    ("value past 2**64", b'{"v":1,"kind":"metrics","project":"p","run":"r","rank":0,"host":"h","time":1764230400,'
+     b'"step":1,"values":{"tokens":100000000000000000001,"loss":-9223372036854775809}}'),
+    ("epoch past 2**64", b'{"v":1,"kind":"metrics","project":"p","run":"r","rank":0,"host":"h","time":1764230400,'
+     b'"step":1,"epoch":100000000000000000000,"values":{"loss":1}}'),
+    ("gpu memory past 2**64", b'{"v":1,"kind":"system","host":"h","time":1764230400,"figures":{},"gpus":[{"index":0,'
+     b'"uuid":"GPU-0","figures":{"mem_used_bytes":36893488147419103232},"processes":[{"pid":1,'
+     b'"mem_used_bytes":36893488147419103232}]}]}'),
+    ("gpu index past 2**64", b'{"v":1,"kind":"system","host":"h","time":1764230400,"figures":{},"gpus":[{'
+     b'"index":18446744073709551617,"uuid":"GPU-0","figures":{}}]}'),
+]
+
+
+@pytest.mark.parametrize("label,raw", PAST_64_BITS, ids=[c[0] for c in PAST_64_BITS])
+def test_integers_past_64_bits_decode_as_the_json_module_decodes_them(label, raw):
+    """orjson reads such a literal as a float; the event, or its refusal and reason, must not change."""
+    assert repr(decoded(raw)) == repr(with_json_module(raw))
+
+
+def test_a_refused_integer_past_64_bits_keeps_its_reason():
+    error = reason_of(PAST_64_BITS[0][1])
+    assert (error.reason, error.field) == (Reason.INVALID_VALUE, "step")  # out of range, not "a float"
+
+
+def test_free_form_config_keeps_integers_past_64_bits_exact():
+    seed = 2**70 + 1
+    event = decode(as_bytes({**VALID["run_start"], "config": {"seed": seed, "nested": {"big": -seed}}}))
+    assert event["config"] == {"seed": seed, "nested": {"big": -seed}}
+    assert type(event["config"]["seed"]) is int
+
+
+def number_literals(rng: random.Random, count: int) -> list[str]:
+    """Number spellings a producer may write: shortest reprs, long decimals, exponents, integers near the
+    edges of 2**53, 2**63 and 2**64."""
+    edges = [2**53, 2**63, 2**64]
+    out = []
+    for _ in range(count):
+        pick = rng.randrange(5)
+        if pick == 0:
+            out.append(repr(rng.random() * 10.0 ** rng.randint(-300, 300)))
+        elif pick == 1:
+            out.append(f"{rng.randint(0, 10**18)}.{rng.randint(0, 10**25):025d}e{rng.randint(-320, 300)}")
+        elif pick == 2:
+            out.append(f"-0.{rng.randint(0, 10**30):030d}")
+        elif pick == 3:
+            out.append(str(rng.choice(edges) + rng.randint(-3, 3)))
+        else:
+            out.append(str(-rng.choice(edges) + rng.randint(-3, 3)))
+    return out
+
+
+def test_metrics_and_samples_decode_as_the_json_module_decodes_them():
+    rng = random.Random(20261205)
+    literals = number_literals(rng, 4000)
+    for start in range(0, len(literals), 40):
+        chunk = literals[start:start + 40]
+        values = ",".join(f'"m{i}":{x}' for i, x in enumerate(chunk))
+        for raw in (f'{{"v":1,"kind":"metrics","project":"p","run":"r","rank":0,"host":"h","time":1764230400.5,'
+                    f'"step":7,"epoch":{chunk[0]},"values":{{{values},"loss":"NaN"}}}}',
+                    f'{{"v":1,"kind":"system","host":"h","time":1764230400,"figures":{{{values}}},'
+                    f'"gpus":[{{"index":0,"uuid":"GPU-0","figures":{{{values}}}}}]}}'):
+            assert repr(decoded(raw.encode())) == repr(with_json_module(raw.encode())), raw[:200]
+
+
+def test_the_fast_parser_is_orjson_when_installed(parser):
+    assert (contract.orjson is orjson) == (parser == "orjson")
