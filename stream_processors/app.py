@@ -110,7 +110,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         broker_commit_interval=1.0,
         broker_max_poll_records=batch_events,  # a fetch's records, the largest batch handled at once
         stream_wait_empty=False,  # pending events are acked by our own checkpoint, also on revoke
-        producer_compression_type="lz4",
+        producer_compression_type=None,  # snapshots, most of what it sends, are compressed already (snapshots.py)
         producer_max_request_size=MAX_SNAPSHOT_BYTES,
     )
     app.transport = ProcessorsTransport(app.conf.broker_consumer, app)  # before any topic: see its module

@@ -4,8 +4,10 @@ Pickle, because the state is plain dataclasses, dicts, sets and deques of this p
 through an unpickler that resolves only those (dataclasses of stream_processors, a few builtins and
 containers), so a forged message on the topic cannot name any other callable; a state class this
 version no longer has loads as `Retired`, so an upgrade that reshapes one rule's state resets that
-rule, not the partition. zlib-compressed; a header names the format, the consumer
-group and the partition, so a snapshot is never applied to the wrong place.
+rule, not the partition. LZ4-compressed here (a block: 0.24 ms for a 230 KB state, where zlib at level 1
+took 2.2 ms and the producer's LZ4 at level 9 another 3.6), so the state producer sends it as it is;
+snapshots of older workers (zlib, magic TMS1) still load. A header names the format, the consumer group
+and the partition, so a snapshot is never applied to the wrong place.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import zlib
 from collections import deque
 from typing import Any
 
-MAGIC = b"TMS1"
+import cramjam
+
+MAGIC = b"TMS2"  # an LZ4 block (with its size) of the pickle
+ZLIB_MAGIC = b"TMS1"  # what workers before it wrote: zlib
 _BUILTINS = frozenset({"set", "frozenset", "dict", "list", "tuple", "float", "int", "str", "bytes", "bool",
                        "complex", "slice", "range"})
 _ALLOWED = {("collections", "deque"), ("collections", "OrderedDict"), ("collections", "Counter"),
@@ -75,16 +80,18 @@ class _Unpickler(pickle.Unpickler):
 def dumps(group: str, partition: int, version: tuple[int, int], state: Any) -> bytes:
     body = pickle.dumps({"group": group, "partition": partition, "version": version, "state": state},
                         protocol=pickle.HIGHEST_PROTOCOL)
-    return MAGIC + zlib.compress(body, 1)
+    return MAGIC + bytes(cramjam.lz4.compress_block(body))
 
 
 def loads(data: bytes, group: str, partition: int) -> tuple[tuple[int, int], Any]:
     """(version, state) of a snapshot written for this group and partition, else SnapshotError. The
     version is (consumer group generation of the writer's assignment, snapshot number within it)."""
-    if not data.startswith(MAGIC):
+    magic, body = bytes(data[:len(MAGIC)]), data[len(MAGIC):]
+    if magic not in (MAGIC, ZLIB_MAGIC):
         raise SnapshotError("not a trainmon state snapshot (bad magic)")
     try:
-        record = _Unpickler(io.BytesIO(zlib.decompress(data[len(MAGIC):]))).load()
+        plain = bytes(cramjam.lz4.decompress_block(body)) if magic == MAGIC else zlib.decompress(body)
+        record = _Unpickler(io.BytesIO(plain)).load()
     except SnapshotError:
         raise
     except Exception as exc:  # truncated, corrupt: unusable, never fatal

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pickle
 import zlib
 
+import cramjam
 import pytest
 
 from trainmon.stream_processors import processing as processing_module
 from trainmon.stream_processors.config import PipelineConfig
 from trainmon.stream_processors.processing import Message, Processing
 from trainmon.stream_processors.sink import _types as sink_types
-from trainmon.stream_processors.snapshots import MAGIC, SnapshotError, loads
+from trainmon.stream_processors.snapshots import MAGIC, ZLIB_MAGIC, SnapshotError, loads
 from tests.unit.alert_streams import heartbeat, metrics, run_end, spec, system
 from tests.unit.test_processing import Dispatcher, MemorySink
 from trainmon.contract import encode
@@ -266,15 +267,28 @@ def test_snapshots_refuse_foreign_types_and_other_partitions():
             import os
             return (os.system, ("true",))
 
-    forged = MAGIC + zlib.compress(pickle.dumps({"group": "g", "partition": 0, "version": 1, "state": Evil()}))
-    with pytest.raises(SnapshotError, match="posix.system|os.system"):
-        loads(forged, "g", 0)
+    evil = pickle.dumps({"group": "g", "partition": 0, "version": 1, "state": Evil()})
+    for forged in (MAGIC + bytes(cramjam.lz4.compress_block(evil)), ZLIB_MAGIC + zlib.compress(evil)):
+        with pytest.raises(SnapshotError, match="posix.system|os.system"):
+            loads(forged, "g", 0)
     proc, _ = make()
     proc.handle(Feed()(heartbeat(T)))
     data = proc.snapshot()[0]
     with pytest.raises(SnapshotError, match="another group or partition"):
         loads(data, "trainmon-processors", 1)
     assert loads(data, "trainmon-processors", 0)[0] == (0, 1)
+
+
+def test_a_snapshot_an_older_worker_wrote_with_zlib_still_restores():
+    proc, _ = make()
+    proc.handle(Feed()(heartbeat(T)))
+    data = proc.snapshot()[0]
+    assert data.startswith(MAGIC)
+    older = ZLIB_MAGIC + zlib.compress(bytes(cramjam.lz4.decompress_block(data[len(MAGIC):])), 1)
+    assert repr(loads(older, "trainmon-processors", 0)) == repr(loads(data, "trainmon-processors", 0))
+    restored, _ = make({0: older})
+    restored.assign([0])
+    assert restored.partitions[0].version == (0, 1) and restored.partitions[0].book.runs
 
 
 def test_extreme_integers_are_converted_or_dead_lettered_and_other_runs_are_intact(wall):
@@ -372,19 +386,15 @@ def test_an_upgrade_that_retires_a_rules_state_class_resets_that_rule_and_keeps_
 
 def test_a_snapshot_written_before_the_components_moved_inside_trainmon_restores_whole(wall):
     """Snapshots name their classes by module; those of earlier versions say `stream_processors.…`,
-    the installed package now says `trainmon.stream_processors.…`. An upgrade must not reset state."""
-    import pickle
-    import zlib
-
-    from trainmon.stream_processors.snapshots import MAGIC
-
+    the installed package now says `trainmon.stream_processors.…`. An upgrade must not reset state.
+    Those versions wrote zlib (ZLIB_MAGIC)."""
     proc, _ = make()
     feed = Feed()
     proc.handle(feed(metrics(0, T, loss="NaN")))
     record = {"group": "trainmon-processors", "partition": 0, "version": (1, 1), "state": proc.partitions[0].state()}
     body = pickle.dumps(record, protocol=3)  # protocol 3 writes module names as plain text lines
     assert b"ctrainmon.stream_processors." in body
-    legacy = MAGIC + zlib.compress(body.replace(b"ctrainmon.stream_processors.", b"cstream_processors."))
+    legacy = ZLIB_MAGIC + zlib.compress(body.replace(b"ctrainmon.stream_processors.", b"cstream_processors."))
     _, loaded = loads(legacy, "trainmon-processors", 0)
     assert loaded["applied"] == proc.partitions[0].state()["applied"]
     restored, _ = make({0: legacy})
