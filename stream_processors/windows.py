@@ -59,15 +59,17 @@ class Windows:
         self._added("metrics", groups.newest, wall)
         for size in self.sizes:
             window = label(size)
-            self._merge(groups, size, lambda k: ("run", window, k[0], k[1], -1, "", -1, k[2]))
+            (projects, runs, names), aggregates = groups.aggregate(size)
+            keys = [("run", window, project, run, -1, "", -1, name, bucket)
+                    for project, run, name, bucket in zip(projects, runs, names, aggregates[0])]
+            self._merge(keys, aggregates, size, "metrics")
         spread = RANK_SPREAD_METRICS.intersection(columns.names) and _Grouping(
             columns, ("project", "run", "name", "rank"), only_names=RANK_SPREAD_METRICS)
         for size in self.sizes if spread else ():
             window = label(size)
-            for keys, bucket, count, total, *_ in spread.aggregate(size):
-                project, run, name, rank = keys
-                per_rank = self.rank_means.setdefault(
-                    self._key(("ranks", window, project, run, -1, "", -1, name), bucket), {})
+            labels, (buckets, counts, totals, *_) = spread.aggregate(size)
+            for project, run, name, rank, bucket, count, total in zip(*labels, buckets, counts, totals):
+                per_rank = self.rank_means.setdefault(("ranks", window, project, run, -1, "", -1, name, bucket), {})
                 acc = per_rank.setdefault(int(rank), [0, 0.0])
                 acc[0] += count
                 acc[1] += total
@@ -79,33 +81,35 @@ class Windows:
         self._added("system", groups.newest, wall)
         for size in self.sizes:
             window = label(size)
-            self._merge(groups, size, lambda k: ("gpu" if k[1] >= 0 else "host", window, "", "", -1, k[0], k[1], k[2]))
+            (hosts, gpus, names), aggregates = groups.aggregate(size)
+            keys = [("gpu" if gpu >= 0 else "host", window, "", "", -1, host, gpu, name, bucket)
+                    for host, gpu, name, bucket in zip(hosts, gpus, names, aggregates[0])]
+            self._merge(keys, aggregates, size, "system")
 
     def _added(self, source: str, newest: float, wall: float) -> None:
         self.watermark[source] = max(self.watermark[source], newest)
         self.added[source] = max(self.added[source], wall)
 
-    def _merge(self, groups: "_Grouping", size: float, make_key) -> None:
-        for keys, bucket, count, total, sumsq, low, high, last_time, last in groups.aggregate(size):
-            key = self._key(make_key(keys), bucket)
-            acc = self.open.get(key)
-            if acc is None and bucket + size <= self.closed_until[SOURCE[key[0]]]:  # already written
-                self.late_events += count
-                continue
+    def _merge(self, keys: list[Key], aggregates: list[list], size: float, source: str) -> None:
+        """One batch's groups into the open windows: a loop of dict updates, the only per-group Python."""
+        open_, closed = self.open, self.closed_until[source]
+        for key, bucket, count, total, sumsq, low, high, last_time, last in zip(keys, *aggregates):
+            acc = open_.get(key)
             if acc is None:
-                self.open[key] = [count, total, sumsq, low, high, last_time, last]
-            else:
-                acc[0] += count
-                acc[1] += total
-                acc[2] += sumsq
-                acc[3] = min(acc[3], low)
-                acc[4] = max(acc[4], high)
-                if last_time >= acc[5]:
-                    acc[5], acc[6] = last_time, last
-
-    @staticmethod
-    def _key(head: tuple, bucket: float) -> Key:
-        return (*head, float(bucket))
+                if bucket + size <= closed:  # already written
+                    self.late_events += count
+                else:
+                    open_[key] = [count, total, sumsq, low, high, last_time, last]
+                continue
+            acc[0] += count
+            acc[1] += total
+            acc[2] += sumsq
+            if low < acc[3]:
+                acc[3] = low
+            if high > acc[4]:
+                acc[4] = high
+            if last_time >= acc[5]:
+                acc[5], acc[6] = last_time, last
 
     # --- closing ------------------------------------------------------------------------------------
 
@@ -183,19 +187,18 @@ class _Grouping:
     def __bool__(self) -> bool:
         return self.size > 0
 
-    def aggregate(self, size: float):
-        """(key labels, bucket start, count, sum, sum of squares, min, max, time of last, last) per group."""
+    def aggregate(self, size: float) -> tuple[list[list], list[list]]:
+        """Per group, column by column: the labels of each key part, and the aggregates (bucket start,
+        count, sum, sum of squares, min, max, time of last, last). Lists, so callers zip them in C."""
         buckets = np.floor(self.times / size)
         change = np.flatnonzero((np.diff(self.combined) != 0) | (np.diff(buckets) != 0)) + 1
         starts = np.concatenate(([0], change))
         ends = np.concatenate((change, [self.size])) - 1
         v = self.values
-        columns = (
+        aggregates = [
             (buckets[starts] * size).tolist(), np.diff(np.append(starts, self.size)).tolist(),
             np.add.reduceat(v, starts).tolist(), np.add.reduceat(v * v, starts).tolist(),
             np.minimum.reduceat(v, starts).tolist(), np.maximum.reduceat(v, starts).tolist(),
             self.times[ends].tolist(), v[ends].tolist(),
-        )
-        labels = [[names[c] for c in codes[starts].tolist()] for codes, names in self.parts]
-        for index, row in enumerate(zip(*columns)):
-            yield (tuple(part[index] for part in labels), *row)
+        ]
+        return [[names[c] for c in codes[starts].tolist()] for codes, names in self.parts], aggregates
