@@ -72,7 +72,7 @@ class PartitionState:
 
     def state(self) -> dict[str, Any]:
         return {"format": FORMAT, "engines": {scope: e.state() for scope, e in self.engines.items()},
-                "book": vars(self.book), "windows": vars(self.windows), "clock": self.clock,
+                "book": vars(self.book), "windows": self.windows.state(), "clock": self.clock,
                 "applied": self.applied, "producers": self.producers,
                 "incidents": self.incidents.state() if self.incidents is not None else None}
 

@@ -49,10 +49,39 @@ class Windows:
         self.added = {"metrics": 0.0, "system": 0.0}
         self.closed_until = {"metrics": -math.inf, "system": -math.inf}
         self.late_events = 0
+        self._held: dict[str, tuple[Columns, float]] = {}  # source -> rows not aggregated yet, newest wall
 
     # --- adding a batch ---------------------------------------------------------------------------
 
     def add_metrics(self, columns: Columns, wall: float = 0.0) -> None:
+        """Held until the windows are next read (close_due, state): the batches of a tick aggregate as
+        one, so at rest a source costs one grouping a second, not one per fetched batch."""
+        self._hold("metrics", columns, wall)
+
+    def add_system(self, columns: Columns, wall: float = 0.0) -> None:
+        self._hold("system", columns, wall)
+
+    def _hold(self, source: str, columns: Columns, wall: float) -> None:
+        if not len(columns):
+            return
+        rows, newest_wall = self._held.get(source) or (Columns(tuple(columns.shared)), wall)
+        rows.extend(columns)
+        self._held[source] = (rows, max(newest_wall, wall))
+
+    def catch_up(self) -> None:
+        """Aggregate the held batches into the open windows. Equal to adding them one by one (up to the
+        rounding of sums): the aggregates are sums, extremes and the last value by time, ties to the
+        later batch either way."""
+        held, self._held = self._held, {}
+        for source, (rows, wall) in held.items():
+            (self._add_metrics if source == "metrics" else self._add_system)(rows, wall)
+
+    def state(self) -> dict[str, Any]:
+        """Plain data for a snapshot, every held batch aggregated first."""
+        self.catch_up()
+        return {name: value for name, value in vars(self).items() if name != "_held"}
+
+    def _add_metrics(self, columns: Columns, wall: float) -> None:
         groups = _Grouping(columns, ("project", "run", "name"))
         if not groups:
             return
@@ -74,7 +103,7 @@ class Windows:
                 acc[0] += count
                 acc[1] += total
 
-    def add_system(self, columns: Columns, wall: float = 0.0) -> None:
+    def _add_system(self, columns: Columns, wall: float) -> None:
         groups = _Grouping(columns, ("host", "gpu", "name"))
         if not groups:
             return
@@ -117,6 +146,7 @@ class Windows:
         """Rows for `window_aggregates` of every window that ended `lateness_s` before its source's
         watermark. `now`: the partition's clock, given only while it is live; it stands in for a source
         idle for `idle_s` of `wall` (one never seen has no windows, and must not make its backlog late)."""
+        self.catch_up()
         for source, watermark in self.watermark.items():
             if now is not None and self.added[source] and wall - self.added[source] >= self.idle_s:
                 watermark = max(watermark, now)
@@ -131,7 +161,8 @@ class Windows:
             stddev = math.sqrt(max(sumsq / count - mean * mean, 0.0))
             rows.append(_row(key, count, mean, low, high, last, stddev, math.nan, updated))
         for key in [k for k in self.rank_means if k[-1] + _size(k[1]) <= limit["metrics"]]:
-            means = [acc[1] / acc[0] for acc in self.rank_means.pop(key).values() if acc[0]]
+            # by rank, so `last` (the highest rank's mean) does not depend on how batches were cut
+            means = [acc[1] / acc[0] for _, acc in sorted(self.rank_means.pop(key).items()) if acc[0]]
             if means:
                 rows.append(_row(key, len(means), statistics.fmean(means), min(means), max(means), means[-1],
                                  statistics.pstdev(means), statistics.median(means), updated))

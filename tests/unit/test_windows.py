@@ -59,6 +59,7 @@ def test_late_events_for_a_written_window_are_counted_not_merged():
     windows.add_metrics(metrics_batch([event("r", 0, s, T0 + s, loss=1.0) for s in range(25)]).metric)
     assert len(windows.close_due()) == 2
     windows.add_metrics(metrics_batch([event("r", 0, 99, T0 + 1, loss=5.0)]).metric)
+    windows.catch_up()  # batches are held until the windows are read
     assert windows.late_events == 1
     assert all(r["max"] == 1.0 for r in windows.close_due(force=True))
 
@@ -82,3 +83,24 @@ def test_host_and_gpu_scopes_from_system_samples():
     rows = by_key(windows.close_due(force=True))
     assert rows[("host", "10s", "", "n1", -1, "cpu_percent", T0)]["mean"] == pytest.approx(45.0)
     assert rows[("gpu", "10s", "", "n1", 0, "util_percent", T0)]["count"] == 10
+
+
+def test_batches_held_to_the_next_read_aggregate_as_if_added_one_by_one():
+    events = [event(f"r{s % 3}", s % 2, s, T0 + s / 7, loss=float(s % 11), step_time_s=1.0 + s % 5) for s in range(300)]
+    events[120] = event("r0", 0, 120, T0 + 30, loss=9.5)  # ahead of the rest: windows close in between
+    batches = [metrics_batch(events[i:i + 37]).metric for i in range(0, len(events), 37)]
+    held, one_by_one = Windows(sizes_s=(10, 60), lateness_s=1), Windows(sizes_s=(10, 60), lateness_s=1)
+    closed_held, closed_one = [], []
+    for index, batch in enumerate(batches):
+        held.add_metrics(batch, wall=float(index))
+        one_by_one.add_metrics(batch, wall=float(index))
+        one_by_one.catch_up()
+        if index % 3 == 2:  # a tick
+            closed_held += held.close_due()
+            closed_one += one_by_one.close_due()
+        else:
+            assert held._held and not held.open or index > 2  # held until read (the first tick's)
+    assert held.state() == one_by_one.state() and not held._held
+    assert by_key(closed_held) == by_key(closed_one) and len(closed_held) == len(closed_one) > 0
+    assert by_key(held.close_due(force=True)) == by_key(one_by_one.close_due(force=True))
+    assert "_held" not in held.state()
