@@ -18,7 +18,7 @@ from trainmon.errors import TrainmonError
 
 try:  # the processors' extra installs it; the SDK decodes little and does without
     import orjson
-except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
+except ImportError:  # the SDK alone (tests/unit/test_contract.py runs every case both ways)
     orjson = None
 
 SCHEMA_VERSION = 1
@@ -411,10 +411,11 @@ def validate(event: Any) -> dict:
 
 # The kinds that are most of the traffic, parsed by orjson (4-5x faster than the json module) when it
 # is installed. Its result can differ from the json module's only where an integer literal lies
-# outside [-2**63, 2**64) (orjson makes it a float): in these kinds every field that keeps integers
-# exact is an integer field, which then refuses the float, and a refusal is decoded again below, so
-# accepted events and refusal reasons are the json module's. Rare kinds (free-form configs, whose
-# integers must stay exact) always take the json module.
+# outside [-2**63, 2**64): orjson makes it the nearest float. In these kinds a number field (values,
+# epoch) turns such an integer into that float anyway, an integer field refuses the float, and a
+# refusal is decoded again by the json module, so accepted events and refusal reasons are the same;
+# fields the contract does not know are not kept for these kinds. Rare kinds (free-form configs,
+# whose integers must stay exact) always take the json module.
 _FAST_KINDS = frozenset({"metrics", "system"})
 
 
