@@ -42,6 +42,11 @@ log = logging.getLogger("trainmon.processors")
 # (Distributed tables, deploy/clickhouse_cluster.py) no queue in front of the shards either, so the
 # insert returns once every shard holds its rows. Plain tables ignore the second setting.
 INSERT_SETTINGS = {"async_insert": 0, "distributed_foreground_insert": 1}
+# Raw inserts skip the Replacing merge ClickHouse runs over each inserted block: it finds nothing to
+# collapse but a step logged twice or an event sent twice, which other blocks bring as often and which
+# readers already meet until a merge (and drop with FINAL where it matters). Skipping it saves a fifth of
+# the server's CPU per raw insert (docs/benchmarks.md); the views see the inserted block either way.
+RAW_INSERT_SETTINGS = {**INSERT_SETTINGS, "optimize_on_insert": 0}
 METRIC_GROUP = ("project", "run", "rank", "host", "step", "epoch", "time", "src_topic", "src_partition", "src_offset")
 SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition", "src_offset")
 PRIMARY = ("metric_points", "system_samples")  # their INSERT moves the offset watermark: written last
@@ -79,7 +84,8 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
-def dedup_settings(table: str, sources: list[Source | None]) -> dict[str, Any]:
+def dedup_settings(table: str, sources: list[Source | None], base: Mapping[str, Any] = INSERT_SETTINGS
+                   ) -> dict[str, Any]:
     """The insert's settings; for rows from Kafka messages, with a deduplication token that names them.
 
     ClickHouse drops a block whose token it has seen, as it drops a block whose hash it has seen. The raw
@@ -89,9 +95,9 @@ def dedup_settings(table: str, sources: list[Source | None]) -> dict[str, Any]:
     and rollups. Rows without a source (snapshots, windows, alerts) fill their columns themselves, so
     their hash already recognises them; hashing sources costs per event, not per value."""
     if not sources or None in sources:
-        return INSERT_SETTINGS
+        return dict(base)
     token = hashlib.sha256(f"{table}\n{sources!r}".encode()).hexdigest()
-    return {**INSERT_SETTINGS, "insert_deduplication_token": token}
+    return {**base, "insert_deduplication_token": token}
 
 
 def utc(seconds: float) -> datetime:
@@ -327,7 +333,8 @@ class ClickHouseSink:
 
     def _insert_columns(self, table: str) -> Callable[[Columns], Any]:
         return lambda columns: self.client.insert_arrow(table, columns.arrow(self._types),
-                                                        settings=dedup_settings(table, columns.sources()))
+                                                        settings=dedup_settings(table, columns.sources(),
+                                                                                RAW_INSERT_SETTINGS))
 
     def _guarded(self, table: str, part: Any, insert: Callable[[Any], Any], halves: Callable[[Any], tuple],
                  sources: Callable[[Any], list]) -> list[tuple[Source | None, str]]:

@@ -63,6 +63,27 @@ def test_a_replay_after_a_crash_is_skipped_so_raw_and_rollups_stay_exact(migrate
     assert count(client, "SELECT sum(non_finite) FROM metric_rollup_1m WHERE run = 'sink-replay'") == 1
 
 
+def relogged(run: str, value: float) -> dict:
+    return envelope("metrics", project="p", run=run, rank=0, host="node-1", step=7, epoch=0, time=T0 + value,
+                    values={"loss": value})
+
+
+def test_a_step_logged_again_in_one_insert_reads_as_if_in_separate_inserts(migrated):
+    """Raw inserts skip ClickHouse's insert-time collapse (sink.RAW_INSERT_SETTINGS): a step logged three
+    times in one batch must read as three batches do: FINAL keeps the last, and until a merge the raw
+    rows count what the rollups count."""
+    client = connect(migrated)
+    client.command("SYSTEM STOP MERGES metric_points")  # "until a merge": the three parts stay apart
+    try:
+        for run, batch_size in (("sink-relog-one", 3), ("sink-relog-three", 1)):
+            feed(ClickHouseSink(migrated), f"t.{run}", [relogged(run, v) for v in (1.0, 2.0, 3.0)], 0, batch_size)
+            assert client.query(f"SELECT value FROM metric_points FINAL WHERE run = '{run}'").result_rows == [(3.0,)]
+            assert count(client, f"SELECT sum(count) FROM metric_rollup_1m WHERE run = '{run}'") == 3
+            assert count(client, f"SELECT count() FROM metric_points WHERE run = '{run}'") == 3
+    finally:
+        client.command("SYSTEM START MERGES metric_points")
+
+
 def test_system_samples_land_per_host_and_gpu_with_the_inventory(migrated):
     client = connect(migrated)
     feed(ClickHouseSink(migrated), "t.system", [system("sink-node", s) for s in range(30)], 0, batch_size=7)
