@@ -132,6 +132,7 @@ BENCHES = [
     Bench("queries", "bench/queries.py", services=True, clickhouse_url=True),
     Bench("page_load", "bench/page_load.py", services=True, clickhouse_url=True),
     Bench("storage", "bench/storage.py", services=True, why_skip=when_present("bench/storage.py")),
+    Bench("insert_cost", "bench/insert_cost.py", services=True),
     Bench("kafka_engine", "bench/kafka_engine.py", services=True, why_skip=when_present("bench/kafka_engine.py")),
 ]
 BY_NAME = {bench.name: bench for bench in BENCHES}

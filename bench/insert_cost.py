@@ -1,0 +1,150 @@
+"""What ClickHouse spends on one sink write, by the write's size and by view (issue 13).
+
+A processors worker writes each table once per flush: every 2 s at rest, in writes of up to 100,000 rows
+under load. This benchmark writes the simulator's events (8 nodes x 8 GPUs, every rank logging 6 values
+every 0.15 s) through the worker's own sink (`ClickHouseSink`) into freshly migrated databases, in writes
+of each --sizes number of events, and reads the server's CPU time (its process, from /proc) around the
+writes. Per size and variant it reports ClickHouse's CPU milliseconds per write and microseconds per value:
+
+- `schema`: every view, raw inserts as the worker sends them (no insert-time Replacing merge);
+- `insert_merge`: the same with `optimize_on_insert = 1` on the raw inserts (ClickHouse's default, the
+  worker's before 08b8df9);
+- `raw_only`: every materialized view dropped, so `schema - raw_only` is what the views cost;
+- with --per-view, `view_<name>`: that one view kept, so `view_<name> - raw_only` is what it costs.
+
+The same batches go to every variant of a round, each into its own fresh database, variants in turn;
+figures are medians over --rounds. The server's CPU is read in clock ticks (10 ms), so a variant's writes
+are timed together and divided. It starts its own ClickHouse on the bench ports and stops it at the end.
+
+    python bench/insert_cost.py --json bench/results/insert_cost.json      # ~4 min
+    python bench/insert_cost.py --per-view                                 # + each view alone, ~10 min
+    python bench/insert_cost.py --quick                                    # ~40 s, for make bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.pipeline import bench_settings, say, write_figures  # noqa: E402
+from bench.quick import parse_args  # noqa: E402
+from bench.sim_storage import batches, recent_start, sim_config  # noqa: E402
+from bench.storage import clickhouse, fresh_database, server_process  # noqa: E402
+from trainmon.clickhouse import connect  # noqa: E402
+from trainmon.settings import Settings  # noqa: E402
+from trainmon.stream_processors import sink  # noqa: E402
+
+VARIANTS = ("schema", "insert_merge", "raw_only")
+
+
+def sizes(text: str) -> list[tuple[int, int]]:
+    """'2:100,1800:20' -> [(2, 100), (1800, 20)]: events per write, writes per variant and round."""
+    try:
+        pairs = [tuple(int(x) for x in item.split(":")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give EVENTS:WRITES pairs, comma-separated, e.g. 2:100,1800:20")
+    return pairs
+
+
+def prepare(target: Settings, variant: str) -> None:
+    """A fresh database for one variant: all migrations, then the views the variant drops dropped."""
+    fresh_database(target, None)
+    client = connect(target)
+    if variant in ("schema", "insert_merge"):
+        return
+    for (view,) in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                                "AND engine = 'MaterializedView'").result_rows:
+        if variant != f"view_{view}":
+            client.command(f"DROP VIEW {view}")
+
+
+def view_names(settings: Settings) -> list[str]:
+    target = settings.replace(clickhouse_database=f"{settings.clickhouse_database}_views")
+    fresh_database(target, None)
+    client = connect(target)
+    names = [row[0] for row in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                                            "AND engine = 'MaterializedView' ORDER BY name").result_rows]
+    connect(settings, database="default").command(f"DROP DATABASE {target.clickhouse_database} SYNC")
+    return names
+
+
+def measure(settings: Settings, variants: list[str], events: int, writes: int, rounds: int,
+            ) -> dict[str, list[tuple[float, float]]]:
+    """Per variant, per round: (server CPU ms per write, µs per value)."""
+    server = server_process(settings.clickhouse)
+    if server is None:
+        raise SystemExit("insert_cost: no ClickHouse process listens on this machine; it measures the server's CPU")
+    shipped = dict(sink.RAW_INSERT_SETTINGS)
+    results: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    made = batches(sim_config(8, 8, 24.0, 0.15), recent_start(24.0), events, {})
+    for round_ in range(rounds):
+        chunk = [next(made) for _ in range(writes)]
+        values = sum(batch.values for batch in chunk)
+        for variant in variants:
+            target = settings.replace(clickhouse_database=f"{settings.clickhouse_database}_{round_}")
+            prepare(target, variant)
+            sink.RAW_INSERT_SETTINGS.update(optimize_on_insert=1 if variant == "insert_merge" else
+                                            shipped["optimize_on_insert"])
+            writer = sink.ClickHouseSink(target)
+            writer.client.query("SELECT 1")  # connected before the clock starts
+            time.sleep(1.0)  # the migration's own work settled
+            used = sum(server.cpu_times()[:2])
+            try:
+                for batch in chunk:
+                    writer.write(batch)
+            finally:
+                sink.RAW_INSERT_SETTINGS.update(shipped)
+            seconds = sum(server.cpu_times()[:2]) - used
+            results[variant].append((1000 * seconds / writes, 1e6 * seconds / values))
+            connect(settings, database="default").command(f"DROP DATABASE {target.clickhouse_database} SYNC")
+        say(f"  {events:,} events per write, round {round_ + 1}: "
+            + ", ".join(f"{v} {results[v][-1][0]:.1f} ms" for v in variants))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=sizes, default=sizes("2:100,1800:20,20000:5"), metavar="EVENTS:WRITES,...",
+                        help="write sizes in events (one event: ~1.8 metric or ~150 system values on average) and "
+                             "how many writes each variant makes per round (default 2:100,1800:20,20000:5: a "
+                             "near-empty write, a 2 s flush of the demo's cluster, a write under load)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, variants in turn in each (default 3)")
+    parser.add_argument("--per-view", action="store_true", help="also each materialized view alone (view_<name>)")
+    parser.add_argument("--database", default="trainmon_bench_insert_cost",
+                        help="prefix of the scratch databases, dropped as each variant ends (default %(default)s)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
+    args = parse_args(parser, argv, sizes="2:20,1800:5", rounds=1)
+
+    figures: dict[str, float] = {}
+    with clickhouse(bench_settings(1, database=args.database), None) as settings:
+        variants = list(VARIANTS)
+        if args.per_view:
+            variants += [f"view_{name}" for name in view_names(settings)]
+        for events, writes in args.sizes:
+            say(f"{writes} writes of {events:,} events per variant, {args.rounds} round(s), {len(variants)} variants ...")
+            results = measure(settings, variants, events, writes, args.rounds)
+            for variant, rows in results.items():
+                figures[f"w{events}_{variant}_cpu_ms_per_write"] = statistics.median(r[0] for r in rows)
+                figures[f"w{events}_{variant}_cpu_us_per_value"] = statistics.median(r[1] for r in rows)
+    print(f"\nClickHouse CPU per sink write (median of {args.rounds} round(s)), ms per write / us per value:")
+    print(f"{'variant':40s}" + "".join(f"{f'{e:,} events':>22s}" for e, _ in args.sizes))
+    for variant in variants:
+        cells = "".join(f"{figures[f'w{e}_{variant}_cpu_ms_per_write']:>12.1f} / {figures[f'w{e}_{variant}_cpu_us_per_value']:>6.2f}"
+                        for e, _ in args.sizes)
+        print(f"{variant:40s}{cells}")
+    if args.json:
+        write_figures(args.json, args, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
