@@ -10,6 +10,9 @@ writes. Per size and variant it reports ClickHouse's CPU milliseconds per write 
 - `insert_merge`: the same with `optimize_on_insert = 1` on the raw inserts (ClickHouse's default, the
   worker's before 08b8df9);
 - `raw_only`: every materialized view dropped, so `schema - raw_only` is what the views cost;
+- `cascade`: a candidate design, not the shipped one: the three 1-hour tables filled from the 1-minute
+  tables by views on those (the minute blocks, not the raw rows); the run checks that the 1-hour tables
+  come out as the schema's (`cascade_hourly_rows_differing`, must be 0);
 - with --per-view, `view_<name>`: that one view kept, so `view_<name> - raw_only` is what it costs.
 
 The same batches go to every variant of a round, each into its own fresh database, variants in turn;
@@ -24,6 +27,7 @@ are timed together and divided. It starts its own ClickHouse on the bench ports 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -41,7 +45,31 @@ from trainmon.clickhouse import connect  # noqa: E402
 from trainmon.settings import Settings  # noqa: E402
 from trainmon.stream_processors import sink  # noqa: E402
 
-VARIANTS = ("schema", "insert_merge", "raw_only")
+VARIANTS = ("schema", "insert_merge", "raw_only", "cascade")
+# The 1-hour views as they would read the 1-minute tables (the `cascade` variant): each merges the minute
+# states of one insert into hours, as the queries merge them.
+CASCADE = {
+    "metric_rollup_1h_mv": "metric_rollup_1h AS SELECT project, run, name, rank, toStartOfHour(bucket) AS bucket, "
+    "min(step_min) AS step_min, max(step_max) AS step_max, sum(count) AS count, sum(non_finite) AS non_finite, "
+    "sum(sum) AS sum, min(min) AS min, max(max) AS max, argMaxMergeState(last) AS last FROM metric_rollup_1m "
+    "GROUP BY project, run, name, rank, bucket",
+    "system_rollup_1h_mv": "system_rollup_1h AS SELECT host, gpu, name, toStartOfHour(bucket) AS bucket, "
+    "sum(count) AS count, sum(sum) AS sum, min(min) AS min, max(max) AS max, argMaxMergeState(last) AS last "
+    "FROM system_rollup_1m GROUP BY host, gpu, name, bucket",
+    "metric_epochs_1h_mv": "metric_epochs_1h AS SELECT project, run, toStartOfHour(bucket) AS bucket, "
+    "min(first_step) AS first_step, argMinMergeState(first_epoch) AS first_epoch FROM metric_epochs_1m "
+    "GROUP BY project, run, bucket",
+}
+# Each 1-hour table read whole, merged per key: what the cascade must reproduce.
+HOURLY = {
+    "metric_rollup_1h": "SELECT project, run, name, rank, bucket, min(step_min), max(step_max), sum(count), "
+    "sum(non_finite), sum(sum), min(min), max(max), argMaxMerge(last) FROM metric_rollup_1h "
+    "GROUP BY project, run, name, rank, bucket ORDER BY project, run, name, rank, bucket",
+    "system_rollup_1h": "SELECT host, gpu, name, bucket, sum(count), sum(sum), min(min), max(max), argMaxMerge(last) "
+    "FROM system_rollup_1h GROUP BY host, gpu, name, bucket ORDER BY host, gpu, name, bucket",
+    "metric_epochs_1h": "SELECT project, run, bucket, min(first_step), argMinMerge(first_epoch) FROM metric_epochs_1h "
+    "GROUP BY project, run, bucket ORDER BY project, run, bucket",
+}
 
 
 def sizes(text: str) -> list[tuple[int, int]]:
@@ -61,10 +89,32 @@ def prepare(target: Settings, variant: str) -> None:
     client = connect(target)
     if variant in ("schema", "insert_merge"):
         return
+    if variant == "cascade":
+        for view, definition in CASCADE.items():
+            client.command(f"DROP VIEW {view}")
+            client.command(f"CREATE MATERIALIZED VIEW {view} TO {definition}")
+        return
     for (view,) in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
                                 "AND engine = 'MaterializedView'").result_rows:
         if variant != f"view_{view}":
             client.command(f"DROP VIEW {view}")
+
+
+def same(a: object, b: object) -> bool:
+    """Two cells equal; floats up to the rounding of sums added in another order, NaN equal to NaN."""
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def differing(expected: dict[str, list[tuple]], got: dict[str, list[tuple]]) -> int:
+    """Rows of the 1-hour tables that differ between two variants (a key missing on one side counts)."""
+    count = 0
+    for table, rows in expected.items():
+        other = got[table]
+        count += abs(len(rows) - len(other))
+        count += sum(1 for x, y in zip(rows, other) if len(x) != len(y) or not all(map(same, x, y)))
+    return count
 
 
 def view_names(settings: Settings) -> list[str]:
@@ -78,17 +128,20 @@ def view_names(settings: Settings) -> list[str]:
 
 
 def measure(settings: Settings, variants: list[str], events: int, writes: int, rounds: int,
-            ) -> dict[str, list[tuple[float, float]]]:
-    """Per variant, per round: (server CPU ms per write, µs per value)."""
+            ) -> tuple[dict[str, list[tuple[float, float]]], int]:
+    """Per variant, per round: (server CPU ms per write, µs per value); and the 1-hour rows in which
+    `cascade` differed from `schema`, over all rounds."""
     server = server_process(settings.clickhouse)
     if server is None:
         raise SystemExit("insert_cost: no ClickHouse process listens on this machine; it measures the server's CPU")
     shipped = dict(sink.RAW_INSERT_SETTINGS)
     results: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    mismatches = 0
     made = batches(sim_config(8, 8, 24.0, 0.15), recent_start(24.0), events, {})
     for round_ in range(rounds):
         chunk = [next(made) for _ in range(writes)]
         values = sum(batch.values for batch in chunk)
+        hourly: dict[str, dict[str, list[tuple]]] = {}
         for variant in variants:
             target = settings.replace(clickhouse_database=f"{settings.clickhouse_database}_{round_}")
             prepare(target, variant)
@@ -105,10 +158,15 @@ def measure(settings: Settings, variants: list[str], events: int, writes: int, r
                 sink.RAW_INSERT_SETTINGS.update(shipped)
             seconds = sum(server.cpu_times()[:2]) - used
             results[variant].append((1000 * seconds / writes, 1e6 * seconds / values))
+            if variant in ("schema", "cascade"):
+                client = connect(target)
+                hourly[variant] = {table: client.query(sql).result_rows for table, sql in HOURLY.items()}
             connect(settings, database="default").command(f"DROP DATABASE {target.clickhouse_database} SYNC")
+        if {"schema", "cascade"} <= hourly.keys():
+            mismatches += differing(hourly["schema"], hourly["cascade"])
         say(f"  {events:,} events per write, round {round_ + 1}: "
             + ", ".join(f"{v} {results[v][-1][0]:.1f} ms" for v in variants))
-    return results
+    return results, mismatches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             variants += [f"view_{name}" for name in view_names(settings)]
         for events, writes in args.sizes:
             say(f"{writes} writes of {events:,} events per variant, {args.rounds} round(s), {len(variants)} variants ...")
-            results = measure(settings, variants, events, writes, args.rounds)
+            results, mismatches = measure(settings, variants, events, writes, args.rounds)
+            figures[f"w{events}_cascade_hourly_rows_differing"] = mismatches
             for variant, rows in results.items():
                 figures[f"w{events}_{variant}_cpu_ms_per_write"] = statistics.median(r[0] for r in rows)
                 figures[f"w{events}_{variant}_cpu_us_per_value"] = statistics.median(r[1] for r in rows)
@@ -141,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = "".join(f"{figures[f'w{e}_{variant}_cpu_ms_per_write']:>12.1f} / {figures[f'w{e}_{variant}_cpu_us_per_value']:>6.2f}"
                         for e, _ in args.sizes)
         print(f"{variant:40s}{cells}")
+    print("1-hour rows in which cascade differed from schema: "
+          + ", ".join(f"{figures[f'w{e}_cascade_hourly_rows_differing']:.0f} ({e:,} events)" for e, _ in args.sizes)
+          + " (must be 0)")
     if args.json:
         write_figures(args.json, args, figures)
     return 0
