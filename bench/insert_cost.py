@@ -19,9 +19,9 @@ The same batches go to every variant of a round, each into its own fresh databas
 figures are medians over --rounds. The server's CPU is read in clock ticks (10 ms), so a variant's writes
 are timed together and divided. It starts its own ClickHouse on the bench ports and stops it at the end.
 
-    python bench/insert_cost.py --json bench/results/insert_cost.json      # ~4 min
-    python bench/insert_cost.py --per-view                                 # + each view alone, ~10 min
-    python bench/insert_cost.py --quick                                    # ~40 s, for make bench
+    python bench/insert_cost.py --json bench/results/insert_cost.json      # ~2 min
+    python bench/insert_cost.py --per-view                                 # + each view alone, ~5 min
+    python bench/insert_cost.py --quick                                    # ~15 s, for make bench
 """
 
 from __future__ import annotations
