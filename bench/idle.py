@@ -41,6 +41,16 @@ from trainmon.deploy.topics import create_topics  # noqa: E402
 from trainmon.settings import Settings  # noqa: E402
 
 GOAL_PCT = 10.0  # ClickHouse + worker, % of one core
+# --part-log: ClickHouse's own log of every part written and merged, switched on for one run by a config
+# file beside the server's config (removed afterwards: the log writes parts of its own).
+PART_LOG_XML = ("<clickhouse><part_log><database>system</database><table>part_log</table>"
+                "<flush_interval_milliseconds>3000</flush_interval_milliseconds></part_log></clickhouse>\n")
+PART_LOG_SQL = (
+    "SELECT table, countIf(event_type = 'NewPart'), sumIf(rows, event_type = 'NewPart'), "
+    "countIf(event_type = 'MergeParts'), sumIf(duration_ms, event_type = 'MergeParts') / 1000, "
+    "sumIf(read_rows, event_type = 'MergeParts') FROM system.part_log "
+    "WHERE database = {d:String} AND event_time >= {start:DateTime} AND event_time < {end:DateTime} "
+    "GROUP BY table ORDER BY 5 DESC")
 # ClickHouse's cumulative counters (system.events) whose rates say why it works at rest
 EVENTS = ("InsertQuery", "InsertedRows", "MergeTreeDataWriterBlocks", "Merge", "MergedRows", "SelectQuery")
 
@@ -88,11 +98,40 @@ def clickhouse_events(settings: Settings) -> dict[str, int]:
     return {name: int(value) for name, value in rows}
 
 
+def part_log_file(settings: Settings) -> Path:
+    clickhouse = next(service for service in services.services(settings) if service.name == "clickhouse")
+    return clickhouse.dir / "run" / "config.d" / "zz-bench-part-log.xml"
+
+
+def part_log(settings: Settings, start: str, end: str) -> dict[str, tuple]:
+    """table -> (new parts, rows written, merges, merge seconds, rows merged) between start and end (the
+    server's own clock), once the log's last rows are flushed."""
+    with connect(settings) as client:
+        client.command("SYSTEM FLUSH LOGS")
+        rows = client.query(PART_LOG_SQL, parameters={"d": settings.clickhouse_database, "start": start,
+                                                      "end": end}).result_rows
+    return {table: tuple(values) for table, *values in rows}
+
+
+def server_now(settings: Settings) -> str:
+    with connect(settings) as client:
+        return str(client.query("SELECT toString(now())").result_rows[0][0])
+
+
 def measure(args: argparse.Namespace) -> dict[str, float]:
     settings = bench_settings(4, database="trainmon_bench_idle")
     cli = [sys.executable, "-m", "trainmon.cli"]
+    log_file = part_log_file(settings)
+    if args.part_log:
+        if any(service.pid() for service in services.services(settings) if service.name == "clickhouse"):
+            raise SystemExit("idle: --part-log needs the bench ClickHouse stopped first (it reads its config at start)")
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.write_text(PART_LOG_XML)
     say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
-    services.start_all(settings, progress=say)
+    try:
+        services.start_all(settings, progress=say)
+    finally:
+        log_file.unlink(missing_ok=True)  # read at the start; the next start runs without it
     try:
         create_topics(settings, progress=lambda m: None)
         migrate(settings, progress=lambda m: None)
@@ -120,6 +159,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                 for name, code in children.exited():
                     raise RuntimeError(f"{name} exited with {code}:\n" + (logs / f"{name}.log").read_text(errors="replace")[-2000:])
                 before, sent_before = clickhouse_events(settings), topic_ends(settings)
+                window_start = server_now(settings)
                 rss = RssSamples(parts)
                 cpu = CpuShare(parts)
                 rss.start()
@@ -134,6 +174,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                     parts_now = dict(client.query(
                         "SELECT table, count() FROM system.parts WHERE database = {d:String} AND active GROUP BY table",
                         parameters={"d": settings.clickhouse_database}).result_rows)
+                logged = part_log(settings, window_start, server_now(settings)) if args.part_log else {}
             finally:
                 children.stop_all()
     finally:
@@ -152,6 +193,12 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     for topic, count in sent_after.items():
         figures[f"{topic}_events_per_s"] = round((count - sent_before[topic]) / wall, 1)
     figures["clickhouse_active_parts"] = float(sum(parts_now.values()))
+    for table, (new_parts, new_rows, merges, merge_s, merged_rows) in logged.items():
+        figures.update({f"part_log_{table}_new_parts_per_s": round(new_parts / wall, 2),
+                        f"part_log_{table}_new_rows_per_s": round(new_rows / wall, 1),
+                        f"part_log_{table}_merges_per_s": round(merges / wall, 2),
+                        f"part_log_{table}_merge_s_per_s": round(merge_s / wall, 4),
+                        f"part_log_{table}_merged_rows_per_s": round(merged_rows / wall, 1)})
     figures["measured_s"] = round(wall, 1)
     return figures
 
@@ -164,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=60, help="seconds before measuring (default 60)")
     parser.add_argument("--duration", type=float, default=300, help="seconds measured (default 300)")
     parser.add_argument("--quick", action="store_true", help="20 s warm-up, 30 s measured: a quick look")
+    parser.add_argument("--part-log", action="store_true",
+                        help="also switch on ClickHouse's system.part_log for this run (the bench ClickHouse must be "
+                             "stopped) and report each table's new parts and merges over the measured window: merge "
+                             "seconds and rows merged per second against rows written (figures part_log_<table>_*). "
+                             "The log writes parts of its own: compare CPU figures only between runs without it")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures (names carry the unit)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -182,6 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     rates = {k: v for k, v in figures.items() if k.startswith("clickhouse_") and k.endswith("_per_s")}
     print("ClickHouse, per second: " + ", ".join(f"{k[len('clickhouse_'):-6]} {v:g}" for k, v in rates.items()))
     print(f"ClickHouse active parts at the end: {figures['clickhouse_active_parts']:.0f}")
+    tables = sorted({k[len("part_log_"):-len("_merge_s_per_s")] for k in figures if k.endswith("_merge_s_per_s")},
+                    key=lambda t: -figures[f"part_log_{t}_merge_s_per_s"])
+    if tables:
+        print("\nsystem.part_log over the measured window, per second (costliest merges first):")
+        print(f"{'table':20s} {'new parts':>10s} {'rows written':>13s} {'merges':>7s} {'merge s':>8s} {'rows merged':>12s} "
+              f"{'merged/written':>15s}")
+        for t in tables:
+            written, merged = figures[f"part_log_{t}_new_rows_per_s"], figures[f"part_log_{t}_merged_rows_per_s"]
+            ratio = f"{merged / written:.1f}" if written else "-"
+            print(f"{t:20s} {figures[f'part_log_{t}_new_parts_per_s']:10.2f} {written:13.1f} "
+                  f"{figures[f'part_log_{t}_merges_per_s']:7.2f} {figures[f'part_log_{t}_merge_s_per_s']:8.4f} "
+                  f"{merged:12.1f} {ratio:>15s}")
     if args.json:
         write_figures(args.json, args, figures)
         say(f"wrote {args.json}")
