@@ -84,7 +84,9 @@ def sizes(text: str) -> list[tuple[int, int]]:
 
 
 def prepare(target: Settings, variant: str) -> None:
-    """A fresh database for one variant: all migrations, then the views the variant drops dropped."""
+    """A fresh database for one variant: all migrations, then its views: as migrated (schema,
+    insert_merge), the 1-hour ones re-created on the 1-minute tables (cascade), all dropped (raw_only) or all
+    but one (view_<name>)."""
     fresh_database(target, None)
     client = connect(target)
     if variant in ("schema", "insert_merge"):
