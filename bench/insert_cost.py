@@ -174,7 +174,7 @@ def measure(settings: Settings, variants: list[str], events: int, writes: int, r
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=sizes, default=sizes("2:100,1800:20,20000:5"), metavar="EVENTS:WRITES,...",
-                        help="write sizes in events (one event: ~1.8 metric or ~150 system values on average) and "
+                        help="write sizes in events (a metrics event holds 6 values here, a system event ~150) and "
                              "how many writes each variant makes per round (default 2:100,1800:20,20000:5: a "
                              "near-empty write, a 2 s flush of the demo's cluster, a write under load)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, variants in turn in each (default 3)")
