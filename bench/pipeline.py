@@ -48,6 +48,7 @@ from trainmon.stream_processors.config import DEFAULT_PIPELINE  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
 from trainmon.contract import envelope  # noqa: E402
+from trainmon.deploy.services.filesystem import filesystem  # noqa: E402
 from trainmon.settings import Settings, environment  # noqa: E402
 
 
@@ -56,7 +57,8 @@ def say(message: str) -> None:
 
 
 def machine_info() -> dict[str, str | int | float]:
-    """What a figure depends on besides the code: CPU model, cores, memory, OS, kernel, Python.
+    """What a figure depends on besides the code: CPU model, cores, memory, OS, kernel, Python, and the
+    filesystem under the benches' services.
 
     Read from /proc and the interpreter, so a published figure says which machine made it
     (bench/run_all.py's manifest and every write_figures JSON)."""
@@ -77,7 +79,8 @@ def machine_info() -> dict[str, str | int | float]:
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "virtualized": " hypervisor" in cpuinfo, "os": os_name,
             "kernel": f"{platform.system()} {platform.release()}",
-            "python": f"{platform.python_implementation()} {platform.python_version()}"}
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "bench_home_filesystem": str(filesystem(bench_home()))}
 
 
 def write_figures(path: Path, args: argparse.Namespace, figures: dict[str, float]) -> None:
@@ -92,9 +95,16 @@ def write_figures(path: Path, args: argparse.Namespace, figures: dict[str, float
 PORT_OFFSET = int(os.environ.get("TRAINMON_BENCH_PORT_OFFSET", "0"))
 
 
+def bench_home() -> Path:
+    """Where the benches' services keep their data: TRAINMON_BENCH_HOME, else under the checkout. The
+    disk matters: ClickHouse costs up to twice the CPU on ext4 without a journal (docs/benchmarks.md)."""
+    name = "bench" if not PORT_OFFSET else f"bench{PORT_OFFSET:+d}"
+    return Path(os.environ["TRAINMON_BENCH_HOME"]) / name if os.environ.get("TRAINMON_BENCH_HOME") else \
+        ROOT / ".trainmon" / name
+
+
 def bench_settings(partitions: int, database: str = "trainmon_bench_pipeline") -> Settings:
-    home = ROOT / ".trainmon" / ("bench" if not PORT_OFFSET else f"bench{PORT_OFFSET:+d}")
-    return Settings(services_home=str(home), services_kafka_port=29092 + PORT_OFFSET,
+    return Settings(services_home=str(bench_home()), services_kafka_port=29092 + PORT_OFFSET,
                     services_kafka_controller_port=29093 + PORT_OFFSET, services_clickhouse_http_port=28123 + PORT_OFFSET,
                     services_clickhouse_tcp_port=29000 + PORT_OFFSET, services_alertmanager_port=29094 + PORT_OFFSET,
                     kafka_topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.", kafka_partitions=partitions,
