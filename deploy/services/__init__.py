@@ -43,11 +43,25 @@ def start_all(
 ) -> list[ServiceStatus]:
     """Start each selected service that is not running (idempotent); raise ServiceError on the first failure.
     All processes of one service are launched before any is waited for: a KRaft node becomes healthy
-    only once a majority of its quorum runs."""
+    only once a majority of its quorum runs. All or nothing: a failure first stops, by PID, what this call
+    launched (those already running are left alone), so no half-started stack keeps its ports after the
+    error that says what to fix."""
     statuses = []
-    for group in _by_service(services(settings, names)):
-        pids = [process.ensure_running(progress) for process in group]
-        statuses += [process.wait_healthy(pid, progress) for process, pid in zip(group, pids)]
+    launched: list[tuple[LocalService, int]] = []
+    try:
+        for group in _by_service(services(settings, names)):
+            pids = []
+            for process in group:
+                running = process.pid()
+                pids.append(process.ensure_running(progress))
+                if running is None:
+                    launched.append((process, pids[-1]))
+            statuses += [process.wait_healthy(pid, progress) for process, pid in zip(group, pids)]
+    except BaseException:
+        for process, pid in reversed(launched):
+            if process.pid() == pid:
+                process.wait_stopped(process.terminate(progress), progress)
+        raise
     return statuses
 
 

@@ -219,6 +219,42 @@ def test_all_processes_of_a_service_start_before_any_is_waited_for_and_stop_at_o
             member.stop(progress=lambda message: None, timeout_s=2)
 
 
+class Missing(LocalService):
+    """A service whose binary is not installed: start fails in prepare, after the trio has started."""
+
+    name = "missing"
+    address = "-"
+    ports = ()
+
+    def prepare(self, progress: Progress) -> None:
+        raise services.ServiceError("missing: binary not found; install it")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "pass"]
+
+    def health(self) -> tuple[bool, str]:
+        return False, ""
+
+
+@pytest.mark.parametrize("already", [False, True])
+def test_a_failed_start_stops_what_it_launched_and_nothing_else(tmp_path, monkeypatch, already):
+    settings = Settings(services_home=str(tmp_path))
+    quiet = lambda message: None  # noqa: E731
+    monkeypatch.setattr(services, "SERVICES", {"trio": Trio})
+    try:
+        if already:  # running before the failing start: not this start's to stop
+            services.start_all(settings, progress=quiet)
+        before = [member.pid() for member in Trio.instances(settings)]
+        monkeypatch.setattr(services, "SERVICES", {"trio": Trio, "missing": Missing})
+        with pytest.raises(services.ServiceError, match="missing: binary not found"):
+            services.start_all(settings, progress=quiet)
+        after = [member.pid() for member in Trio.instances(settings)]
+        assert after == (before if already else [None, None, None])
+    finally:
+        for member in Trio.instances(settings):
+            member.stop(progress=quiet, timeout_s=2)
+
+
 def test_services_flags_feed_the_settings() -> None:
     args = build_parser().parse_args(["services", "start", "kafka", "--kafka-brokers", "3", "--secure"])
     assert (args.kafka_brokers, args.secure, args.names) == (3, True, ["kafka"])
