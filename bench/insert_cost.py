@@ -16,7 +16,10 @@ writes. Per size and variant it reports ClickHouse's CPU milliseconds per write 
 - with --per-view, `view_<name>`: that one view kept, so `view_<name> - raw_only` is what it costs.
 
 The same batches go to every variant of a round, each into its own fresh database, variants in turn;
-figures are medians over --rounds. The server's CPU is read in clock ticks (10 ms), so a variant's writes
+figures are medians over --rounds. The databases are dropped together at the end, not as each variant
+ends: on ext4 without a journal the files a drop deletes make every file created in the next minute cost
+the kernel a scan, and dropping between variants doubled the figures of small writes on the benchmark
+VM (docs/benchmarks.md, "The disk under ClickHouse"). The server's CPU is read in clock ticks (10 ms), so a variant's writes
 are timed together and divided. It starts its own ClickHouse on the bench ports and stops it at the end.
 
     python bench/insert_cost.py --json bench/results/insert_cost.json      # ~2 min
@@ -123,10 +126,16 @@ def view_names(settings: Settings) -> list[str]:
     target = settings.replace(clickhouse_database=f"{settings.clickhouse_database}_views")
     fresh_database(target, None)
     client = connect(target)
-    names = [row[0] for row in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
-                                            "AND engine = 'MaterializedView' ORDER BY name").result_rows]
-    connect(settings, database="default").command(f"DROP DATABASE {target.clickhouse_database} SYNC")
-    return names
+    return [row[0] for row in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                                           "AND engine = 'MaterializedView' ORDER BY name").result_rows]
+
+
+def drop_scratch(settings: Settings) -> None:
+    """Every database this benchmark made (its --database prefix), at the end of a run or left by one."""
+    client = connect(settings, database="default")
+    for (name,) in client.query("SELECT name FROM system.databases WHERE startsWith(name, {p:String})",
+                                parameters={"p": f"{settings.clickhouse_database}_"}).result_rows:
+        client.command(f"DROP DATABASE {name} SYNC")
 
 
 def measure(settings: Settings, variants: list[str], events: int, writes: int, rounds: int,
@@ -145,7 +154,7 @@ def measure(settings: Settings, variants: list[str], events: int, writes: int, r
         values = sum(batch.values for batch in chunk)
         hourly: dict[str, dict[str, list[tuple]]] = {}
         for variant in variants:
-            target = settings.replace(clickhouse_database=f"{settings.clickhouse_database}_{round_}")
+            target = settings.replace(clickhouse_database=f"{settings.clickhouse_database}_{events}_{round_}_{variant}")
             prepare(target, variant)
             sink.RAW_INSERT_SETTINGS.update(optimize_on_insert=1 if variant == "insert_merge" else
                                             shipped["optimize_on_insert"])
@@ -163,7 +172,6 @@ def measure(settings: Settings, variants: list[str], events: int, writes: int, r
             if variant in ("schema", "cascade"):
                 client = connect(target)
                 hourly[variant] = {table: client.query(sql).result_rows for table, sql in HOURLY.items()}
-            connect(settings, database="default").command(f"DROP DATABASE {target.clickhouse_database} SYNC")
         if {"schema", "cascade"} <= hourly.keys():
             mismatches += differing(hourly["schema"], hourly["cascade"])
         say(f"  {events:,} events per write, round {round_ + 1}: "
@@ -180,22 +188,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds, variants in turn in each (default 3)")
     parser.add_argument("--per-view", action="store_true", help="also each materialized view alone (view_<name>)")
     parser.add_argument("--database", default="trainmon_bench_insert_cost",
-                        help="prefix of the scratch databases, dropped as each variant ends (default %(default)s)")
+                        help="prefix of the scratch databases, one per size, round and variant, all dropped at the end "
+                             "(default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parse_args(parser, argv, sizes="2:20,1800:5", rounds=1)
 
     figures: dict[str, float] = {}
     with clickhouse(bench_settings(1, database=args.database), None) as settings:
-        variants = list(VARIANTS)
-        if args.per_view:
-            variants += [f"view_{name}" for name in view_names(settings)]
-        for events, writes in args.sizes:
-            say(f"{writes} writes of {events:,} events per variant, {args.rounds} round(s), {len(variants)} variants ...")
-            results, mismatches = measure(settings, variants, events, writes, args.rounds)
-            figures[f"w{events}_cascade_hourly_rows_differing"] = mismatches
-            for variant, rows in results.items():
-                figures[f"w{events}_{variant}_cpu_ms_per_write"] = statistics.median(r[0] for r in rows)
-                figures[f"w{events}_{variant}_cpu_us_per_value"] = statistics.median(r[1] for r in rows)
+        drop_scratch(settings)  # an interrupted run's
+        try:
+            variants = list(VARIANTS)
+            if args.per_view:
+                variants += [f"view_{name}" for name in view_names(settings)]
+            for events, writes in args.sizes:
+                say(f"{writes} writes of {events:,} events per variant, {args.rounds} round(s), "
+                    f"{len(variants)} variants ...")
+                results, mismatches = measure(settings, variants, events, writes, args.rounds)
+                figures[f"w{events}_cascade_hourly_rows_differing"] = mismatches
+                for variant, rows in results.items():
+                    figures[f"w{events}_{variant}_cpu_ms_per_write"] = statistics.median(r[0] for r in rows)
+                    figures[f"w{events}_{variant}_cpu_us_per_value"] = statistics.median(r[1] for r in rows)
+        finally:
+            drop_scratch(settings)
     print(f"\nClickHouse CPU per sink write (median of {args.rounds} round(s)), ms per write / us per value:")
     print(f"{'variant':40s}" + "".join(f"{f'{e:,} events':>22s}" for e, _ in args.sizes))
     for variant in variants:
