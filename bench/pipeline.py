@@ -97,7 +97,8 @@ PORT_OFFSET = int(os.environ.get("TRAINMON_BENCH_PORT_OFFSET", "0"))
 
 def bench_home() -> Path:
     """Where the benches' services keep their data: TRAINMON_BENCH_HOME, else under the checkout. The
-    disk matters: ClickHouse costs up to twice the CPU on ext4 without a journal (docs/benchmarks.md)."""
+    disk can matter: on ext4 without a journal ClickHouse's writes cost twice the CPU in the minute after a
+    dropped database (docs/benchmarks.md, "The disk under ClickHouse")."""
     name = "bench" if not PORT_OFFSET else f"bench{PORT_OFFSET:+d}"
     return Path(os.environ["TRAINMON_BENCH_HOME"]) / name if os.environ.get("TRAINMON_BENCH_HOME") else \
         ROOT / ".trainmon" / name

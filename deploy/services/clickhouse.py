@@ -17,7 +17,6 @@ from pathlib import Path
 
 from trainmon.clickhouse import LOCAL_USERS, local_password_name
 from trainmon.deploy.services.base import LocalService, Progress, ServiceError
-from trainmon.deploy.services.filesystem import filesystem
 from trainmon.deploy.services.local_secrets import ensure_certificates, ensure_password
 
 # The checkout (or site-packages) that holds the `deploy` package, for `python -m` from any cwd.
@@ -57,12 +56,6 @@ class ClickHouseService(LocalService):
                 "(or chdb-core==26.9.0)"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        disk = filesystem(self.data_dir)
-        if disk.slow_file_creation:
-            progress(f"clickhouse: note: {self.data_dir} is on {disk}, where every new file costs the kernel a "
-                     "scan of the inodes deleted lately; ClickHouse makes and deletes a dozen files per part, and "
-                     "used up to twice the CPU there in this project's benchmarks. Put [services] home on a journaled "
-                     "filesystem (or add one: tune2fs -O has_journal) for the figures in docs/benchmarks.md")
         if self.settings.services_secure:  # made once, kept across restarts: clients keep working
             for user in LOCAL_USERS:
                 ensure_password(self.settings.secrets_dir, local_password_name(user))

@@ -1,10 +1,10 @@
-"""The filesystem a services home lies on, and the one kind known to make ClickHouse slow.
+"""The filesystem a services home lies on, named in every benchmark's figures.
 
-ClickHouse writes every part as a directory of about a dozen small files and deletes the parts merged
-away. On ext4 without a journal the kernel's inode allocator steps over every inode freed in the last
-minute or more, one at a time (`recently_deleted` in fs/ext4/ialloc.c, checked only when there is no
-journal), so each new file costs more the more files were deleted lately. On the benchmark VM that was
-a fifth of ClickHouse's CPU under sink writes (docs/benchmarks.md, "The disk under ClickHouse").
+ClickHouse writes every part as a directory of about a dozen small files. On ext4 without a journal the
+kernel's inode allocator steps over every inode freed in the last minute or more, one at a time
+(`recently_deleted` in fs/ext4/ialloc.c, checked only when there is no journal): in the minute after a
+dropped database ClickHouse's writes cost twice the CPU on the benchmark VM, whose root filesystem is
+such a one (docs/benchmarks.md, "The disk under ClickHouse").
 """
 
 from __future__ import annotations
@@ -25,10 +25,6 @@ class Filesystem:
     device: str  # the kernel's name for the block device ("vda", "loop0", "dm-0"), "" if none
     journal: bool | None = None  # ext4 only: whether it has a journal; None where not ext4 or not known
 
-    @property
-    def slow_file_creation(self) -> bool:
-        return self.kind == "ext4" and self.journal is False
-
     def __str__(self) -> str:
         journal = {None: "", True: " with a journal", False: " without a journal"}[self.journal]
         return f"{self.kind}{journal} ({self.device or 'no device'} on {self.mount_point})"
@@ -44,8 +40,8 @@ def _within(path: str, mount_point: str) -> bool:
 
 
 def filesystem(path: str | os.PathLike, *, mountinfo: Path = MOUNTINFO, sysfs: Path = SYSFS) -> Filesystem:
-    """The mount that holds `path` (which need not exist yet). Never raises: a monitoring stack
-    must start whatever this can or cannot read."""
+    """The mount that holds `path` (which need not exist yet). Never raises: a benchmark runs
+    whatever this can or cannot read."""
     where = str(Path(path).resolve())
     best: tuple[str, str, str] | None = None  # (mount point, kind, major:minor)
     try:

@@ -4,9 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trainmon.deploy.services.clickhouse import ClickHouseService
 from trainmon.deploy.services.filesystem import Filesystem, filesystem
-from trainmon.settings import Settings
 
 MOUNTS = """\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
@@ -44,18 +42,15 @@ def test_the_longest_mount_point_that_holds_the_path_wins(system):
     assert filesystem("/tmpfoo", mountinfo=mountinfo, sysfs=sysfs).mount_point == "/"
 
 
-def test_only_ext4_without_a_journal_is_flagged(system):
+def test_ext4_says_whether_it_has_a_journal(system):
     mountinfo, sysfs = system
-    flagged = {p: filesystem(p, mountinfo=mountinfo, sysfs=sysfs).slow_file_creation
-               for p in ("/srv", "/mnt/j k/x", "/mnt/j k/data", "/tmp")}
-    assert flagged == {"/srv": True, "/mnt/j k/x": False, "/mnt/j k/data": False, "/tmp": False}
     assert str(filesystem("/srv", mountinfo=mountinfo, sysfs=sysfs)) == "ext4 without a journal (vda on /)"
     assert str(filesystem("/mnt/j k", mountinfo=mountinfo, sysfs=sysfs)) == "ext4 with a journal (loop0 on /mnt/j k)"
 
 
 def test_an_unreadable_system_gives_unknown_not_an_error(tmp_path):
     found = filesystem(tmp_path, mountinfo=tmp_path / "missing", sysfs=tmp_path)
-    assert found == Filesystem("unknown", "", "") and not found.slow_file_creation
+    assert found == Filesystem("unknown", "", "")
     (tmp_path / "mountinfo").write_text(MOUNTS)  # no sysfs: the journal is not known, so nothing is flagged
     assert filesystem("/srv", mountinfo=tmp_path / "mountinfo", sysfs=tmp_path / "nothing").journal is None
 
@@ -63,15 +58,3 @@ def test_an_unreadable_system_gives_unknown_not_an_error(tmp_path):
 def test_this_machine_names_a_mount_that_holds_the_path(tmp_path):
     found = filesystem(tmp_path)
     assert found.kind != "unknown" and str(tmp_path.resolve()).startswith(found.mount_point)
-
-
-@pytest.mark.parametrize("slow", [True, False])
-def test_clickhouse_start_says_so_on_ext4_without_a_journal(tmp_path, monkeypatch, slow):
-    monkeypatch.setattr("trainmon.deploy.services.clickhouse.filesystem",
-                        lambda path: Filesystem("ext4", "/", "vda", not slow))
-    said: list[str] = []
-    ClickHouseService(Settings(services_home=str(tmp_path))).prepare(said.append)
-    notes = [line for line in said if "without a journal" in line]
-    assert len(notes) == (1 if slow else 0)
-    if slow:
-        assert str(tmp_path / "clickhouse" / "data") in notes[0] and "[services] home" in notes[0]
