@@ -16,10 +16,11 @@ writes. Per size and variant it reports ClickHouse's CPU milliseconds per write 
 - with --per-view, `view_<name>`: that one view kept, so `view_<name> - raw_only` is what it costs.
 
 The same batches go to every variant of a round, each into its own fresh database, variants in turn;
-figures are medians over --rounds. The databases are dropped together at the end, not as each variant
-ends: on ext4 without a journal the files a drop deletes make every file created in the next minute cost
-the kernel a scan, and dropping between variants doubled the figures of small writes on the benchmark
-VM (docs/benchmarks.md, "The disk under ClickHouse"). The server's CPU is read in clock ticks (10 ms), so a variant's writes
+figures are medians over --rounds. Each database is detached as its variant ends and all are dropped
+together at the end: on ext4 without a journal the files a drop deletes make every file created in the
+next minute cost the kernel a scan (dropping between variants doubled the figures of small writes on the
+benchmark VM: docs/benchmarks.md, "The disk under ClickHouse"), and databases left attached would add
+their tables' background work to the server's CPU. The server's CPU is read in clock ticks (10 ms), so a variant's writes
 are timed together and divided. It starts its own ClickHouse on the bench ports and stops it at the end.
 
     python bench/insert_cost.py --json bench/results/insert_cost.json      # ~2 min
@@ -122,23 +123,34 @@ def differing(expected: dict[str, list[tuple]], got: dict[str, list[tuple]]) -> 
     return count
 
 
-def view_names(settings: Settings) -> list[str]:
+def view_names(settings: Settings, aside: list[str]) -> list[str]:
     target = settings.replace(clickhouse_database=f"{settings.clickhouse_database}_views")
     fresh_database(target, None)
-    client = connect(target)
-    return [row[0] for row in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
-                                           "AND engine = 'MaterializedView' ORDER BY name").result_rows]
+    names = [row[0] for row in connect(target).query("SELECT name FROM system.tables WHERE database = "
+                                                     "currentDatabase() AND engine = 'MaterializedView' ORDER BY "
+                                                     "name").result_rows]
+    set_aside(settings, target.clickhouse_database, aside)
+    return names
 
 
-def drop_scratch(settings: Settings) -> None:
-    """Every database this benchmark made (its --database prefix), at the end of a run or left by one."""
+def set_aside(settings: Settings, database: str, aside: list[str]) -> None:
+    """Detached, not dropped: no files deleted and no background merges until the run ends."""
+    connect(settings, database="default").command(f"DETACH DATABASE {database}")
+    aside.append(database)
+
+
+def drop_scratch(settings: Settings, aside: list[str]) -> None:
+    """Every database this run set aside, and any other with its --database prefix (a run that was
+    interrupted: ClickHouse attaches detached databases again when it starts)."""
     client = connect(settings, database="default")
+    for name in aside:
+        client.command(f"ATTACH DATABASE IF NOT EXISTS {name}")
     for (name,) in client.query("SELECT name FROM system.databases WHERE startsWith(name, {p:String})",
                                 parameters={"p": f"{settings.clickhouse_database}_"}).result_rows:
         client.command(f"DROP DATABASE {name} SYNC")
 
 
-def measure(settings: Settings, variants: list[str], events: int, writes: int, rounds: int,
+def measure(settings: Settings, variants: list[str], events: int, writes: int, rounds: int, aside: list[str],
             ) -> tuple[dict[str, list[tuple[float, float]]], int]:
     """Per variant, per round: (server CPU ms per write, µs per value); and the 1-hour rows in which
     `cascade` differed from `schema`, over all rounds."""
@@ -172,6 +184,7 @@ def measure(settings: Settings, variants: list[str], events: int, writes: int, r
             if variant in ("schema", "cascade"):
                 client = connect(target)
                 hourly[variant] = {table: client.query(sql).result_rows for table, sql in HOURLY.items()}
+            set_aside(settings, target.clickhouse_database, aside)
         if {"schema", "cascade"} <= hourly.keys():
             mismatches += differing(hourly["schema"], hourly["cascade"])
         say(f"  {events:,} events per write, round {round_ + 1}: "
@@ -188,28 +201,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds, variants in turn in each (default 3)")
     parser.add_argument("--per-view", action="store_true", help="also each materialized view alone (view_<name>)")
     parser.add_argument("--database", default="trainmon_bench_insert_cost",
-                        help="prefix of the scratch databases, one per size, round and variant, all dropped at the end "
+                        help="prefix of the scratch databases, one per size, round and variant, detached as each ends and "
+                             "all dropped at the end "
                              "(default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parse_args(parser, argv, sizes="2:20,1800:5", rounds=1)
 
     figures: dict[str, float] = {}
     with clickhouse(bench_settings(1, database=args.database), None) as settings:
-        drop_scratch(settings)  # an interrupted run's
+        aside: list[str] = []
+        drop_scratch(settings, aside)  # an interrupted run's
         try:
             variants = list(VARIANTS)
             if args.per_view:
-                variants += [f"view_{name}" for name in view_names(settings)]
+                variants += [f"view_{name}" for name in view_names(settings, aside)]
             for events, writes in args.sizes:
                 say(f"{writes} writes of {events:,} events per variant, {args.rounds} round(s), "
                     f"{len(variants)} variants ...")
-                results, mismatches = measure(settings, variants, events, writes, args.rounds)
+                results, mismatches = measure(settings, variants, events, writes, args.rounds, aside)
                 figures[f"w{events}_cascade_hourly_rows_differing"] = mismatches
                 for variant, rows in results.items():
                     figures[f"w{events}_{variant}_cpu_ms_per_write"] = statistics.median(r[0] for r in rows)
                     figures[f"w{events}_{variant}_cpu_us_per_value"] = statistics.median(r[1] for r in rows)
         finally:
-            drop_scratch(settings)
+            drop_scratch(settings, aside)
     print(f"\nClickHouse CPU per sink write (median of {args.rounds} round(s)), ms per write / us per value:")
     print(f"{'variant':40s}" + "".join(f"{f'{e:,} events':>22s}" for e, _ in args.sizes))
     for variant in variants:
