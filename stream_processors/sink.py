@@ -44,8 +44,9 @@ log = logging.getLogger("trainmon.processors")
 INSERT_SETTINGS = {"async_insert": 0, "distributed_foreground_insert": 1}
 # Raw inserts skip the Replacing merge ClickHouse runs over each inserted block: it finds nothing to
 # collapse but a step logged twice or an event sent twice, which other blocks bring as often and which
-# readers already meet until a merge (and drop with FINAL where it matters). Skipping it saves 8-11 % of
-# the server's CPU per write (bench/insert_cost.py); the views see the inserted block either way.
+# readers already meet until a merge (and drop with FINAL where it matters). Skipping it saves 3-12 % of
+# the server's CPU per 2 s flush at rest and 16-25 % per write under load (bench/insert_cost.py); the views
+# see the inserted block either way.
 RAW_INSERT_SETTINGS = {**INSERT_SETTINGS, "optimize_on_insert": 0}
 METRIC_GROUP = ("project", "run", "rank", "host", "step", "epoch", "time", "src_topic", "src_partition", "src_offset")
 SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition", "src_offset")
