@@ -139,8 +139,9 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             logs = Path(tmp)
             children = Children(settings, logs, say)
             try:
+                delay = [] if args.insert_max_delay is None else ["--insert-max-delay", str(args.insert_max_delay)]
                 worker = children.start("worker", [*cli, "process", "--pipeline", str(pipeline_file(logs, receiver.url)),
-                                                   "--group", "bench", "--loglevel", "info"])
+                                                   "--group", "bench", "--loglevel", "info", *delay])
                 dashboard = children.start("dashboard", [*cli, "dashboard", "--port", str(28501 + PORT_OFFSET)])
                 agent = children.start("agent", [*cli, "agent", "--interval", "1"])
                 simulate = [*cli, "simulate", "--nodes", str(args.nodes), "--gpus", str(args.gpus), "--runs",
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                              "stopped) and report each table's new parts and merges over the measured window: merge "
                              "seconds and rows merged per second against rows written (figures part_log_<table>_*). "
                              "The log writes parts of its own: compare CPU figures only between runs without it")
+    parser.add_argument("--insert-max-delay", type=float, metavar="S",
+                        help="the worker's [processors] insert_max_delay (default: the worker's own, 1.5 s: an insert "
+                             "per table every 2 s at rest); what a longer cadence saves at rest, paid in visible "
+                             "latency (checked once a second: 1.5 inserts every 2 s, 3.5 every 4 s)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures (names carry the unit)")
     args = parser.parse_args(argv)
     if args.quick:
