@@ -20,8 +20,9 @@ figures are medians over --rounds. Each database is detached as its variant ends
 together at the end: on ext4 without a journal the files a drop deletes make every file created in the
 next minute cost the kernel a scan (dropping between variants doubled the figures of small writes on the
 benchmark VM: docs/benchmarks.md, "The disk under ClickHouse"), and databases left attached would add
-their tables' background work to the server's CPU. The server's CPU is read in clock ticks (10 ms), so a variant's writes
-are timed together and divided. It starts its own ClickHouse on the bench ports and stops it at the end.
+their tables' background work to the server's CPU. The server's CPU is read in clock ticks (10 ms), so a
+variant's writes are timed together and divided. It starts its own ClickHouse on the bench ports and
+stops it at the end.
 
     python bench/insert_cost.py --json bench/results/insert_cost.json      # ~2 min
     python bench/insert_cost.py --per-view                                 # + each view alone, ~5 min
@@ -201,9 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds, variants in turn in each (default 3)")
     parser.add_argument("--per-view", action="store_true", help="also each materialized view alone (view_<name>)")
     parser.add_argument("--database", default="trainmon_bench_insert_cost",
-                        help="prefix of the scratch databases, one per size, round and variant, detached as each ends and "
-                             "all dropped at the end "
-                             "(default %(default)s)")
+                        help="prefix of the scratch databases, one per size, round and variant, detached as each "
+                             "ends and all dropped at the end (default %(default)s)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures to PATH as JSON")
     args = parse_args(parser, argv, sizes="2:20,1800:5", rounds=1)
 

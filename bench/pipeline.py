@@ -100,8 +100,8 @@ def bench_home() -> Path:
     disk can matter: on ext4 without a journal ClickHouse's writes cost twice the CPU in the minute after a
     dropped database (docs/benchmarks.md, "The disk under ClickHouse")."""
     name = "bench" if not PORT_OFFSET else f"bench{PORT_OFFSET:+d}"
-    return Path(os.environ["TRAINMON_BENCH_HOME"]) / name if os.environ.get("TRAINMON_BENCH_HOME") else \
-        ROOT / ".trainmon" / name
+    parent = os.environ.get("TRAINMON_BENCH_HOME")
+    return Path(parent) / name if parent else ROOT / ".trainmon" / name
 
 
 def bench_settings(partitions: int, database: str = "trainmon_bench_pipeline") -> Settings:
