@@ -19,8 +19,8 @@ The same batches go to every variant of a round, each into its own fresh databas
 figures are medians over --rounds. Each database is detached as its variant ends and all are dropped
 together at the end: on ext4 without a journal the files a drop deletes make every file created in the
 next minute cost the kernel a scan (dropping between variants doubled the figures of small writes on the
-benchmark VM: docs/benchmarks.md, "The disk under ClickHouse"), and databases left attached would add
-their tables' background work to the server's CPU. The server's CPU is read in clock ticks (10 ms), so a
+benchmark VM: docs/benchmarks.md, "The disk under ClickHouse"), and detached ones run no merges or
+clean-up of their own beside the measured writes. The server's CPU is read in clock ticks (10 ms), so a
 variant's writes are timed together and divided. It starts its own ClickHouse on the bench ports and
 stops it at the end.
 
