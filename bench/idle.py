@@ -99,8 +99,7 @@ def clickhouse_events(settings: Settings) -> dict[str, int]:
 
 
 def part_log_file(settings: Settings) -> Path:
-    clickhouse = next(service for service in services.services(settings) if service.name == "clickhouse")
-    return clickhouse.dir / "run" / "config.d" / "zz-bench-part-log.xml"
+    return services.services(settings, ["clickhouse"])[0].dir / "run" / "config.d" / "zz-bench-part-log.xml"
 
 
 def part_log(settings: Settings, start: str, end: str) -> dict[str, tuple]:
@@ -123,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     cli = [sys.executable, "-m", "trainmon.cli"]
     log_file = part_log_file(settings)
     if args.part_log:
-        if any(service.pid() for service in services.services(settings) if service.name == "clickhouse"):
+        if services.services(settings, ["clickhouse"])[0].pid():
             raise SystemExit("idle: --part-log needs the bench ClickHouse stopped first (it reads its config at start)")
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.write_text(PART_LOG_XML)
