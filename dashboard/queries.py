@@ -10,6 +10,9 @@ Rules every method keeps (docs/dashboard_queries.md says why):
   bucket, so peaks survive); long ranges read the rollup tables instead of raw points.
 - Tables whose rows are replaced (runs, run_ranks, alert_deliveries) are read with FINAL bounded by
   their sort key; alerts are grouped per episode with argMax (exact before merges too).
+- Step buckets over a rollup place each rollup row by its first step (step_min), so those reads use
+  FINAL: an unmerged minute or hour holds one partial row per insert, each with its own step_min, and
+  the buckets would otherwise depend on how far the merges got (tests/integration/test_queries.py).
 - The live cluster views (cluster, silent_nodes, hosts) read `system_latest` (migration 0003): one row
   per host / GPU figure instead of the newest granule of every series of the time-series tables.
 
@@ -632,7 +635,7 @@ class Queries:
             aggregates = ("min(min) AS v_min, max(max) AS v_max, "
                           "sum(sum) / nullIf(sum(count) - sum(non_finite), 0) AS v_mean, "
                           "argMaxMerge(last) AS v_last, sum(count) AS n, sum(non_finite) AS n_bad")
-            source = "metric_rollup_" + table
+            source = f"metric_rollup_{table}" + (" FINAL" if x == "step" else "")  # see the module docstring
         bucket = f"intDiv({position} - {lo}, {width})"
         start = f"{lo} + {bucket} * {width}"
         x_sql = start if x == "step" else f"fromUnixTimestamp64Milli(toInt64({start}), 'UTC')"
@@ -662,7 +665,7 @@ class Queries:
             conditions.append(f"step_max >= {lo_p} AND step_min <= {hi_p}")
             inner = (f"SELECT rank, intDiv(greatest(step_min, {lo_p}) - {lo_p}, {width_p}) AS b, "
                      "sum(sum) / nullIf(sum(count) - sum(non_finite), 0) AS m "
-                     f"FROM metric_rollup_{table} {q.where(conditions)} GROUP BY rank, b")
+                     f"FROM metric_rollup_{table} FINAL {q.where(conditions)} GROUP BY rank, b")
         frame = self._frame(
             f"SELECT {lo_p} + b * {width_p} AS x, min(m) AS min, median(m) AS median, max(m) AS max, "
             f"avg(m) AS mean, count(m) AS ranks FROM ({inner}) GROUP BY x ORDER BY x", q)

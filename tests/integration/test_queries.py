@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
+from trainmon.dashboard import queries
 from trainmon.dashboard.queries import MAX_POINTS, Queries
 from trainmon.deploy.migrate import migrate
 from trainmon.clickhouse import connect
@@ -380,6 +381,54 @@ def test_long_runs_read_the_rollup_and_keep_peaks(q):
     assert hourly.attrs["sources"] == {"r-long": "1h"} and len(hourly) <= 50 and hourly["max"].max() == 1000.0
     by_time = q.series(P, "r-long", "loss", x="time", points=500)
     assert len(by_time) <= 500 and by_time["max"].max() == 1000.0 and by_time["count"].sum() == LONG_STEPS
+
+
+def _write_in_pieces(writer, run: str, pieces: int) -> None:
+    """2,000 steps of `split` on ranks 0 and 1, one every 7 s (3.9 h), in `pieces` inserts of
+    consecutive steps. 7 s: minutes and hours then straddle the step buckets' edges, so a partial row
+    starting at a piece's first step can fall in a later step bucket than its merged row would."""
+    start = (T0 + timedelta(days=1)).replace(second=0)  # clear of the other runs' hours
+    edges = [2_000 * piece // pieces for piece in range(pieces + 1)]
+    for first, end in zip(edges, edges[1:]):
+        rows = [[P, run, rank, H1, "split", s, s / 500, (1 + rank) / (s + 1), start + timedelta(seconds=7 * s)]
+                for s in range(first, end) for rank in (0, 1)]
+        writer.insert("metric_points", rows, column_names=POINT_COLUMNS, settings=NO_SETTINGS)
+
+
+@pytest.mark.parametrize("rank", [0, None])
+def test_rollup_reads_do_not_depend_on_how_far_the_merges_got(q, writer, monkeypatch, rank):
+    """A rollup holds one partial row per key and insert until the merges catch up, each with the
+    step_min of its own insert; read as it stands, the answer would depend on the merge state (a
+    cluster's shards, merged differently, gave 11 buckets where one node gave 10). The same points
+    written in 10 unmerged inserts and in one must read the same."""
+    def read(run: str) -> dict[str, pd.DataFrame]:
+        frames = {f"{source} {points}": q.series(P, [run], "split", points=points, source=source, rank=rank
+                                                  ).drop(columns="run")
+                  for source in ("1m", "1h") for points in (3, 40)}
+        monkeypatch.setattr(queries, "RAW_ROWS_MAX", 0)  # the spread from the rollups too (auto: raw here)
+        for points in (3, 40):  # 3: from the 1h rollup (4 hours), 40: from the 1m one
+            frames[f"spread {points}"] = q.rank_spread(P, run, "split", points=points)
+        monkeypatch.undo()
+        return frames
+
+    rollups = ("metric_rollup_1m", "metric_rollup_1h")
+    for table in rollups:
+        writer.command(f"SYSTEM STOP MERGES {table}")
+    try:
+        _write_in_pieces(writer, f"r-pieces-{rank}", 10)
+        _write_in_pieces(writer, f"r-whole-{rank}", 1)
+        for table in rollups:  # the case under test: partial rows, more than one per key
+            rows, keys = writer.query(f"SELECT count(), uniqExact(rank, bucket) FROM {table} "
+                                      f"WHERE project = '{P}' AND run = 'r-pieces-{rank}'").result_rows[0]
+            assert rows > keys, table
+        pieces, whole = read(f"r-pieces-{rank}"), read(f"r-whole-{rank}")
+    finally:
+        for table in rollups:
+            writer.command(f"SYSTEM START MERGES {table}")
+    assert whole["spread 3"].attrs["source"] == "1h" and whole["spread 40"].attrs["source"] == "1m"
+    for name, frame in whole.items():
+        assert frame["count" if "count" in frame else "ranks"].sum() > 0, name
+        pd.testing.assert_frame_equal(pieces[name], frame, obj=name)
 
 
 def test_rank_spread(q):
