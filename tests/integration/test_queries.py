@@ -408,17 +408,19 @@ def test_rollup_reads_do_not_depend_on_how_far_the_merges_got(q, writer, monkeyp
         monkeypatch.setattr(queries, "RAW_ROWS_MAX", 0)  # the spread from the rollups too (auto: raw here)
         for points in (3, 40):  # 3: from the 1h rollup (4 hours), 40: from the 1m one
             frames[f"spread {points}"] = q.rank_spread(P, run, "split", points=points)
+            frames[f"epochs {points}"] = q.epoch_map(P, [run], "split", points=points).drop(columns="run")
         monkeypatch.undo()
         return frames
 
-    rollups = ("metric_rollup_1m", "metric_rollup_1h")
+    rollups = {"metric_rollup_1m": "rank, bucket", "metric_rollup_1h": "rank, bucket",
+               "metric_epochs_1m": "bucket", "metric_epochs_1h": "bucket"}  # table: its key after (project, run)
     for table in rollups:
         writer.command(f"SYSTEM STOP MERGES {table}")
     try:
         _write_in_pieces(writer, f"r-pieces-{rank}", 10)
         _write_in_pieces(writer, f"r-whole-{rank}", 1)
-        for table in rollups:  # the case under test: partial rows, more than one per key
-            rows, keys = writer.query(f"SELECT count(), uniqExact(rank, bucket) FROM {table} "
+        for table, key in rollups.items():  # the case under test: partial rows, more than one per key
+            rows, keys = writer.query(f"SELECT count(), uniqExact({key}) FROM {table} "
                                       f"WHERE project = '{P}' AND run = 'r-pieces-{rank}'").result_rows[0]
             assert rows > keys, table
         pieces, whole = read(f"r-pieces-{rank}"), read(f"r-whole-{rank}")
@@ -427,7 +429,7 @@ def test_rollup_reads_do_not_depend_on_how_far_the_merges_got(q, writer, monkeyp
             writer.command(f"SYSTEM START MERGES {table}")
     assert whole["spread 3"].attrs["source"] == "1h" and whole["spread 40"].attrs["source"] == "1m"
     for name, frame in whole.items():
-        assert frame["count" if "count" in frame else "ranks"].sum() > 0, name
+        assert len(frame) > 1, name
         pd.testing.assert_frame_equal(pieces[name], frame, obj=name)
 
 
