@@ -34,6 +34,15 @@ def test_migrate_twice_applies_once(migrated, clickhouse):
             "system_rollup_1h", "ingest_offsets", "system_latest", "metric_epochs_1m", "metric_epochs_1h"} <= tables
 
 
+def test_every_table_the_processors_write_merges_wide(migrated, clickhouse):
+    """Migration 0010: a new table written at every flush needs it too, or it merges its largest small
+    part again with every few flushes (docs/benchmarks.md, "Cost at rest")."""
+    engines = dict(clickhouse.query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
+                                    "AND engine LIKE '%MergeTree' AND name != 'schema_migrations'").result_rows)
+    assert len(engines) >= 18
+    assert [name for name, engine in engines.items() if "merge_selector_base = 20" not in engine] == []
+
+
 def test_an_edited_applied_migration_is_refused(migrated, tmp_path):
     from trainmon.deploy.migrate import MIGRATIONS_DIR
 
