@@ -1,7 +1,7 @@
 -- Merges wait for wider ranges of parts: merge_selector_base 20 instead of 5, in every table the
 -- processors write. At rest each of these tables gets a small part per flush (every 2 s). ClickHouse's
 -- merge selector weighs each part as at least 5 MiB and prefers longer ranges, so while a partition's
--- largest part is under ~1 MiB (the first minutes of a day's raw points; a rollup's month for hours)
+-- largest part is under ~1 MiB (a raw partition for its first minutes; a rollup's month for hours)
 -- every merge of 5 or 6 new parts took that part in as well and rewrote it: at rest 1.5 merges a second,
 -- 57,000-62,000 rows merged a second for ~8,500 written (bench/idle.py --part-log; docs/benchmarks.md,
 -- "Cost at rest"). With base 20 a merge waits for ~20 parts and, by the selector's formula, leaves out a
