@@ -1,17 +1,7 @@
-import statistics, sys, time
-sys.path.insert(0, ".")  # run from the checkout
-import clickhouse_connect
-from trainmon.dashboard.queries import Queries
-c = clickhouse_connect.get_client(host="127.0.0.1", port=24123, database="trainmon_bench", username="reader")
-q = Queries(c)
-captured = []
-orig = Queries._frame
-def spy(self, sql, qq=None, *a, **k):
-    captured.append((sql, dict(qq.params) if qq is not None else {}))
-    return orig(self, sql, qq, *a, **k)
-Queries._frame = spy
-P = "proj-big"
-runs = [r for (r,) in c.query("SELECT DISTINCT run FROM runs WHERE project = 'proj-big' ORDER BY run").result_rows]
+import os, statistics, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capture import PROJECT as P, connect_capturing
+c, q, captured, runs = connect_capturing()
 plan, _ = q._metric_plan(P, runs, "loss", x="step", points=1000, rank=None, start=None, end=None, source="auto")
 q.epoch_map(P, runs, "loss", points=1000, plan=plan)
 sql, params = captured[-1]

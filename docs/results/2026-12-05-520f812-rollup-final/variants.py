@@ -1,18 +1,8 @@
 """Time the overlay's series SQL at 1e9 in three forms: as before (no FINAL), FINAL, merged-by-key subquery."""
-import re, statistics, sys, time
-import clickhouse_connect
-sys.path.insert(0, ".")  # run from the checkout
-from trainmon.dashboard.queries import Queries
-URL_HOST, PORT, DB = "127.0.0.1", 24123, "trainmon_bench"
-c = clickhouse_connect.get_client(host=URL_HOST, port=PORT, database=DB, username="reader")
-q = Queries(c)
-captured = []
-orig = Queries._frame
-def spy(self, sql, qq=None, *a, **k):
-    captured.append((sql, dict(qq.params) if qq is not None else {}))
-    return orig(self, sql, qq, *a, **k)
-Queries._frame = spy
-runs = [r for (r,) in c.query("SELECT DISTINCT run FROM runs WHERE project = 'proj-big' ORDER BY run").result_rows]
+import os, statistics, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capture import connect_capturing
+c, q, captured, runs = connect_capturing(username="reader")
 print(len(runs), "runs")
 q.series("proj-big", runs, "loss", points=1000)
 sql, params = captured[-1]
