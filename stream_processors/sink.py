@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from trainmon.clickhouse import connect
 from trainmon.settings import Settings
+from trainmon.stream_processors.gpu_inventory import GpuInventory
 
 log = logging.getLogger("trainmon.processors")
 
@@ -264,6 +265,7 @@ class ClickHouseSink:
         self._types = _types()
         self._column_types: dict[tuple[str, tuple[str, ...]], list] = {}  # see _insert_rows
         self.max_backoff_s = max_backoff_s
+        self.inventory = GpuInventory()  # `gpus` rows only when a GPU's row changes (gpu_inventory.py)
         self.written_values = 0
         self.skipped_events = 0
         self.refused: Counter[str] = Counter()  # table -> rows ClickHouse refused for good
@@ -308,6 +310,8 @@ class ClickHouseSink:
         without a source, such as run snapshots, are logged and counted). Blocking: run in a thread."""
         refused: list[tuple[Source | None, str]] = []
         for table, rows in batch.rows.items():
+            if table == "gpus":
+                rows = self.inventory.to_write(rows)
             if rows:
                 refused += self._guarded(table, rows, self._insert_rows(table), _halves, _row_sources)
         for table, columns in (("metric_points", batch.metric), ("system_samples", batch.system)):

@@ -24,10 +24,11 @@ def metrics(run: str, step: int, n: int = 8) -> dict:
                     values=values)
 
 
-def system(host: str, second: int) -> dict:
-    return envelope("system", host=host, time=T0 + second, figures={"cpu_percent": 50.0},
-                    gpus=[{"index": i, "uuid": f"GPU-{i}", "name": "H100", "figures": {"util_percent": 90.0 + i}}
-                          for i in range(2)])
+def system(host: str, second: int, error: str | None = None) -> dict:
+    gpus = [{"index": i, "uuid": f"GPU-{i}", "name": "H100", "figures": {"util_percent": 90.0 + i}} for i in range(2)]
+    if error:
+        gpus[1]["error"] = error
+    return envelope("system", host=host, time=T0 + second, figures={"cpu_percent": 50.0}, gpus=gpus)
 
 
 def feed(sink: ClickHouseSink, topic: str, events, first_offset: int, batch_size: int) -> None:
@@ -92,6 +93,18 @@ def test_system_samples_land_per_host_and_gpu_with_the_inventory(migrated):
     assert rows == [(-1, 30, 50.0), (0, 30, 90.0), (1, 30, 91.0)]
     inventory = client.query("SELECT gpu, gpu_uuid, gpu_name FROM gpus FINAL WHERE host = 'sink-node' ORDER BY gpu")
     assert inventory.result_rows == [(0, "GPU-0", "H100"), (1, "GPU-1", "H100")]
+
+
+def test_the_gpu_inventory_is_written_when_it_changes_not_with_every_sample(migrated):
+    client = connect(migrated)
+    sink = ClickHouseSink(migrated)
+    feed(sink, "t.inventory", [system("inventory-node", s) for s in range(30)], 0, batch_size=7)  # five writes
+    assert count(client, "SELECT count() FROM gpus WHERE host = 'inventory-node'") == 2  # one row per GPU
+    feed(sink, "t.inventory", [system("inventory-node", 30, error="GPU is lost")], 30, batch_size=1)
+    rows = client.query("SELECT gpu, last_error, last_seen FROM gpus FINAL WHERE host = 'inventory-node' ORDER BY gpu")
+    assert [(gpu, error) for gpu, error, _ in rows.result_rows] == [(0, ""), (1, "GPU is lost")]
+    assert rows.result_rows[1][2].timestamp() == T0 + 30  # the erroring sample's own time
+    assert count(client, "SELECT count() FROM gpus WHERE host = 'inventory-node'") == 3
 
 
 class FlakyClient:
