@@ -7,8 +7,8 @@ committed only behind a durable state snapshot:
 
 1. a batch is processed, up to PIECE_EVENTS at a time (rules evaluated, its rows held for ClickHouse),
    and its events join the pending list; the once-a-second tick writes the held rows (processing.py);
-2. a checkpoint (every `checkpoint_interval_s`, 5 s, at rest at the tick after that when the held rows
-   are due, and at once after a piece that raised alerts) writes the rows still held, turns the changed partitions' state into snapshots, sends them to the
+2. a checkpoint (every `checkpoint_interval_s`, 5 s, and at once after a piece that raised alerts)
+   writes the rows still held, turns the changed partitions' state into snapshots, sends them to the
    compacted state topic and waits for Kafka to acknowledge them (all partitions' at once);
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
    the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
@@ -145,7 +145,6 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     held_alerts: list[dict] = []  # released with snapshots that could not be written: sent next time
     held_notifications: list[dict] = []  # the same, of incidents
     checkpoint_lock = asyncio.Lock()
-    checkpointed_at = [time.monotonic()]  # when the latest checkpoint began (the tick asks for the next)
     # Closed from a rebalance's start until the new assignment's state is ready: Faust may hand over
     # events of a newly assigned partition before its on_partitions_assigned handlers finish, and state
     # restored for them then would carry no generation and no topic ids (events counted twice).
@@ -203,7 +202,6 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     async def checkpoint(revoked: list[int] | None = None) -> None:
         """Snapshots of changed state made durable, then acks and alerts released (see module doc)."""
         async with checkpoint_lock:
-            checkpointed_at[0] = time.monotonic()
             events = list(pending_events)  # all handled, so in the snapshots about to be taken
             pending_events.clear()
             snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked)
@@ -242,11 +240,14 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     @app.timer(interval=1.0)
     async def tick() -> None:
-        wanted = time.monotonic() - checkpointed_at[0] >= checkpoint_interval_s
-        outcome = await in_thread(processing.tick, app.consumer.read_progress(), wanted)
+        outcome = await in_thread(processing.tick, app.consumer.read_progress())
         await send(outcome)
-        if outcome.alerts or outcome.notifications or outcome.checkpoint:
+        if outcome.alerts or outcome.notifications:
             await checkpoint()  # a silence or a group_wait ending pages now, not a checkpoint later
+
+    @app.timer(interval=checkpoint_interval_s)
+    async def periodic_checkpoint() -> None:
+        await checkpoint()
 
     @app.on_partitions_revoked.connect
     async def revoked(sender: Any, revoked: set, **kwargs: Any) -> None:

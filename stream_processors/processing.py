@@ -74,7 +74,6 @@ class Outcome:
     run_hardware: list[dict] = field(default_factory=list)  # re-keyed by run, for the stall rule
     host_run_ends: list[dict] = field(default_factory=list)  # run_end re-keyed by host, for node rules
     unowned: set[int] = field(default_factory=set)  # partitions read but no longer ours: do not ack
-    checkpoint: bool = False  # a tick asked for a checkpoint, and it should come now: see Processing.tick
 
 
 def run_hardware(event: Mapping[str, Any]) -> list[dict]:
@@ -145,7 +144,6 @@ class Processing:
         self.held = Batch()  # rows not written yet: see flush()
         self.held_since = 0.0  # wall time the oldest held row was held
         self.held_sources: dict[Source, Message] = {}
-        self.flushed_full = False  # the latest flush was for insert_max_rows (under load), not for time
         self.refused: list[DeadLetter] = []  # rows ClickHouse refused at a flush, to dead-letter: see take_refused()
 
     # --- ownership ----------------------------------------------------------------------------------
@@ -350,7 +348,6 @@ class Processing:
             self.held_sources.update(sources)
             if self.held.values + sum(map(len, self.held.rows.values())) >= self.insert_max_rows:
                 self.flush()
-                self.flushed_full = True
 
     def flush(self) -> None:
         """Write the held rows; those ClickHouse refuses for good wait in `refused` for the dead-letter
@@ -392,17 +389,10 @@ class Processing:
 
     # --- the clock ----------------------------------------------------------------------------------
 
-    def tick(self, progress: Mapping[tuple[str, int], tuple[int, float]] | None = None,
-             checkpoint_wanted: bool = False) -> Outcome:
+    def tick(self, progress: Mapping[tuple[str, int], tuple[int, float]] | None = None) -> Outcome:
         """Time-based rules, lost runs, window closing and run snapshots, per partition on its own
         clock; about once a second. progress: per (topic, partition) read, Kafka's high watermark and
-        the wall time of the fetch that reported it (clock.py: how far each topic has been read).
-
-        checkpoint_wanted: the periodic checkpoint is due. A checkpoint writes the held rows before its
-        snapshot, so at rest it waits for the tick at which they are due and writes them in place of
-        this tick's flush (`outcome.checkpoint`): otherwise it would add a flush of its own, an insert
-        per table with its views and parts, every checkpoint. Nothing held, or rows written by count
-        (under load a flush is never far), and it goes at once."""
+        the wall time of the fetch that reported it (clock.py: how far each topic has been read)."""
         outcome, batch, wall = Outcome(), Batch(), time.time()
         for (topic, partition), (highwater, fetched) in (progress or {}).items():
             state = self.partitions.get(partition)
@@ -438,11 +428,8 @@ class Processing:
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
         self._hold(batch, {})
-        due = bool(self.held) and wall - self.held_since >= self.insert_max_delay_s
-        outcome.checkpoint = checkpoint_wanted and (due or not self.held or self.flushed_full)
-        if due and not outcome.checkpoint:
+        if self.held and wall - self.held_since >= self.insert_max_delay_s:
             self.flush()
-            self.flushed_full = False
         return outcome
 
     def _lose_runs(self, state: PartitionState, now: float, outcome: Outcome) -> None:

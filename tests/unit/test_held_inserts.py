@@ -75,31 +75,3 @@ def test_refused_rows_wait_for_the_checkpoint_as_dead_letters(wall) -> None:
     ((key, value, headers),) = proc.take_refused()
     assert dict(headers)["trainmon-dlq-reason"] == b"rejected" and dict(headers)["trainmon-dlq-offset"] == b"1"
     assert proc.take_refused() == [] and proc.counts["dead_letter.rejected"] == 1
-
-
-def test_a_periodic_checkpoint_at_rest_waits_for_the_due_rows_and_writes_them_in_the_ticks_place(wall) -> None:
-    proc, _ = make()
-    proc.handle(batch(0))
-    assert proc.tick(checkpoint_wanted=True).checkpoint is False  # held 0 s: it would be an insert of its own
-    wall[0] += 1.0
-    assert proc.tick(checkpoint_wanted=True).checkpoint is False and proc.sink.batches == []
-    wall[0] += 1.0
-    assert proc.tick(checkpoint_wanted=True).checkpoint is True  # due now...
-    assert proc.sink.batches == []  # ...and left to the checkpoint, whose snapshot writes them
-    proc.snapshot()
-    assert [len(b.metric) for b in proc.sink.batches] == [2]  # one insert for both
-
-
-def test_a_periodic_checkpoint_goes_at_once_with_nothing_held_or_under_load(wall) -> None:
-    proc, _ = make()
-    assert proc.tick(checkpoint_wanted=True).checkpoint is True  # nothing held
-    assert proc.tick().checkpoint is False  # not wanted: never
-    proc.insert_max_rows = 4
-    proc.handle(batch(0) + batch(1))  # 4 values: written by count, as under load
-    proc.handle(batch(2))
-    assert [len(b.metric) for b in proc.sink.batches] == [4] and proc.held
-    assert proc.tick(checkpoint_wanted=True).checkpoint is True  # held 0 s, but a flush is never far
-    wall[0] += 2.0
-    proc.tick()  # a flush for time again: at rest
-    proc.handle(batch(3))
-    assert proc.tick(checkpoint_wanted=True).checkpoint is False
