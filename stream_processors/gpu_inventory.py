@@ -2,7 +2,7 @@
 
 Every sample names each GPU's UUID, model and current NVML error, which change when a GPU is swapped or
 fails, not every second. Written with every sample, they were an insert (and a part to merge) in every
-flush at rest: a third of the sink's inserts with the demo's cluster (issue 13). A row goes out when
+flush at rest: a quarter of the sink's inserts with the demo's cluster (issue 13, bench/idle.py). A row goes out when
 its UUID, name or error differs from what this worker last wrote for that (host, GPU), or when that row's
 `last_seen` is `refresh_s` old: `last_seen` is then exact to within `refresh_s`. A worker that takes
 over a node's partition writes its GPUs once; `gpus` is a ReplacingMergeTree on `last_seen`, so the

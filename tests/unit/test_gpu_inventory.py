@@ -15,7 +15,7 @@ def row(gpu: int, second: float, error: str = "", uuid: str | None = None, host:
             "last_seen": T + timedelta(seconds=second)}
 
 
-def test_the_first_sight_of_each_gpu_is_written_once_per_flush_newest_first() -> None:
+def test_the_first_sight_of_each_gpu_is_written_once_per_flush_the_newest_row() -> None:
     inventory = GpuInventory()
     written = inventory.to_write([row(0, 0), row(1, 0), row(0, 1), row(1, 1), row(0, 0.5, host="n2")])
     assert sorted((r["host"], r["gpu"], r["last_seen"]) for r in written) == [
