@@ -5,8 +5,9 @@ fails, not every second. Written with every sample, they were an insert (and a p
 flush at rest: a quarter of the sink's inserts with the demo's cluster (issue 13, bench/idle.py). A row goes out when
 its UUID, name or error differs from what this worker last wrote for that (host, GPU), or when that row's
 `last_seen` is `refresh_s` old: `last_seen` is then exact to within `refresh_s`. A worker that takes
-over a node's partition writes its GPUs once; `gpus` is a ReplacingMergeTree on `last_seen`, so the
-repeat changes nothing a reader sees.
+over a node's partition writes its GPUs once, and a worker that loses partitions forgets what it wrote
+(`ClickHouseSink.forget`: another owner may write newer rows meanwhile); `gpus` is a ReplacingMergeTree
+on `last_seen`, so a repeat changes nothing a reader sees.
 """
 
 from __future__ import annotations

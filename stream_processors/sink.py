@@ -297,10 +297,13 @@ class ClickHouseSink:
         return int(rows[0][0]) if rows and rows[0][1] else -1
 
     def forget(self, partitions: Iterable[int]) -> None:
-        """Partitions revoked: their watermarks (every topic's) must be read again if they come back."""
+        """Partitions revoked: their watermarks (every topic's) must be read again if they come back, and
+        what this worker wrote to `gpus` may be stale by then (another owner wrote newer rows): every GPU
+        is written again at its next sample, once per rebalance."""
         partitions = set(partitions)
         for key in [key for key in self._watermarks if key[1] in partitions]:
             del self._watermarks[key]
+        self.inventory = GpuInventory()
 
     # --- writing -----------------------------------------------------------------------------------
 

@@ -107,6 +107,20 @@ def test_the_gpu_inventory_is_written_when_it_changes_not_with_every_sample(migr
     assert count(client, "SELECT count() FROM gpus WHERE host = 'inventory-node'") == 3
 
 
+def test_after_a_rebalance_the_gpu_inventory_is_written_again_not_left_to_another_owners_rows(migrated):
+    """A node's partition goes to worker B, which writes an error, and comes back to A, which sees the
+    error gone: A must write that, although it is what A last wrote itself."""
+    client = connect(migrated)
+    a, b = ClickHouseSink(migrated), ClickHouseSink(migrated)
+    feed(a, "t.rebalance", [system("rebalance-node", s) for s in range(3)], 0, batch_size=3)
+    a.forget([0])
+    feed(b, "t.rebalance", [system("rebalance-node", 3, error="GPU is lost")], 3, batch_size=1)
+    b.forget([0])
+    feed(a, "t.rebalance", [system("rebalance-node", 4)], 4, batch_size=1)
+    rows = client.query("SELECT gpu, last_error FROM gpus FINAL WHERE host = 'rebalance-node' ORDER BY gpu")
+    assert rows.result_rows == [(0, ""), (1, "")]
+
+
 class FlakyClient:
     """A real client that refuses the first `failures` inserts, as ClickHouse does while it is down."""
 
