@@ -24,14 +24,15 @@ FORMAT = 1
 
 
 class PartitionState:
-    def __init__(self, partition: int, pipeline: PipelineConfig, *, lateness_s: float = 10.0) -> None:
+    def __init__(self, partition: int, pipeline: PipelineConfig, *, lateness_s: float = 10.0,
+                 window_idle_s: float = 20.0) -> None:
         self.partition = partition
         self.engines = {scope: self._engine(pipeline) for scope in ("run", "host")}
         self.book = RunBook()
         # fed only on the incident topic's partition (internal_topics.INCIDENT_PARTITION); None: no
         # `incidents` section in the pipeline, every alert is routed on its own
         self.incidents = IncidentBook(pipeline.incidents) if pipeline.incidents is not None else None
-        self.windows = Windows(pipeline.windows_s, lateness_s=lateness_s)
+        self.windows = Windows(pipeline.windows_s, lateness_s=lateness_s, idle_s=window_idle_s)
         self.clock = PartitionClock()
         self.applied: dict[str, int] = {}  # topic -> highest offset whose event is in this state
         self.producers: dict[str, dict[tuple[str, str], int]] = {}  # run -> (producer, topic) -> seq
@@ -82,9 +83,9 @@ class PartitionState:
         for scope, engine in self.engines.items():
             engine.restore(state["engines"][scope])
         vars(self.book).update(state["book"])
-        sizes = self.windows.sizes  # the window lengths come from the running config
+        configured = {name: getattr(self.windows, name) for name in ("sizes", "lateness_s", "idle_s")}
         vars(self.windows).update(state["windows"])
-        self.windows.sizes = sizes
+        vars(self.windows).update(configured)  # the running config's, not the snapshot writer's
         self.clock = state["clock"]
         if self.incidents is not None and state.get("incidents"):  # absent in snapshots of older workers
             self.incidents.restore(state["incidents"])

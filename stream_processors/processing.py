@@ -122,7 +122,7 @@ class Processing:
     def __init__(self, pipeline: PipelineConfig, sink: ClickHouseSink, dispatcher: Any = None,
                  deliveries: deque | None = None, *, group: str = "trainmon-processors",
                  lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
-                 insert_max_delay_s: float = 1.5,
+                 insert_max_delay_s: float = 1.5, window_idle_s: float = 20.0,
                  snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
         self.pipeline = pipeline
         self.sink = sink
@@ -130,7 +130,7 @@ class Processing:
         self.deliveries = deque() if deliveries is None else deliveries  # filled by the dispatcher's thread
         self.group = group
         self.lost_after_s = lost_after_s
-        self.lateness_s = lateness_s
+        self.lateness_s, self.window_idle_s = lateness_s, window_idle_s
         self.snapshot_loader = snapshot_loader  # partition -> its latest snapshots in the state topic
         self.partitions: dict[int, PartitionState] = {}
         self.released: set[int] = set()  # revoked: events read for them are not ours to process
@@ -167,7 +167,7 @@ class Processing:
         return state
 
     def _fresh(self, partition: int) -> PartitionState:
-        state = PartitionState(partition, self.pipeline, lateness_s=self.lateness_s)
+        state = PartitionState(partition, self.pipeline, lateness_s=self.lateness_s, window_idle_s=self.window_idle_s)
         state.version = (self.generation, 0)
         return state
 

@@ -155,6 +155,12 @@ class Settings:
         1.5, "seconds the oldest held row may wait before the held rows are written (checked once a second): "
         "at rest each table gets an insert every 2 s; under load insert_max_rows comes first. Smaller: data "
         "visible sooner, more inserts, parts and merges", metavar="SECONDS", check=_at_least(0))
+    processors_window_idle: float = option(
+        20.0, "seconds a partition's metrics (or its system samples) may bring nothing new before their last "
+        "open windows close on the partition's clock, so a run that stopped gets its last windows written. "
+        "Smaller: those windows written sooner; but events delayed longer than this (a node that sends late) "
+        "find their windows closed and are counted in late_events, not aggregated", metavar="SECONDS",
+        check=_at_least(1))
     processors_loglevel: str = option("info", "log level: debug, info, warning or error", metavar="LEVEL",
                                       check=_one_of("debug", "info", "warning", "error"))
     processors_session_timeout: float = option(

@@ -25,7 +25,7 @@ from trainmon.agent.publisher import Publisher
 from trainmon.stream_processors.config import load_pipeline
 from trainmon.stream_processors.processing import Message, Processing
 from trainmon.stream_processors.sink import ClickHouseSink
-from tests.integration.test_processors import (ROOT, lifecycle, metrics, pipeline_file, scalar,
+from tests.integration.test_processors import (QUICK_WINDOWS, ROOT, lifecycle, metrics, pipeline_file, scalar,
                                                start_worker, stop, wait_until)
 from tests.kafka_util import read_all
 from tests.receivers import Receiver
@@ -92,10 +92,10 @@ def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topic
 def test_rebalance_one_three_one_under_load_keeps_runs_and_windows_exact(own_topics, tmp_path):
     group = f"rebal-{uuid.uuid4().hex[:6]}"
     runs = [f"rb-{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
-    steps = 1200  # about 30 s of load: past the second rebalance (3 -> 1 workers) at 20-25 s
+    steps = 1000  # about 25 s of load: past the second rebalance (3 -> 1 workers) at 16-20 s
     with Receiver([200] * 100) as receiver:
         pipeline = pipeline_file(tmp_path, receiver.url)
-        workers = [start_worker(own_topics, pipeline, group, tmp_path / "w0.log")]
+        workers = [start_worker(own_topics, pipeline, group, tmp_path / "w0.log", **QUICK_WINDOWS)]
         try:
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
             for run in runs:
@@ -110,9 +110,10 @@ def test_rebalance_one_three_one_under_load_keeps_runs_and_windows_exact(own_top
 
             producer = threading.Thread(target=publish)
             producer.start()
-            time.sleep(8)
-            workers += [start_worker(own_topics, pipeline, group, tmp_path / f"w{i}.log") for i in (1, 2)]
-            time.sleep(12)
+            time.sleep(6)
+            workers += [start_worker(own_topics, pipeline, group, tmp_path / f"w{i}.log", **QUICK_WINDOWS)
+                        for i in (1, 2)]
+            time.sleep(10)
             for worker in workers[1:]:
                 stop(worker)  # SIGTERM: hand the partitions back
             producer.join()
@@ -321,8 +322,9 @@ def test_worker_sigkilled_mid_plateau_fires_at_the_step_it_would_have_and_resolv
 # The outage is 3x the rules' timeouts here (the issue's 5 minutes against the shipped 1 minute is 5x),
 # scaled down to keep the suite short. TRAINMON_FAULT_OUTAGE_S=300 TRAINMON_FAULT_TIMEOUT_S=60 runs it
 # full size (with pytest --timeout 900).
-OUTAGE_S = int(os.environ.get("TRAINMON_FAULT_OUTAGE_S", "24"))
-TIMEOUT_S = int(os.environ.get("TRAINMON_FAULT_TIMEOUT_S", "8"))
+OUTAGE_S = int(os.environ.get("TRAINMON_FAULT_OUTAGE_S", "15"))
+TIMEOUT_S = int(os.environ.get("TRAINMON_FAULT_TIMEOUT_S", "5"))
+LIVE_S = 8  # live before the outage and after the restart (the simulator's heartbeats are 1 s apart)
 
 
 def silence_pipeline(directory: Path, webhook_url: str) -> Path:
@@ -349,9 +351,10 @@ def test_processing_outage_then_catch_up_pages_nothing_false_and_real_silence_st
     """A simulated cluster trains through a worker outage several times the silence timeouts; the
     restarted worker catches up on the backlog. Nothing may page for that; a node that really dies
     afterwards must. The restarted worker is ready about 3 s after its start and reads the backlog in
-    under 2 s, so the node dies 12 s after the restart, with every silence rule live again."""
+    under 2 s, so the node dies LIVE_S after the restart, with every silence rule live again (a slower
+    start would not change the verdict: silence is judged by the events' time)."""
     tag = uuid.uuid4().hex[:6]
-    project, group, dead_at = f"outage-{tag}", f"outage-{tag}", 12 + OUTAGE_S + 12
+    project, group, dead_at = f"outage-{tag}", f"outage-{tag}", LIVE_S + OUTAGE_S + LIVE_S
     env = {**os.environ, "PYTHONPATH": str(ROOT), env_name("kafka_bootstrap_servers"): own_topics.bootstrap_servers,
            env_name("kafka_topic_prefix"): own_topics.kafka_topic_prefix}
     with Receiver([200] * 100) as receiver:
@@ -367,7 +370,7 @@ def test_processing_outage_then_catch_up_pages_nothing_false_and_real_silence_st
                  "--heartbeat", "1", "--step-interval", "0.1", "--project", project, "--prefix", f"o{tag}",
                  "--spool-dir", str(tmp_path / "spool"), "--duration", str(dead_at + 2 * TIMEOUT_S + 5),
                  "--fault", f"dead_node@node-2:{dead_at}"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-            time.sleep(12)  # live, with every silence rule armed
+            time.sleep(LIVE_S)  # live, with every silence rule armed
             worker.send_signal(signal.SIGKILL)
             worker.wait(10)
             time.sleep(OUTAGE_S)
@@ -436,7 +439,7 @@ def test_trainer_sigkilled_after_100k_delivered_then_restarted_counts_every_even
 
     with Receiver([200] * 10) as receiver:
         worker = start_worker(own_topics, pipeline_file(tmp_path, receiver.url), f"trainer-{run_id}",
-                              tmp_path / "worker.log")
+                              tmp_path / "worker.log", **QUICK_WINDOWS)
         try:
             killed = trainer(0, n, "hang")
             try:

@@ -31,12 +31,14 @@ def wall(monkeypatch):
     return now
 
 
-def make(snapshots: dict[int, bytes] | None = None, lost_after_s: float = 900.0) -> tuple[Processing, Dispatcher]:
+def make(snapshots: dict[int, bytes] | None = None, lost_after_s: float = 900.0,
+         **options: float) -> tuple[Processing, Dispatcher]:
     pipeline = PipelineConfig(rules=RULES, routes=[], windows_s=[10.0], repeat_interval_s=3600.0,
                               dashboard_url="http://127.0.0.1:8501", path="test")
     dispatcher = Dispatcher()
     loader = (lambda p: [snapshots[p]] if p in snapshots else []) if snapshots is not None else None
-    return Processing(pipeline, MemorySink(), dispatcher, lost_after_s=lost_after_s, snapshot_loader=loader), dispatcher
+    return Processing(pipeline, MemorySink(), dispatcher, lost_after_s=lost_after_s, snapshot_loader=loader,
+                      **options), dispatcher
 
 
 class Feed:
@@ -126,6 +128,38 @@ def test_events_whose_rows_clickhouse_has_still_reach_the_windows(wall):
     proc.partitions[0].windows.catch_up()  # batches aggregate when the windows are next read
     (window,) = [acc for key, acc in proc.partitions[0].windows.open.items() if "loss" in key]
     assert window[0] == 10
+
+
+def second_the_last_window_closes(proc: Processing, wall: list[float]) -> int:
+    """Three events in the window [T, T+10), then nothing more on a partition read to its end: the
+    second (of wall time) at which that window is no longer open."""
+    wall[0] = T + 3
+    proc.handle(Feed()(*(metrics(i, T + 1 + i, loss=1.0) for i in range(3))))
+    for second in range(4, 60):
+        wall[0] = T + second
+        proc.tick({("t.metrics", 0): (3, T + second)})  # offsets 0-2: all read
+        if not proc.partitions[0].windows.open:
+            return second
+    raise AssertionError("the window never closed")
+
+
+def test_a_quiet_source_closes_its_last_windows_after_window_idle_not_the_default(wall):
+    """[processors] window_idle: once the metrics have been quiet that long (20 s by default) their window
+    closes on the partition's clock, which runs 1 s behind the fetches, when that passes its end by the
+    lateness (2 s here): at T+13 at the soonest."""
+    assert second_the_last_window_closes(make(lateness_s=2.0)[0], wall) == 23  # quiet since T+3, for 20 s
+    assert second_the_last_window_closes(make(lateness_s=2.0, window_idle_s=5.0)[0], wall) == 13
+
+
+def test_a_restored_partition_keeps_the_running_workers_window_idle_not_the_snapshots(wall):
+    former, _ = make(lateness_s=2.0)  # 20 s
+    wall[0] = T + 1
+    former.handle(Feed()(metrics(0, T + 1, loss=1.0)))
+    taker, _ = make(former.snapshot(), lateness_s=3.0, window_idle_s=5.0)
+    taker.assign([0])
+    windows = taker.partitions[0].windows
+    assert (windows.idle_s, windows.lateness_s, windows.sizes) == (5.0, 3.0, [10.0])
+    assert windows.open, "the restored open window"
 
 
 def test_resent_events_are_dropped_by_producer_and_seq(wall):
