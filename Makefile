@@ -43,8 +43,11 @@ chromium:
 helm:
 	./deploy/helm/install-helm.sh
 
+# The unit tests on both cores (pytest-xdist: independent, CPU-bound, ~60 s instead of ~100), then the
+# integration tests one at a time: they time the real services, which a second test beside them would slow.
 test: setup alertmanager chromium helm
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/unit -n 2
+	$(BIN)/python -m pytest --ignore=tests/unit
 
 # The framework integrations' tests (tests/frameworks; docs/integrations.md): torch, Lightning,
 # transformers and Keras on its JAX, torch and TensorFlow backends, on CPU. Heavy, so not in `make test`:
@@ -61,7 +64,7 @@ test-frameworks: $(FRAMEWORKS_STAMP) alertmanager
 	TRAINMON_FRAMEWORK_TESTS=1 $(BIN)/python -m pytest tests/frameworks
 
 test-unit: setup
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/unit -n 2
 
 demo: setup alertmanager
 	$(BIN)/trainmon demo
