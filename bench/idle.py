@@ -16,6 +16,7 @@ Everything it starts is stopped by PID at the end.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -134,6 +135,8 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     try:
         create_topics(settings, progress=lambda m: None)
         migrate(settings, progress=lambda m: None)
+        if args.pair is not None:
+            migrate(pair_settings(settings), progress=lambda m: None)
         with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp, Receiver([200] * 100_000) as receiver:
             logs = Path(tmp)
             children = Children(settings, logs, say)
@@ -148,12 +151,19 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                 for index, fault in enumerate(DEFAULT_FAULTS):
                     simulate += ["--fault", f"{fault}:{20 + 10 * index}"]
                 simulator = children.start("simulator", simulate)
+                if args.pair is not None:  # after the simulator: both workers' first fetches see the same topics
+                    paired = children.start("paired", [*cli, "process", "--pipeline", str(pipeline_file(logs, receiver.url)),
+                                                       "--group", "bench-pair", "--loglevel", "info", *delay,
+                                                       *shlex.split(args.pair)],
+                                            TRAINMON_CLICKHOUSE_DATABASE=pair_settings(settings).clickhouse_database)
                 parts = {"clickhouse": [], "kafka": [], "alertmanager": []}
                 for service in services.services(settings):
                     if service.pid() and service.name in parts:
                         parts[service.name].append(service.pid())
                 parts.update({"worker": [worker.pid], "dashboard": [dashboard.pid], "agent": [agent.pid],
                               "simulator": [simulator.pid]})
+                if args.pair is not None:
+                    parts["paired"] = [paired.pid]
                 say(f"idle: warming up for {args.warmup:.0f} s ...")
                 time.sleep(args.warmup)
                 for name, code in children.exited():
@@ -163,10 +173,17 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                 rss = RssSamples(parts)
                 cpu = CpuShare(parts)
                 rss.start()
-                began = time.monotonic()
+                began, ratios, last = time.monotonic(), [], cpu.used()
                 for elapsed in range(0, int(args.duration), 30):
                     time.sleep(min(30, args.duration - elapsed))
                     say(f"idle: {min(elapsed + 30, int(args.duration))}/{args.duration:.0f} s measured")
+                    if args.pair is not None:  # per 30 s window: the paired worker's CPU over the worker's
+                        now = cpu.used()
+                        worker_s = now["worker"] - last["worker"]
+                        if worker_s > 0:
+                            ratios.append((now["paired"] - last["paired"]) / worker_s)
+                            say(f"idle: paired / worker CPU in this window {ratios[-1]:.3f}")
+                        last = now
                 used, wall = cpu.used(), time.monotonic() - began
                 rss.done.set()
                 after, sent_after = clickhouse_events(settings), topic_ends(settings)
@@ -199,8 +216,17 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                         f"part_log_{table}_merges_per_s": round(merges / wall, 2),
                         f"part_log_{table}_merge_s_per_s": round(merge_s / wall, 4),
                         f"part_log_{table}_merged_rows_per_s": round(merged_rows / wall, 1)})
+    if ratios:
+        figures["paired_over_worker_cpu_ratio_median"] = round(statistics.median(ratios), 3)
+        figures["paired_over_worker_cpu_ratio_min"] = round(min(ratios), 3)
+        figures["paired_over_worker_cpu_ratio_max"] = round(max(ratios), 3)
     figures["measured_s"] = round(wall, 1)
     return figures
+
+
+def pair_settings(settings: Settings) -> Settings:
+    """The paired worker's own database: it writes every row the worker writes, so nothing is doubled."""
+    return settings.replace(clickhouse_database=f"{settings.clickhouse_database}_pair")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the worker's [processors] insert_max_delay (default: the worker's own, 1.5 s: an insert "
                              "per table every 2 s at rest); what a longer cadence saves at rest, paid in visible "
                              "latency (checked once a second: 1.5 inserts every 2 s, 3.5 every 4 s)")
+    parser.add_argument("--pair", metavar="ARGS",
+                        help="also run a second worker beside the first, on the same traffic (its own consumer group "
+                             "and database, so the ClickHouse figures include its inserts), with these extra "
+                             "`trainmon process` flags, e.g. --pair '--fetch-max-wait 0.1'; '' runs an identical one "
+                             "(A/A: how far the pair's own noise goes). Reports its CPU over the worker's in every 30 s "
+                             "window (figures paired_over_worker_cpu_ratio_median/min/max): both live through the "
+                             "same machine's moments, so the ratio holds where separate runs differ by a fifth")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures (names carry the unit)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -228,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nidle cost over {figures['measured_s']:.0f} s: {args.nodes} nodes x {args.gpus} GPUs, {args.runs} runs "
           f"simulated ({psutil.cpu_count()} CPUs)")
     print(f"{'component':14s} {'CPU % of a core':>16s} {'RSS median MB':>14s} {'RSS peak MB':>12s}")
-    for name in ("clickhouse", "worker", "kafka", "alertmanager", "dashboard", "agent", "simulator"):
+    for name in ("clickhouse", "worker", "paired", "kafka", "alertmanager", "dashboard", "agent", "simulator"):
+        if f"{name}_cpu_pct" not in figures:
+            continue
         print(f"{name:14s} {figures[f'{name}_cpu_pct']:16.2f} {figures[f'{name}_rss_median_mb']:14.1f} "
               f"{figures[f'{name}_rss_peak_mb']:12.1f}")
     total = figures["clickhouse_plus_worker_cpu_pct"]
@@ -238,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     rates = {k: v for k, v in figures.items() if k.startswith("clickhouse_") and k.endswith("_per_s")}
     print("ClickHouse, per second: " + ", ".join(f"{k[len('clickhouse_'):-6]} {v:g}" for k, v in rates.items()))
     print(f"ClickHouse active parts at the end: {figures['clickhouse_active_parts']:.0f}")
+    if "paired_over_worker_cpu_ratio_median" in figures:
+        print(f"paired worker ({args.pair!r}) over the worker, CPU per 30 s window: median "
+              f"{figures['paired_over_worker_cpu_ratio_median']:.3f} (min {figures['paired_over_worker_cpu_ratio_min']:.3f}, "
+              f"max {figures['paired_over_worker_cpu_ratio_max']:.3f})")
     tables = sorted({k[len("part_log_"):-len("_merge_s_per_s")] for k in figures if k.endswith("_merge_s_per_s")},
                     key=lambda t: -figures[f"part_log_{t}_merge_s_per_s"])
     if tables:
