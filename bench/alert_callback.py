@@ -181,11 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nan-after", type=int, default=300, help="finite steps before the loss turns NaN (300)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a run may wait for its callback")
     parser.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    parser.add_argument("--fetch-max-wait", type=float, metavar="S",
+                        help="the worker's `trainmon process --fetch-max-wait` (default: the setting's, 0.25 s): at "
+                             "this load the broker holds each fetch that long, so it adds to nan_to_fired")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parse_args(parser, argv, repeats=3)
 
     settings = bench_settings(args.partitions, database="trainmon_bench_alert_callback")
-    with alerting_stack(settings, "trainmon-alert-cb-", 100_000) as (workdir, receiver, _worker):
+    worker_args = [] if args.fetch_max_wait is None else ["--fetch-max-wait", str(args.fetch_max_wait)]
+    with alerting_stack(settings, "trainmon-alert-cb-", 100_000, worker_args) as (workdir, receiver, _worker):
         fired = Fired(settings)
         fired.start()
         say("warm-up run (the worker joins its group) ...")

@@ -141,9 +141,11 @@ def pipeline_file(directory: Path, webhook_url: str) -> Path:
 
 
 @contextmanager
-def alerting_stack(settings: Settings, prefix: str, replies: int) -> Iterator[tuple[Path, Receiver, subprocess.Popen]]:
+def alerting_stack(settings: Settings, prefix: str, replies: int, worker_args: Sequence[str] = ()
+                   ) -> Iterator[tuple[Path, Receiver, subprocess.Popen]]:
     """The bench stack with topics and schema, a webhook receiver answering 200 `replies` times, and one
-    worker whose only route is that receiver: (work dir, receiver, worker). All stopped at the end."""
+    worker (worker_args: more of its options) whose only route is that receiver: (work dir, receiver,
+    worker). All stopped at the end."""
     say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
     services.start_all(settings, progress=say)
     worker = None
@@ -153,7 +155,7 @@ def alerting_stack(settings: Settings, prefix: str, replies: int) -> Iterator[tu
         with tempfile.TemporaryDirectory(prefix=prefix) as tmp, Receiver([200] * replies) as receiver:
             workdir = Path(tmp)
             worker = start_worker(settings, pipeline_file(workdir, receiver.url), workdir / "worker.log", 5000,
-                                  loglevel="info")
+                                  loglevel="info", extra_args=worker_args)
             yield workdir, receiver, worker
     finally:
         if worker is not None and worker.poll() is None:
@@ -357,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="each worker's `trainmon process --batch-events` (default 5000)")
     parser.add_argument("--insert-max-rows", type=int, default=None, metavar="N",
                         help="each worker's `trainmon process --insert-max-rows` (default: the setting's, 100,000)")
+    parser.add_argument("--fetch-max-wait", type=float, default=None, metavar="S",
+                        help="each worker's `trainmon process --fetch-max-wait` (default: the setting's, 0.25 s)")
     parser.add_argument("--partitions", type=int, default=6, help="partitions per topic (default 6)")
     parser.add_argument("--warmup", type=float, default=12, help="seconds for workers to join (default 12)")
     parser.add_argument("--drain-timeout", type=float, default=120, help="max wait for the backlog (default 120)")
@@ -366,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = bench_settings(args.partitions)
     worker_args = [] if args.insert_max_rows is None else ["--insert-max-rows", str(args.insert_max_rows)]
+    if args.fetch_max_wait is not None:
+        worker_args += ["--fetch-max-wait", str(args.fetch_max_wait)]
     say(f"starting Kafka, ClickHouse and Alertmanager under {settings.home} ...")
     services.start_all(settings, progress=say)
     results: list[dict[str, float]] = []

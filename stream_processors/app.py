@@ -113,7 +113,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         producer_compression_type=None,  # snapshots, most of what it sends, are compressed already (snapshots.py)
         producer_max_request_size=MAX_SNAPSHOT_BYTES,
     )
-    app.transport = ProcessorsTransport(app.conf.broker_consumer, app)  # before any topic: see its module
+    app.transport = ProcessorsTransport(app.conf.broker_consumer, app,  # before any topic: see its module
+                                        fetch_max_wait_s=settings.processors_fetch_max_wait)
     state_topic_name = internal_topic_name(STATE, settings.kafka_topic_prefix)
     processing = Processing(
         pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,

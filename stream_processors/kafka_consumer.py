@@ -32,11 +32,11 @@ from mode import Service
 from trainmon.stream_processors.copartitioning import CopartitionedAssignor
 
 Progress = dict[tuple[str, int], tuple[int, float]]  # (topic, partition) -> (high watermark, fetched at)
-# A fetch is answered once this much is there or after FETCH_MAX_WAIT_MS. aiokafka's defaults (1 byte)
-# make a trickle of events one fetch each: at rest, a few hundred round trips a second that cost the
-# worker and the broker more than the events. Under load the bytes are there at once: no delay.
+# A fetch is answered once this much is there or after `fetch_max_wait_s` ([processors] fetch_max_wait).
+# aiokafka's defaults (1 byte) make a trickle of events one fetch each: at rest, a few hundred round trips
+# a second that cost the worker and the broker more than the events. Under load the bytes are there at
+# once: no delay.
 FETCH_MIN_BYTES = 64 * 1024
-FETCH_MAX_WAIT_MS = 100
 BatchHandler = Callable[[list[Any]], Awaitable[None]]  # a topic's records of one fetch (Faust messages)
 # A topic the group reads that the broker's metadata does not list (a broker slow to learn of a new
 # topic, a topic re-created) is assigned to nobody, and aiokafka asks for metadata again only every
@@ -68,7 +68,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                                "client; trainmon cannot co-partition its topics with it: install the version "
                                "pyproject.toml allows")
         consumer._partition_assignment_strategy = [CopartitionedAssignor]
-        consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS  # read by start()
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES  # both read by start()
+        consumer._fetch_max_wait_ms = round(1000 * transport.fetch_max_wait_s)
         return consumer
 
     @Service.timer(METADATA_RETRY_S)
@@ -173,6 +174,7 @@ class ProcessorsTransport(faust_aiokafka.Transport):
 
     Consumer = _Consumer
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_max_wait_s: float = 0.25, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
+        self.fetch_max_wait_s = fetch_max_wait_s

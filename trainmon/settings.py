@@ -145,7 +145,7 @@ class Settings:
     processors_web_port: int | None = option(None, "serve Faust's web view on 127.0.0.1:PORT", metavar="PORT",
                                              unset="off", check=_at_least(1))
     processors_batch_events: int = option(
-        5000, "most events one Kafka fetch hands over (a fetch is answered at 64 KiB or after 0.1 s), handled "
+        5000, "most events one Kafka fetch hands over (a fetch is answered at 64 KiB or after fetch_max_wait), handled "
         "a topic at a time. Bigger: more throughput under backlog, more memory", metavar="N", check=_at_least(1))
     processors_insert_max_rows: int = option(
         100_000, "rows (metric values, GPU figures, run and window rows) held for ClickHouse before an "
@@ -155,6 +155,12 @@ class Settings:
         1.5, "seconds the oldest held row may wait before the held rows are written (checked once a second): "
         "at rest each table gets an insert every 2 s; under load insert_max_rows comes first. Smaller: data "
         "visible sooner, more inserts, parts and merges", metavar="SECONDS", check=_at_least(0))
+    processors_fetch_max_wait: float = option(
+        0.25, "seconds the broker holds a fetch for 64 KiB of new events before it answers with what there is. "
+        "At rest this is how much later events may reach the worker (alerts and dashboard data included) and "
+        "how often it fetches (4 times a second at 0.25); under load 64 KiB is there at once. Smaller: lower "
+        "latency at rest, more CPU (0.1: the worker costs a fifth more at rest, bench/idle.py --pair)",
+        metavar="SECONDS", check=_at_least(0.01))
     processors_window_idle: float = option(
         20.0, "seconds a partition's metrics (or its system samples) may bring nothing new before their last "
         "open windows close on the partition's clock, so a run that stopped gets its last windows written. "

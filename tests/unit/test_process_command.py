@@ -80,3 +80,25 @@ def test_check_names_the_file_line_and_key_of_a_mistake(tmp_path: Path, capsys: 
     assert cli.main(["process", "--check", "--pipeline", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"trainmon: error: {path}:") and "rules[0].params.clera" in err
+
+
+def test_fetch_max_wait_reaches_the_kafka_consumer_the_worker_builds(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--fetch-max-wait: how long the broker may hold a fetch (at rest the worker's fetch rate, and the
+    latency it adds); the consumer also waits for 64 KiB, not aiokafka's 1 byte."""
+    import asyncio
+
+    settings = worker_settings(monkeypatch, "--fetch-max-wait", "0.4")
+    assert settings.processors_fetch_max_wait == 0.4
+    assert Settings().processors_fetch_max_wait == 0.25
+
+    async def built() -> tuple[int, int]:
+        app = create_app(settings.replace(services_home=str(tmp_path), kafka_bootstrap_servers="127.0.0.1:1"),
+                         load_pipeline(), None)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms, consumer._fetch_min_bytes
+        finally:
+            await consumer.stop()  # never started: releases what it made
+
+    assert asyncio.run(built()) == (400, 64 * 1024)
