@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,6 +38,12 @@ Progress = dict[tuple[str, int], tuple[int, float]]  # (topic, partition) -> (hi
 # a second that cost the worker and the broker more than the events. Under load the bytes are there at
 # once: no delay.
 FETCH_MIN_BYTES = 64 * 1024
+# Busy (at least this much read in the last second): fetches wait at most BUSY_FETCH_MAX_WAIT_S. A fetch
+# leaves out the partitions whose records are still buffered, so under load a fetch of only the quiet
+# topics (released alerts, runs) would wait out the long wait: +0.1-0.2 s on alert and visible latency
+# (bench/pipeline.py). At rest the long wait saves a fifth of the worker (bench/idle.py --pair).
+BUSY_BYTES_PER_S = 1024 * 1024
+BUSY_FETCH_MAX_WAIT_S = 0.1
 BatchHandler = Callable[[list[Any]], Awaitable[None]]  # a topic's records of one fetch (Faust messages)
 # A topic the group reads that the broker's metadata does not list (a broker slow to learn of a new
 # topic, a topic re-created) is assigned to nobody, and aiokafka asks for metadata again only every
@@ -58,6 +65,27 @@ def ask_for_missing_topics(consumer: aiokafka.AIOKafkaConsumer, known: list[str]
     return missing
 
 
+class FetchPacer:
+    """The fetch wait for the bytes read: `rest_s` while under BUSY_BYTES_PER_S, else at most
+    BUSY_FETCH_MAX_WAIT_S; judged over windows of about a second."""
+
+    def __init__(self, rest_s: float) -> None:
+        self.rest_s = rest_s
+        self.wait_s = rest_s
+        self._since, self._bytes = None, 0
+
+    def read(self, size: int, now: float) -> float:
+        """`size` bytes handed over at `now` (monotonic seconds); returns the wait for the next fetches."""
+        if self._since is None:
+            self._since = now
+        self._bytes += size
+        if now - self._since >= 1.0:
+            busy = self._bytes / (now - self._since) >= BUSY_BYTES_PER_S
+            self.wait_s = min(self.rest_s, BUSY_FETCH_MAX_WAIT_S) if busy else self.rest_s
+            self._since, self._bytes = now, 0
+        return self.wait_s
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     _missing_topics: list[str] = []
 
@@ -77,6 +105,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if self._consumer is not None:
             self._missing_topics = ask_for_missing_topics(self._consumer, self._missing_topics)
 
+    def set_fetch_max_wait(self, seconds: float) -> None:
+        """Read by the fetcher as it builds each fetch request; an int set from another thread is safe."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = round(1000 * seconds)
+
     def read_progress(self) -> Progress:
         consumer = self._consumer
         if consumer is None:
@@ -93,6 +127,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    _pacer: FetchPacer | None = None
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -110,6 +146,7 @@ class _Consumer(faust_aiokafka.Consumer):
             while not (consumer_stopped() or fetcher_stopped()):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records = [record async for record in self.getmany(timeout=1.0)]
+                self._pace(records)
                 await self.sleep(0)  # getmany may return at once, again and again: let others run
                 if records and not self.should_stop:
                     await self.wait_first(self._deliver(records), self.suspend_flow.wait())
@@ -127,6 +164,12 @@ class _Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _pace(self, records: list[tuple[Any, Any]]) -> None:
+        if self._pacer is None:
+            self._pacer = FetchPacer(self.transport.fetch_max_wait_s)
+        size = sum(len(message.value or b"") for _, message in records)
+        self._thread.set_fetch_max_wait(self._pacer.read(size, time.monotonic()))  # also a rebuilt consumer's
 
     async def _deliver(self, records: list[tuple[Any, Any]]) -> None:
         """Each record of one fetch to its topic's batch handler (one list per topic) or Faust stream, in

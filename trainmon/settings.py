@@ -156,10 +156,11 @@ class Settings:
         "at rest each table gets an insert every 2 s; under load insert_max_rows comes first. Smaller: data "
         "visible sooner, more inserts, parts and merges", metavar="SECONDS", check=_at_least(0))
     processors_fetch_max_wait: float = option(
-        0.25, "seconds the broker holds a fetch for 64 KiB of new events before it answers with what there is. "
-        "At rest this is how much later events may reach the worker (alerts and dashboard data included) and "
-        "how often it fetches (4 times a second at 0.25); under load 64 KiB is there at once. Smaller: lower "
-        "latency at rest, more CPU (0.1: the worker costs a fifth more at rest, bench/idle.py --pair)",
+        0.25, "seconds the broker holds a fetch for 64 KiB of new events before it answers with what there is, "
+        "while the worker reads under 1 MiB a second (busier, at most 0.1 s). At rest this is how much later "
+        "events may reach the worker (alerts and dashboard data included) and how often it fetches (4 times "
+        "a second at 0.25). Smaller: lower latency at rest, more CPU (0.1: the worker costs a fifth more at "
+        "rest, bench/idle.py --pair)",
         metavar="SECONDS", check=_at_least(0.01))
     processors_window_idle: float = option(
         20.0, "seconds a partition's metrics (or its system samples) may bring nothing new before their last "

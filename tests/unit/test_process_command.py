@@ -102,3 +102,18 @@ def test_fetch_max_wait_reaches_the_kafka_consumer_the_worker_builds(tmp_path: P
             await consumer.stop()  # never started: releases what it made
 
     assert asyncio.run(built()) == (400, 64 * 1024)
+
+
+def test_fetches_wait_long_at_rest_and_short_once_a_megabyte_a_second_is_read() -> None:
+    """Under load a fetch of only the quiet topics (their busy partitions' records still buffered) would
+    wait out the long wait: alerts and visible data later. So the long wait holds only at rest."""
+    from trainmon.stream_processors.kafka_consumer import FetchPacer
+
+    pacer = FetchPacer(0.25)
+    waits = [pacer.read(40_000, t / 4) for t in range(8)]  # 160 KB/s: the demo's cluster at rest
+    assert waits == [0.25] * 8
+    waits = [pacer.read(400_000, 2 + t / 4) for t in range(8)]  # 1.6 MB/s
+    assert waits[-1] == 0.1 and waits[0] == 0.25, "judged a second at a time"
+    waits = [pacer.read(1_000, 4 + t / 4) for t in range(12)]  # quiet again
+    assert waits[-1] == 0.25
+    assert FetchPacer(0.05).read(10**7, 0.0) == 0.05 and FetchPacer(0.05).read(0, 5.0) == 0.05  # never longer
