@@ -217,7 +217,8 @@ class ProcessorsTransport(faust_aiokafka.Transport):
 
     Consumer = _Consumer
 
-    def __init__(self, *args: Any, fetch_max_wait_s: float = 0.25, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_max_wait_s: float, **kwargs: Any) -> None:
+        """fetch_max_wait_s: the wait at rest ([processors] fetch_max_wait; its default lives there)."""
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
         self.fetch_max_wait_s = fetch_max_wait_s
