@@ -29,6 +29,7 @@ from trainmon.stream_processors.sink import Columns, utc
 RANK_SPREAD_METRICS = frozenset({"step_time_s", "samples_per_s", "tokens_per_s"})
 SOURCE = {"run": "metrics", "ranks": "metrics", "host": "system", "gpu": "system"}  # scope -> what feeds it
 Key = tuple  # (scope, window label, project, run, rank, host, gpu, name, bucket start)
+MAX_HELD = 50_000  # values held before they are aggregated whatever the limits: bounds memory and a tick's work
 
 
 def label(seconds: float) -> str:
@@ -62,8 +63,14 @@ class Windows:
         self._hold("system", columns, wall)
 
     def _hold(self, source: str, columns: Columns, wall: float) -> None:
+        """The watermark moves now (close_due must know it); the values wait for catch_up."""
         if not len(columns):
             return
+        finite = np.isfinite(np.asarray(columns.values, dtype=float))
+        if finite.all():
+            self._added(source, max(columns.shared["time"]), wall)
+        elif finite.any():
+            self._added(source, float(columns.column("time")[finite].max()), wall)
         rows, newest_wall = self._held.get(source) or (Columns(tuple(columns.shared)), wall)
         rows.extend(columns)
         self._held[source] = (rows, max(newest_wall, wall))
@@ -71,10 +78,14 @@ class Windows:
     def catch_up(self) -> None:
         """Aggregate the held batches into the open windows. Equal to adding them one by one (up to the
         rounding of sums): the aggregates are sums, extremes and the last value by time, ties to the
-        later batch either way."""
+        later batch either way; and a held row is judged late against the limit it met when it came,
+        since close_due catches up before it moves a limit past the end of any window."""
         held, self._held = self._held, {}
         for source, (rows, wall) in held.items():
             (self._add_metrics if source == "metrics" else self._add_system)(rows, wall)
+
+    def _held_values(self) -> int:
+        return sum(len(rows) for rows, _ in self._held.values())
 
     def state(self) -> dict[str, Any]:
         """Plain data for a snapshot, every held batch aggregated first."""
@@ -85,7 +96,6 @@ class Windows:
         groups = _Grouping(columns, ("project", "run", "name"))
         if not groups:
             return
-        self._added("metrics", groups.newest, wall)
         for size in self.sizes:
             window = label(size)
             (projects, runs, names), aggregates = groups.aggregate(size)
@@ -107,7 +117,6 @@ class Windows:
         groups = _Grouping(columns, ("host", "gpu", "name"))
         if not groups:
             return
-        self._added("system", groups.newest, wall)
         for size in self.sizes:
             window = label(size)
             (hosts, gpus, names), aggregates = groups.aggregate(size)
@@ -145,13 +154,23 @@ class Windows:
     def close_due(self, now: float | None = None, wall: float = 0.0, force: bool = False) -> list[dict[str, Any]]:
         """Rows for `window_aggregates` of every window that ended `lateness_s` before its source's
         watermark. `now`: the partition's clock, given only while it is live; it stands in for a source
-        idle for `idle_s` of `wall` (one never seen has no windows, and must not make its backlog late)."""
-        self.catch_up()
+        idle for `idle_s` of `wall` (one never seen has no windows, and must not make its backlog late).
+
+        The held batches are aggregated only when a limit passes the end of a window of some size
+        (every 10 s at rest with the shipped sizes), at a snapshot, or once MAX_HELD values wait: at
+        rest a hardware figure is then grouped and merged once per window, not once per tick."""
+        limits = {}
         for source, watermark in self.watermark.items():
             if now is not None and self.added[source] and wall - self.added[source] >= self.idle_s:
                 watermark = max(watermark, now)
             limit = math.inf if force else watermark - self.lateness_s
-            self.closed_until[source] = max(self.closed_until[source], limit)
+            limits[source] = max(self.closed_until[source], limit)
+        due = [source for source, limit in limits.items() if self._passes_an_end(self.closed_until[source], limit)]
+        if due or self._held_values() >= MAX_HELD:
+            self.catch_up()
+        self.closed_until = limits
+        if not due:
+            return []  # every open window ends after its source's limit: windows close as the limit passes
         rows = []
         updated = utc(max(max(self.watermark.values()), now or 0.0))
         limit = self.closed_until
@@ -167,6 +186,15 @@ class Windows:
                 rows.append(_row(key, len(means), statistics.fmean(means), min(means), max(means), means[-1],
                                  statistics.pstdev(means), statistics.median(means), updated))
         return rows
+
+
+    def _passes_an_end(self, old: float, new: float) -> bool:
+        """Whether a window of one of the sizes ends in (old, new]: windows are aligned to their size."""
+        if new <= old:
+            return False
+        if math.isinf(new) or math.isinf(old):
+            return True
+        return any(math.floor(new / size) > math.floor(old / size) for size in self.sizes)
 
 
 def _size(window_label: str) -> float:

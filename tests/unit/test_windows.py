@@ -104,3 +104,24 @@ def test_batches_held_to_the_next_read_aggregate_as_if_added_one_by_one():
     assert by_key(closed_held) == by_key(closed_one) and len(closed_held) == len(closed_one) > 0
     assert by_key(held.close_due(force=True)) == by_key(one_by_one.close_due(force=True))
     assert "_held" not in held.state()
+
+
+def test_held_batches_wait_for_a_window_end_and_no_more_than_max_held(monkeypatch):
+    """At rest a tick only moves the limits: the values are grouped when a window ends, not every tick."""
+    windows = Windows(sizes_s=(10, 60), lateness_s=2)
+    first = ("run", "10s", "p", "r", -1, "", -1, "loss", T0)
+    for s in range(9):  # a batch a second from T0 + 3, a tick after each
+        windows.add_metrics(metrics_batch([event("r", 0, s, T0 + 3 + s, loss=1.0)]).metric, wall=float(s))
+        assert windows.close_due(wall=float(s)) == []
+        if s:  # the first tick has no limit to start from; the 10 s window ends once the watermark is T0 + 12
+            assert windows._held and windows.open[first][0] == 1, f"tick {s}: only the first tick's value merged"
+    windows.add_metrics(metrics_batch([event("r", 0, 9, T0 + 12, loss=1.0)]).metric, wall=9.0)
+    rows = windows.close_due(wall=9.0)
+    assert not windows._held
+    assert [(r["window"], r["window_start"].timestamp() - T0, r["count"]) for r in rows] == [("10s", 0, 7)]
+    assert {(k[1], k[-1] - T0) for k in windows.open} == {("10s", 10), ("1m", 0)}
+
+    monkeypatch.setattr("trainmon.stream_processors.windows.MAX_HELD", 3)
+    windows.add_metrics(metrics_batch([event("r", 0, s, T0 + s, loss=1.0) for s in (13, 14, 15)]).metric, wall=10.0)
+    assert windows.close_due(wall=10.0) == [] and not windows._held, "3 values held: aggregated, no window ended"
+    assert windows.open[("run", "10s", "p", "r", -1, "", -1, "loss", T0 + 10)][0] == 6  # T0 + 10 to + 15
