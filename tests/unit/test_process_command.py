@@ -117,3 +117,18 @@ def test_fetches_wait_long_at_rest_and_short_once_a_megabyte_a_second_is_read() 
     waits = [pacer.read(1_000, 4 + t / 4) for t in range(12)]  # quiet again
     assert waits[-1] == 0.25
     assert FetchPacer(0.05).read(10**7, 0.0) == 0.05 and FetchPacer(0.05).read(0, 5.0) == 0.05  # never longer
+
+
+def test_start_up_objects_are_left_out_of_garbage_collection() -> None:
+    import gc
+
+    from trainmon.stream_processors.worker import GC_THRESHOLD, collect_less
+
+    threshold = gc.get_threshold()
+    try:
+        collect_less()
+        assert gc.get_freeze_count() > 10_000  # this process's modules and pytest's
+        assert gc.get_threshold() == GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
