@@ -119,6 +119,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     processing = Processing(
         pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,
         insert_max_rows=settings.processors_insert_max_rows, insert_max_delay_s=settings.processors_insert_max_delay,
+        hardware_insert_max_delay_s=settings.processors_hardware_insert_max_delay,
         window_idle_s=settings.processors_window_idle,
         snapshot_loader=(lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
         if durable_state else (lambda partition: []))

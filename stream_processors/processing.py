@@ -10,7 +10,10 @@ worker. Everything runs in one thread, so no locks are needed and the event loop
 Rows are held, not written per batch: `flush` writes them at the first tick (once a second) after the
 oldest has waited `insert_max_delay_s`, before every snapshot, and when `insert_max_rows` are held. At
 rest that is one insert per table every 2 s, not one per batch of each topic, each making a part that
-views and merges then work on; under load the row limit comes first, so inserts grow instead. `snapshot`
+views and merges then work on; under load the row limit comes first, so inserts grow instead. Hardware
+samples (system_samples, gpus) wait `hardware_insert_max_delay_s` (4.5 s): each of their inserts feeds
+four views, and the dashboard shows them on a 10 s refresh, so at rest they go every 5 s, with the
+checkpoints' flushes. `snapshot`
 flushes first, so a snapshot (and the acks behind it) never covers an event whose rows are not in
 ClickHouse; rows written ahead of a snapshot are safe, since a replay of their events is skipped by
 offset (sink.py).
@@ -122,7 +125,8 @@ class Processing:
     def __init__(self, pipeline: PipelineConfig, sink: ClickHouseSink, dispatcher: Any = None,
                  deliveries: deque | None = None, *, group: str = "trainmon-processors",
                  lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
-                 insert_max_delay_s: float = 1.5, window_idle_s: float = 20.0,
+                 insert_max_delay_s: float = 1.5, hardware_insert_max_delay_s: float = 4.5,
+                 window_idle_s: float = 20.0,
                  snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
         self.pipeline = pipeline
         self.sink = sink
@@ -141,8 +145,11 @@ class Processing:
         self.unreleased: list[dict] = []  # alerts made since the last snapshot: see release()
         self.unnotified: list[dict] = []  # incident notifications made since the last snapshot
         self.insert_max_rows, self.insert_max_delay_s = insert_max_rows, insert_max_delay_s
+        self.hardware_insert_max_delay_s = hardware_insert_max_delay_s
         self.held = Batch()  # rows not written yet: see flush()
         self.held_since = 0.0  # wall time the oldest held row was held
+        self.held_hardware = Batch()  # system_samples and gpus rows not written yet, on their own delay
+        self.hardware_since = 0.0
         self.held_sources: dict[Source, Message] = {}
         self.refused: list[DeadLetter] = []  # rows ClickHouse refused at a flush, to dead-letter: see take_refused()
 
@@ -341,21 +348,36 @@ class Processing:
         batch.add("alerts", (alert_row(a) for a in alerts))
 
     def _hold(self, batch: Batch, sources: Mapping[Source, Message]) -> None:
+        if not batch:
+            return
+        hardware, now = batch.take_hardware(), time.time()
         if batch:
             if not self.held:
-                self.held_since = time.time()
+                self.held_since = now
             self.held.merge(batch)
-            self.held_sources.update(sources)
-            if self.held.values + sum(map(len, self.held.rows.values())) >= self.insert_max_rows:
-                self.flush()
+        if hardware:
+            if not self.held_hardware:
+                self.hardware_since = now
+            self.held_hardware.merge(hardware)
+        self.held_sources.update(sources)
+        held_rows = sum(b.values + sum(map(len, b.rows.values())) for b in (self.held, self.held_hardware))
+        if held_rows >= self.insert_max_rows:
+            self.flush()
 
-    def flush(self) -> None:
+    def flush(self, hardware: bool = True) -> None:
         """Write the held rows; those ClickHouse refuses for good wait in `refused` for the dead-letter
-        topic. Blocks until ClickHouse took the rest (sink.py retries transient errors)."""
-        if not self.held:
+        topic. Blocks until ClickHouse took the rest (sink.py retries transient errors). hardware=False
+        leaves the hardware rows held, unless a partition has rows among both (see take_hardware)."""
+        hardware = hardware or self.held.shares_partitions(self.held_hardware)
+        batch, self.held = self.held, Batch()
+        if hardware:
+            batch.merge(self.held_hardware)
+            self.held_hardware = Batch()
+        if not batch:
             return
-        batch, sources = self.held, self.held_sources
-        self.held, self.held_sources = Batch(), {}
+        sources = self.held_sources
+        if hardware:  # else kept for the hardware rows still held; these go at the next full flush
+            self.held_sources = {}
         for rejected, reason in self.sink.write(batch):
             self.counts["rejected_by_clickhouse"] += 1
             message = sources.get(rejected)
@@ -428,8 +450,9 @@ class Processing:
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
         self._hold(batch, {})
-        if self.held and wall - self.held_since >= self.insert_max_delay_s:
-            self.flush()
+        hardware_due = bool(self.held_hardware) and wall - self.hardware_since >= self.hardware_insert_max_delay_s
+        if hardware_due or (self.held and wall - self.held_since >= self.insert_max_delay_s):
+            self.flush(hardware=hardware_due)
         return outcome
 
     def _lose_runs(self, state: PartitionState, now: float, outcome: Outcome) -> None:

@@ -245,6 +245,31 @@ class Batch:
             self._source(topic, partition, offset)
         self.values += other.values
 
+    def take_hardware(self) -> "Batch":
+        """The hardware rows (system_samples, gpus) moved to a Batch of their own, which may be written
+        later than the rest. Each part keeps the offsets of the partitions its rows came from; a
+        partition with rows in both (system events on another kind's topic) is in both, which
+        `shares_partitions` tells, and then the two must be written together: the watermark of a
+        partition moves with its first insert, and a replay skips what lies under it."""
+        hardware = Batch()
+        if not len(self.system):
+            return hardware
+        hardware.system, self.system = self.system, Columns(SYSTEM_GROUP)
+        hardware.rows["gpus"] = self.rows.pop("gpus", [])
+        hardware.values = len(hardware.system)
+        self.values -= hardware.values
+        shared = hardware.system.shared
+        for topic, partition, offset in zip(shared["src_topic"], shared["src_partition"], shared["src_offset"]):
+            hardware._source(topic, partition, offset)
+        others = set(zip(self.metric.shared["src_topic"], self.metric.shared["src_partition"]))
+        others.update((row["src_topic"], row["src_partition"]) for row in self.rows.get("run_events", ()))
+        for key in hardware.offsets.keys() - others:
+            del self.offsets[key]
+        return hardware
+
+    def shares_partitions(self, other: "Batch") -> bool:
+        return not self.offsets.keys().isdisjoint(other.offsets)
+
     def __bool__(self) -> bool:
         return bool(len(self.metric) or len(self.system) or any(self.rows.values()))
 

@@ -7,12 +7,22 @@ from __future__ import annotations
 
 from trainmon.contract import encode
 from trainmon.stream_processors.processing import Message
-from tests.unit.alert_streams import metrics
+from tests.unit.alert_streams import gpu, metrics, system
 from tests.unit.test_partition_state import T, make, wall  # noqa: F401 (wall: a fixture)
 
 
 def batch(offset: int, run: str = "r1") -> list[Message]:
     return [Message("t.metrics", 0, offset, b"k", encode(metrics(offset, T + offset, run=run, loss=1.0, acc=0.5)))]
+
+
+def sample(offset: int, topic: str = "t.system") -> list[Message]:
+    event = system(T + offset, gpus=[gpu(0, util_percent=90.0)], cpu_percent=5.0)
+    return [Message(topic, 0, offset, b"node-1", encode(event))]
+
+
+def written(proc) -> list[tuple[int, int, int]]:
+    """(metric values, hardware values, gpus rows) of each insert so far."""
+    return [(len(b.metric), len(b.system), len(b.rows.get("gpus", ()))) for b in proc.sink.batches]
 
 
 def test_held_batches_become_one_insert_once_the_oldest_has_waited(wall) -> None:
@@ -75,3 +85,32 @@ def test_refused_rows_wait_for_the_checkpoint_as_dead_letters(wall) -> None:
     ((key, value, headers),) = proc.take_refused()
     assert dict(headers)["trainmon-dlq-reason"] == b"rejected" and dict(headers)["trainmon-dlq-offset"] == b"1"
     assert proc.take_refused() == [] and proc.counts["dead_letter.rejected"] == 1
+
+
+def test_hardware_rows_wait_longer_than_training_rows_and_a_snapshot_writes_both(wall) -> None:
+    proc, _ = make()  # insert_max_delay_s 1.5, hardware_insert_max_delay_s 4.5
+    for second in range(6):
+        proc.handle(batch(second))
+        proc.handle(sample(second))
+        proc.tick()
+        if second == 2:  # the training rows of seconds 0-2 written; the hardware rows and their offsets held
+            assert written(proc) == [(6, 0, 0)] and proc.sink.batches[0].offsets == {("t.metrics", 0): 2}
+        wall[0] += 1.0
+    # at 5 s the hardware rows (2 values and a gpus row a sample) are due too: one write
+    assert written(proc) == [(6, 0, 0), (6, 12, 6)]
+    assert proc.sink.batches[1].offsets == {("t.metrics", 0): 5, ("t.system", 0): 5}
+    proc.handle(sample(6))
+    proc.snapshot()
+    assert written(proc)[-1] == (0, 2, 1)
+
+
+def test_hardware_rows_from_a_partition_with_other_rows_are_written_with_them(wall) -> None:
+    """A system event on the metrics topic: its partition's watermark moves with the first insert that
+    names it, so its rows may not stay behind (a replay would skip them)."""
+    proc, _ = make()
+    proc.handle(sample(0, topic="t.metrics"))
+    proc.handle(batch(1))
+    for _ in range(3):
+        wall[0] += 1.0
+        proc.tick()
+    assert written(proc) == [(2, 2, 1)] and not proc.held_hardware
