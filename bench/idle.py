@@ -142,6 +142,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             children = Children(settings, logs, say)
             try:
                 delay = [] if args.insert_max_delay is None else ["--insert-max-delay", str(args.insert_max_delay)]
+                delay += shlex.split(args.worker_args)
                 worker = children.start("worker", [*cli, "process", "--pipeline", str(pipeline_file(logs, receiver.url)),
                                                    "--group", "bench", "--loglevel", "info", *delay])
                 dashboard = children.start("dashboard", [*cli, "dashboard", "--port", str(28501 + PORT_OFFSET)])
@@ -246,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the worker's [processors] insert_max_delay (default: the worker's own, 1.5 s: an insert "
                              "per table every 2 s at rest); what a longer cadence saves at rest, paid in visible "
                              "latency (checked once a second: 1.5 inserts every 2 s, 3.5 every 4 s)")
+    parser.add_argument("--worker-args", metavar="ARGS", default="",
+                        help="extra `trainmon process` flags for the worker (and the paired one, before its own), "
+                             "e.g. --worker-args '--hardware-insert-max-delay 1.5': a setting's cost at rest on the "
+                             "whole stack, ClickHouse included, in runs of its own (interleave them with default runs)")
     parser.add_argument("--pair", metavar="ARGS",
                         help="also run a second worker beside the first, on the same traffic (its own consumer group "
                              "and database, so the ClickHouse figures include its inserts), with these extra "
