@@ -187,7 +187,6 @@ class Windows:
                                  statistics.pstdev(means), statistics.median(means), updated))
         return rows
 
-
     def _passes_an_end(self, old: float, new: float) -> bool:
         """Whether a window of one of the sizes ends in (old, new]: windows are aligned to their size."""
         if new <= old:
