@@ -42,7 +42,7 @@ from trainmon.stream_processors.copartitioning import split_partitions
 from trainmon.stream_processors.internal_topics import (HOST_RUN_ENDS, INCIDENT_ALERTS, INCIDENT_PARTITION, RUN_HARDWARE, STATE,
                                                internal_topic_name)
 from trainmon.stream_processors.kafka_consumer import BatchHandler, ProcessorsTransport
-from trainmon.stream_processors.processing import Message, Outcome, Processing
+from trainmon.stream_processors.processing import Outcome, Processing
 from trainmon.stream_processors.sink import ClickHouseSink
 from trainmon.stream_processors.state_topic import latest_snapshots
 from trainmon.stream_processors.topic_ids import topic_keys
@@ -226,8 +226,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
     def consume(source: str) -> BatchHandler:
         async def handle_piece(events: list[Any]) -> bool:
-            messages = [Message(e.topic, e.partition, e.offset, e.key, e.value) for e in events]
-            outcome = await in_thread(processing.handle, messages, source)
+            outcome = await in_thread(processing.handle, events, source)  # Faust's messages, as they are
             await send(outcome)
             pending_events.extend(e for e in events if e.partition not in outcome.unowned)
             return bool(outcome.alerts or outcome.notifications)

@@ -56,7 +56,9 @@ DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 @dataclass(frozen=True)
 class Message:
-    """The parts of a Kafka message the processing needs (Faust's own objects stay in app.py)."""
+    """The parts of a Kafka message the processing reads. Faust's messages have them too and are handed
+    over as they are: making a copy of each was 3.9 % of the worker's samples at rest (py-spy at 086f634,
+    bench/idle.py; some of it garbage collection, tuned since in worker.py)."""
 
     topic: str
     partition: int
