@@ -141,10 +141,10 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             logs = Path(tmp)
             children = Children(settings, logs, say)
             try:
-                delay = [] if args.insert_max_delay is None else ["--insert-max-delay", str(args.insert_max_delay)]
-                delay += shlex.split(args.worker_args)
+                flags = [] if args.insert_max_delay is None else ["--insert-max-delay", str(args.insert_max_delay)]
+                flags += shlex.split(args.worker_args)
                 worker = children.start("worker", [*cli, "process", "--pipeline", str(pipeline_file(logs, receiver.url)),
-                                                   "--group", "bench", "--loglevel", "info", *delay])
+                                                   "--group", "bench", "--loglevel", "info", *flags])
                 dashboard = children.start("dashboard", [*cli, "dashboard", "--port", str(28501 + PORT_OFFSET)])
                 agent = children.start("agent", [*cli, "agent", "--interval", "1"])
                 simulate = [*cli, "simulate", "--nodes", str(args.nodes), "--gpus", str(args.gpus), "--runs",
@@ -154,7 +154,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                 simulator = children.start("simulator", simulate)
                 if args.pair is not None:  # after the simulator: both workers' first fetches see the same topics
                     paired = children.start("paired", [*cli, "process", "--pipeline", str(pipeline_file(logs, receiver.url)),
-                                                       "--group", "bench-pair", "--loglevel", "info", *delay,
+                                                       "--group", "bench-pair", "--loglevel", "info", *flags,
                                                        *shlex.split(args.pair)],
                                             TRAINMON_CLICKHOUSE_DATABASE=pair_settings(settings).clickhouse_database)
                 parts = {"clickhouse": [], "kafka": [], "alertmanager": []}
