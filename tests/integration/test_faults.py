@@ -1,5 +1,5 @@
 """Faults a cluster meets every week, on the real broker, ClickHouse and worker processes, with exact
-counts: a worker SIGKILLed mid-NaN episode and mid-plateau, a 1 -> 3 -> 1 rebalance under load, a
+counts: a worker SIGKILLed mid-NaN episode, mid-plateau and with hardware rows held, a 1 -> 3 -> 1 rebalance under load, a
 processing outage longer than the silence timeouts, a training process SIGKILLed after its events were
 delivered and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and
 re-created under the same name."""
@@ -474,3 +474,71 @@ def test_trainer_sigkilled_after_100k_delivered_then_restarted_counts_every_even
             wait_until(lambda: scalar(client, windowed, **args) == n + more, 60, "window counts of every event once")
         finally:
             stop(worker)
+
+
+def test_worker_sigkilled_with_hardware_rows_held_loses_and_doubles_no_sample(own_topics, tmp_path):
+    """Hardware rows wait up to hardware_insert_max_delay (4.5 s) while the training rows of the same
+    fetches are written every 2 s. A worker killed in between leaves them to the next owner: every
+    sample once. That includes samples sent on the metrics topic, in a run's partition: the metrics'
+    insert moves that partition's offset watermark, so they must be written with it (take_hardware)."""
+    from confluent_kafka import Producer
+
+    run, group, tag = f"hw-{uuid.uuid4().hex[:6]}", f"hw-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6]
+    hosts, stray = [f"hw-{tag}-{i}" for i in range(3)], f"hw-{tag}-stray"
+    metrics_topic = topic_name(Topic.METRICS, own_topics.kafka_topic_prefix)
+    rows = "SELECT count() FROM system_samples WHERE host IN {h:Array(String)}"
+    steps = "SELECT count() FROM metric_points WHERE run = {r:String}"
+
+    def sample(host: str) -> dict:
+        return envelope("system", host=host, time=time.time(), figures={"cpu_percent": 5.0},
+                        gpus=[{"index": 0, "uuid": f"GPU-{host}", "figures": {"util_percent": 90.0}}])
+
+    with Receiver([200] * 50) as receiver:
+        pipeline = pipeline_file(tmp_path, receiver.url)
+        first = start_worker(own_topics, pipeline, group, tmp_path / "first.log")
+        second = None
+        publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+        raw = Producer({"bootstrap.servers": own_topics.bootstrap_servers})
+        client = connect(own_topics)
+        sent, done = [0], threading.Event()
+
+        def send() -> None:  # every 0.25 s: a sample per host, one on the metrics topic, a step of the run
+            while not done.is_set():
+                for host in hosts:
+                    publisher.publish(sample(host))
+                raw.produce(metrics_topic, key=run.encode(), value=encode(sample(stray)))
+                publisher.publish(metrics(run, 0, sent[0], 1.0))
+                sent[0] += 1
+                raw.poll(0)
+                time.sleep(0.25)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            # Killed once training rows are written past the hardware rows of the same rounds: samples
+            # are held then (2 rows a step; 2 rows a sample, a sample per host a step).
+            wait_until(lambda: scalar(client, steps, r=run) // 2 > scalar(client, rows, h=hosts) // (2 * len(hosts)),
+                       60, "training rows written while hardware rows are held")
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+            time.sleep(2)
+        finally:
+            done.set()
+            sender.join()
+        try:
+            raw.flush(10)
+            assert publisher.flush(30)
+            publisher.close()
+            every = 2 * sent[0] * (len(hosts) + 1)  # cpu_percent and util_percent per sample
+            wait_until(lambda: scalar(client, rows, h=[*hosts, stray]) >= every, 120, "every sample after the takeover")
+            time.sleep(6)  # a doubled write would land by now (hardware rows go every 5 s)
+            assert scalar(client, rows, h=hosts) == 2 * sent[0] * len(hosts)
+            assert scalar(client, rows, h=[stray]) == 2 * sent[0]
+            assert scalar(client, "SELECT sum(count) FROM system_rollup_1m WHERE host IN {h:Array(String)}",
+                          h=[*hosts, stray]) == every
+            assert scalar(client, steps, r=run) == 2 * sent[0]
+        finally:
+            stop(first)
+            if second is not None:
+                stop(second)
