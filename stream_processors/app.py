@@ -121,6 +121,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         insert_max_rows=settings.processors_insert_max_rows, insert_max_delay_s=settings.processors_insert_max_delay,
         hardware_insert_max_delay_s=settings.processors_hardware_insert_max_delay,
         window_idle_s=settings.processors_window_idle,
+        topics={topic_name(t, settings.kafka_topic_prefix): t for t in (Topic.METRICS, Topic.RUNS, Topic.SYSTEM)},
         snapshot_loader=(lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
         if durable_state else (lambda partition: []))
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-processing")  # owns all state

@@ -42,7 +42,7 @@ from trainmon.stream_processors.runs import raw_event_row
 from trainmon.stream_processors.sink import Batch, ClickHouseSink, Source, utc
 from trainmon.stream_processors.snapshots import SnapshotError, dumps, loads
 from trainmon.contract import (DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ContractError,
-                               Reason, decode, validate)
+                               Reason, Topic, check_topic, decode, validate)
 
 log = logging.getLogger("trainmon.processors")
 
@@ -128,7 +128,7 @@ class Processing:
                  deliveries: deque | None = None, *, group: str = "trainmon-processors",
                  lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
                  insert_max_delay_s: float = 1.5, hardware_insert_max_delay_s: float = 4.5,
-                 window_idle_s: float = 20.0,
+                 window_idle_s: float = 20.0, topics: Mapping[str, Topic] | None = None,
                  snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
         self.pipeline = pipeline
         self.sink = sink
@@ -142,6 +142,7 @@ class Processing:
         self.released: set[int] = set()  # revoked: events read for them are not ours to process
         self.generation = 0  # of the consumer group, at the latest assignment
         self.topic_keys: dict[str, str] = {}  # topic name -> name#id, offsets' key (topic_ids.py)
+        self.topics = dict(topics or {})  # Kafka name -> the agents' topic it is: its kinds only (check_topic)
         self.counts: Counter[str] = Counter()
         self.refusals = RefusalNotices(AlertBook(pipeline.repeat_interval_s, pipeline.dashboard_url))
         self.unreleased: list[dict] = []  # alerts made since the last snapshot: see release()
@@ -264,7 +265,12 @@ class Processing:
             state.applied[topic] = message.offset
             state.dirty = True
             try:
-                event = decode(message.value) if source == "contract" else _internal(message.value, source)
+                if source == "contract":
+                    event = decode(message.value)
+                    if message.topic in self.topics:
+                        check_topic(event, self.topics[message.topic])
+                else:
+                    event = _internal(message.value, source)
             except ContractError as error:
                 self._dead_letter(outcome, message, error.reason.value, str(error))
                 continue
@@ -369,8 +375,8 @@ class Processing:
     def flush(self, hardware: bool = True) -> None:
         """Write the held rows; those ClickHouse refuses for good wait in `refused` for the dead-letter
         topic. Blocks until ClickHouse took the rest (sink.py retries transient errors). hardware=False
-        leaves the hardware rows held, unless a partition has rows among both (see take_hardware)."""
-        hardware = hardware or self.held.shares_partitions(self.held_hardware)
+        leaves the hardware rows held: they come from the system topic's partitions only (check_topic),
+        whose offset watermarks no other insert moves."""
         batch, self.held = self.held, Batch()
         if hardware:
             batch.merge(self.held_hardware)

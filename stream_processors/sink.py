@@ -247,10 +247,9 @@ class Batch:
 
     def take_hardware(self) -> "Batch":
         """The hardware rows (system_samples, gpus) moved to a Batch of their own, which may be written
-        later than the rest. Each part keeps the offsets of the partitions its rows came from; a
-        partition with rows in both (system events on another kind's topic) is in both, which
-        `shares_partitions` tells, and then the two must be written together: the watermark of a
-        partition moves with its first insert, and a replay skips what lies under it."""
+        later than the rest, with the offsets of their partitions. Those are the system topic's, which
+        hold nothing else (check_topic in contract.py): were a partition's rows split between two
+        inserts, the first would move its watermark past rows still held, and a replay would skip them."""
         hardware = Batch()
         if not len(self.system):
             return hardware
@@ -261,14 +260,8 @@ class Batch:
         shared = hardware.system.shared
         for topic, partition, offset in zip(shared["src_topic"], shared["src_partition"], shared["src_offset"]):
             hardware._source(topic, partition, offset)
-        others = set(zip(self.metric.shared["src_topic"], self.metric.shared["src_partition"]))
-        others.update((row["src_topic"], row["src_partition"]) for row in self.rows.get("run_events", ()))
-        for key in hardware.offsets.keys() - others:
-            del self.offsets[key]
+            self.offsets.pop((topic, partition), None)
         return hardware
-
-    def shares_partitions(self, other: "Batch") -> bool:
-        return not self.offsets.keys().isdisjoint(other.offsets)
 
     def __bool__(self) -> bool:
         return bool(len(self.metric) or len(self.system) or any(self.rows.values()))

@@ -70,6 +70,15 @@ def topic_name(topic: Topic, prefix: str) -> str:
     return f"{prefix}{topic.value}"
 
 
+def check_topic(event: Mapping[str, Any], topic: Topic) -> None:
+    """A kind's events on its own topic only: a partition then holds one kind's rows, so the offset
+    watermark an insert moves covers all of them, and the key that placed them (run or host) is the
+    one their state is kept under."""
+    if TOPIC_OF_KIND[event["kind"]] is not topic:
+        raise ContractError(Reason.WRONG_TOPIC, f"a {event['kind']} event belongs on the "
+                            f"{TOPIC_OF_KIND[event['kind']].value} topic, not {topic.value}", "kind")
+
+
 def partition_key(event: Mapping[str, Any]) -> bytes:
     """Metrics and run events by run (one run's ranks share a partition: in-order, co-partitioned),
     system samples by host, alerts by fingerprint."""
@@ -93,6 +102,7 @@ class Reason(StrEnum):
     WRONG_TYPE = "wrong_type"
     NON_FINITE = "non_finite"  # NaN/Inf where only finite numbers are allowed
     INVALID_VALUE = "invalid_value"  # right type, out of range or bad format
+    WRONG_TOPIC = "wrong_topic"  # a valid event on a topic that is not its kind's
 
 
 class ContractError(TrainmonError, ValueError):

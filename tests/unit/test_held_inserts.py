@@ -5,7 +5,7 @@ letters wait for the checkpoint that sends them before the acks."""
 
 from __future__ import annotations
 
-from trainmon.contract import encode
+from trainmon.contract import DLQ_DETAIL, DLQ_OFFSET, DLQ_REASON, Topic, encode
 from trainmon.stream_processors.processing import Message
 from tests.unit.alert_streams import gpu, metrics, system
 from tests.unit.test_partition_state import T, make, wall  # noqa: F401 (wall: a fixture)
@@ -104,13 +104,19 @@ def test_hardware_rows_wait_longer_than_training_rows_and_a_snapshot_writes_both
     assert written(proc)[-1] == (0, 2, 1)
 
 
-def test_hardware_rows_from_a_partition_with_other_rows_are_written_with_them(wall) -> None:
-    """A system event on the metrics topic: its partition's watermark moves with the first insert that
-    names it, so its rows may not stay behind (a replay would skip them)."""
-    proc, _ = make()
-    proc.handle(sample(0, topic="t.metrics"))
-    proc.handle(batch(1))
-    for _ in range(3):
-        wall[0] += 1.0
-        proc.tick()
-    assert written(proc) == [(2, 2, 1)] and not proc.held_hardware
+def test_an_event_on_another_kinds_topic_is_dead_lettered_and_the_rest_written_as_usual(wall) -> None:
+    """A system event on the metrics topic would put hardware rows in a partition whose watermark the
+    metrics' inserts move, ahead of the held hardware rows (a worker killed between the two loses
+    them), and its host's state under a run's key: the contract refuses it (check_topic)."""
+    proc, _ = make(topics={"t.metrics": Topic.METRICS, "t.system": Topic.SYSTEM})
+    stray = sample(1, topic="t.metrics")
+    outcome = proc.handle([*batch(0), *stray, *batch(2)])
+    ((key, value, headers),) = outcome.dead_letters
+    assert (key, value) == (stray[0].key, stray[0].value), "the original message, untouched"
+    assert (dict(headers)[DLQ_REASON], dict(headers)[DLQ_OFFSET]) == (b"wrong_topic", b"1")
+    assert b"belongs on the system topic, not metrics" in dict(headers)[DLQ_DETAIL]
+    proc.handle(sample(0))  # on its own topic: taken, held with the hardware rows
+    wall[0] += 2.0
+    proc.tick()
+    assert written(proc) == [(4, 0, 0)] and proc.sink.batches[0].offsets == {("t.metrics", 0): 2}
+    assert proc.held_hardware.offsets == {("t.system", 0): 0}
