@@ -3,9 +3,12 @@
 ClickHouse keeps the newest snapshot (ReplacingMergeTree on updated_at), so writing a run again is
 harmless; writes are throttled per run so heartbeats from 512 ranks do not become 512 rows a second.
 A run is written only when it changed: at the next flush for lifecycle changes (start, metadata, end,
-lost), and at most every `snapshot_every_s` (15 s) when only its progress moved (last step, last seen,
+lost), and once per `snapshot_every_s` (15 s) when only its progress moved (last step, last seen,
 dropped events), which a running run's does all the time: each write is a part in two tables, and the
-runs list does not need its step count fresher than that.
+runs list does not need its step count fresher than that. Progress is written when the partition's
+time passes a multiple of `snapshot_every_s`, not that long after each run's own first change: every
+run of every partition then falls due at the same tick and shares one insert per table, where runs
+started at different moments, the usual case on a shared cluster, made an insert each.
 A multi-node run is one run: ranks add hosts, and the run's status is the worst final status of any
 rank (failed > crashed > killed > finished), `finished` only once every rank reported it.
 """
@@ -155,8 +158,10 @@ class RunBook:
             self._dirty.pop(key, None)
 
     def snapshots(self, now: float, force: bool = False) -> tuple[list[dict], list[dict]]:
-        """(runs rows, run_ranks rows) for runs changed at least `snapshot_every_s` ago (or all, forced)."""
-        due = [key for key, since in self._dirty.items() if force or now - since >= self.snapshot_every_s]
+        """(runs rows, run_ranks rows) for runs changed before the latest multiple of `snapshot_every_s`
+        that `now` has passed (or all, forced)."""
+        period = int(now // self.snapshot_every_s)
+        due = [key for key, since in self._dirty.items() if force or period > since // self.snapshot_every_s]
         runs, ranks = [], []
         updated = utc(now)
         for key in due:

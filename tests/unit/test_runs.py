@@ -51,6 +51,22 @@ def test_heartbeats_are_throttled_into_one_snapshot():
     assert len(runs) == 1 and ranks[0]["last_step"] == 40
 
 
+def test_runs_whose_progress_moved_at_different_times_are_written_together_once_a_period():
+    """Each write is an insert per table: runs on phases of their own made one each (issue 13)."""
+    book = RunBook(snapshot_every_s=15)
+    writes = []
+    for second in range(46):  # three runs reporting steps every second, each from its own start
+        for n, start in enumerate((1, 6, 11)):
+            if second >= start:
+                book.observe(envelope("heartbeat", project="p", run=f"r{n}", rank=0, host="node-0",
+                                      time=T + second, step=second))
+        runs, _ = book.snapshots(T + second)
+        if runs:
+            writes.append((second, sorted(r["run"] for r in runs)))
+    # each run's lifecycle would be written at once; progress only: at 15, 30 and 45 s, all runs together
+    assert writes == [(15, ["r0", "r1", "r2"]), (30, ["r0", "r1", "r2"]), (45, ["r0", "r1", "r2"])]
+
+
 def test_raw_lifecycle_rows_keep_the_event_as_sent():
     event = ev("run_start", 0, 0, world_size=1, code={"commit": "abc"})
     assert json.loads(raw_event_row(event)["payload"])["code"] == {"commit": "abc"}
