@@ -7,9 +7,10 @@ committed only behind a durable state snapshot:
 
 1. a batch is processed, up to PIECE_EVENTS at a time (rules evaluated, its rows held for ClickHouse),
    and its events join the pending list; the once-a-second tick writes the held rows (processing.py);
-2. a checkpoint (every `checkpoint_interval_s`, 5 s, and at once after a piece that raised alerts)
-   writes the rows still held, turns the changed partitions' state into snapshots, sends them to the
-   compacted state topic and waits for Kafka to acknowledge them (all partitions' at once);
+2. a checkpoint (every `checkpoint_interval_s`, 5 s, at rest at the first tick after it that wrote
+   every held row; and at once after a piece that raised alerts) writes the rows still held, turns
+   the changed partitions' state into snapshots, sends them to the compacted state topic and waits
+   for Kafka to acknowledge them (all partitions' at once);
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
    the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
    in the processing thread), so an alert that a snapshot records as sent is never lost, at shutdown
@@ -37,6 +38,7 @@ from typing import Any
 
 import faust
 
+from trainmon.stream_processors.checkpoint_cadence import CheckpointCadence
 from trainmon.stream_processors.config import PipelineConfig
 from trainmon.stream_processors.copartitioning import split_partitions
 from trainmon.stream_processors.internal_topics import (HOST_RUN_ENDS, INCIDENT_ALERTS, INCIDENT_PARTITION, RUN_HARDWARE, STATE,
@@ -149,6 +151,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     held_alerts: list[dict] = []  # released with snapshots that could not be written: sent next time
     held_notifications: list[dict] = []  # the same, of incidents
     checkpoint_lock = asyncio.Lock()
+    cadence = CheckpointCadence(checkpoint_interval_s)  # when the periodic checkpoint runs
     # Closed from a rebalance's start until the new assignment's state is ready: Faust may hand over
     # events of a newly assigned partition before its on_partitions_assigned handlers finish, and state
     # restored for them then would carry no generation and no topic ids (events counted twice).
@@ -206,6 +209,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     async def checkpoint(revoked: list[int] | None = None) -> None:
         """Snapshots of changed state made durable, then acks and alerts released (see module doc)."""
         async with checkpoint_lock:
+            cadence.began()
             events = list(pending_events)  # all handled, so in the snapshots about to be taken
             pending_events.clear()
             snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked)
@@ -247,10 +251,13 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         await send(outcome)
         if outcome.alerts or outcome.notifications:
             await checkpoint()  # a silence or a group_wait ending pages now, not a checkpoint later
+        elif cadence.after_tick(outcome.all_written, app.consumer.at_rest()):
+            await checkpoint()  # at rest, right after the tick wrote the held rows: its flush has none
 
     @app.timer(interval=checkpoint_interval_s)
     async def periodic_checkpoint() -> None:
-        await checkpoint()
+        if cadence.on_timer(app.consumer.at_rest()):
+            await checkpoint()
 
     @app.on_partitions_revoked.connect
     async def revoked(sender: Any, revoked: set, **kwargs: Any) -> None:

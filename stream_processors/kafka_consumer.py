@@ -72,6 +72,7 @@ class FetchPacer:
     def __init__(self, rest_s: float) -> None:
         self.rest_s = rest_s
         self.wait_s = rest_s
+        self.busy = False  # read BUSY_BYTES_PER_S or more over the latest window
         self._since, self._bytes = None, 0
 
     def read(self, size: int, now: float) -> float:
@@ -80,8 +81,8 @@ class FetchPacer:
             self._since = now
         self._bytes += size
         if now - self._since >= 1.0:
-            busy = self._bytes / (now - self._since) >= BUSY_BYTES_PER_S
-            self.wait_s = min(self.rest_s, BUSY_FETCH_MAX_WAIT_S) if busy else self.rest_s
+            self.busy = self._bytes / (now - self._since) >= BUSY_BYTES_PER_S
+            self.wait_s = min(self.rest_s, BUSY_FETCH_MAX_WAIT_S) if self.busy else self.rest_s
             self._since, self._bytes = now, 0
         return self.wait_s
 
@@ -136,6 +137,10 @@ class _Consumer(faust_aiokafka.Consumer):
         """Per assigned (topic, partition): Kafka's high watermark at the latest fetch, and the wall
         time of that fetch; partitions not fetched yet are left out."""
         return self._thread.read_progress()
+
+    def at_rest(self) -> bool:
+        """Reading less than BUSY_BYTES_PER_S (FetchPacer), or nothing yet."""
+        return self._pacer is None or not self._pacer.busy
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop (faust.transport.consumer.Consumer._drain_messages), one flow race per

@@ -79,6 +79,7 @@ class Outcome:
     run_hardware: list[dict] = field(default_factory=list)  # re-keyed by run, for the stall rule
     host_run_ends: list[dict] = field(default_factory=list)  # run_end re-keyed by host, for node rules
     unowned: set[int] = field(default_factory=set)  # partitions read but no longer ours: do not ack
+    all_written: bool = False  # a tick's: nothing held after it, so a checkpoint now inserts nothing
 
 
 def run_hardware(event: Mapping[str, Any]) -> list[dict]:
@@ -461,6 +462,7 @@ class Processing:
         hardware_due = bool(self.held_hardware) and wall - self.hardware_since >= self.hardware_insert_max_delay_s
         if hardware_due or (self.held and wall - self.held_since >= self.insert_max_delay_s):
             self.flush(hardware=hardware_due)
+        outcome.all_written = not (self.held or self.held_hardware)
         return outcome
 
     def _lose_runs(self, state: PartitionState, now: float, outcome: Outcome) -> None:

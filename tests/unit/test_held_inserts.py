@@ -120,3 +120,17 @@ def test_an_event_on_another_kinds_topic_is_dead_lettered_and_the_rest_written_a
     proc.tick()
     assert written(proc) == [(4, 0, 0)] and proc.sink.batches[0].offsets == {("t.metrics", 0): 2}
     assert proc.held_hardware.offsets == {("t.system", 0): 0}
+
+
+def test_a_tick_says_whether_it_left_rows_held(wall) -> None:
+    """The checkpoint at rest waits for a tick that left nothing held (checkpoint_cadence.py)."""
+    proc, _ = make()
+    proc.handle(batch(0))
+    proc.handle(sample(0))
+    wall[0] += 2.0
+    assert not proc.tick().all_written  # the training rows written, the hardware rows held
+    wall[0] += 3.0
+    assert proc.tick().all_written  # the hardware rows due: both written
+    assert proc.tick().all_written  # nothing came
+    proc.handle(batch(1))
+    assert not proc.tick().all_written

@@ -112,11 +112,15 @@ def test_fetches_wait_long_at_rest_and_short_once_a_megabyte_a_second_is_read() 
     pacer = FetchPacer(0.25)
     waits = [pacer.read(40_000, t / 4) for t in range(8)]  # 160 KB/s: the demo's cluster at rest
     assert waits == [0.25] * 8
+    assert not pacer.busy
     waits = [pacer.read(400_000, 2 + t / 4) for t in range(8)]  # 1.6 MB/s
     assert waits[-1] == 0.1 and waits[0] == 0.25, "judged a second at a time"
+    assert pacer.busy
     waits = [pacer.read(1_000, 4 + t / 4) for t in range(12)]  # quiet again
-    assert waits[-1] == 0.25
-    assert FetchPacer(0.05).read(10**7, 0.0) == 0.05 and FetchPacer(0.05).read(0, 5.0) == 0.05  # never longer
+    assert waits[-1] == 0.25 and not pacer.busy
+    short = FetchPacer(0.05)
+    assert short.read(10**7, 0.0) == 0.05 and short.read(0, 1.0) == 0.05  # never longer
+    assert short.busy, "busy by the bytes read, even where the wait cannot be shorter"
 
 
 def test_start_up_objects_are_left_out_of_garbage_collection() -> None:
