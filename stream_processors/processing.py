@@ -11,10 +11,10 @@ Rows are held, not written per batch: `flush` writes them at the first tick (onc
 oldest has waited `insert_max_delay_s`, before every snapshot, and when `insert_max_rows` are held. At
 rest that is one insert per table every 2 s, not one per batch of each topic, each making a part that
 views and merges then work on; under load the row limit comes first, so inserts grow instead. Hardware
-samples (system_samples, gpus) wait `hardware_insert_max_delay_s` (4.5 s): each of their inserts feeds
-four views, and the dashboard shows them on a 10 s refresh, so at rest they go every 5 s, with the
-checkpoints' flushes. `snapshot`
-flushes first, so a snapshot (and the acks behind it) never covers an event whose rows are not in
+samples (system_samples, gpus) wait `hardware_insert_max_delay_s` (4.5 s), then go with the next
+training flush (or alone if no training rows are held): each of their inserts feeds four views, and the
+dashboard shows them on a 10 s refresh, so at rest they go every 6 s, with every third training insert
+and never with one of their own. `snapshot` flushes first, so a snapshot (and the acks behind it) never covers an event whose rows are not in
 ClickHouse; rows written ahead of a snapshot are safe, since a replay of their events is skipped by
 offset (sink.py).
 
@@ -459,8 +459,10 @@ class Processing:
         while self.deliveries:
             batch.add("alert_deliveries", [self.deliveries.popleft()])
         self._hold(batch, {})
-        hardware_due = bool(self.held_hardware) and wall - self.hardware_since >= self.hardware_insert_max_delay_s
-        if hardware_due or (self.held and wall - self.held_since >= self.insert_max_delay_s):
+        training_due = bool(self.held) and wall - self.held_since >= self.insert_max_delay_s
+        hardware_due = (bool(self.held_hardware) and wall - self.hardware_since >= self.hardware_insert_max_delay_s
+                        and (training_due or not self.held))  # with the training rows: one insert less
+        if training_due or hardware_due:
             self.flush(hardware=hardware_due)
         outcome.all_written = not (self.held or self.held_hardware)
         return outcome

@@ -157,9 +157,10 @@ class Settings:
         "visible sooner, more inserts, parts and merges", metavar="SECONDS", check=_at_least(0))
     processors_hardware_insert_max_delay: float = option(
         4.5, "seconds the oldest held hardware row (system_samples, gpus) may wait before the hardware rows are "
-        "written: at rest every 5 s, with the checkpoints, instead of every 2 s with the training rows, which "
-        "saves ClickHouse four views' work per insert (bench/idle.py). Hardware alerts do not wait for it; the "
-        "dashboard's hardware charts show samples up to this much later", metavar="SECONDS", check=_at_least(0))
+        "written, with the next training rows' insert if any are held: at rest every 6 s, with every third "
+        "training insert, instead of every 2 s, which saves ClickHouse four views' work per insert "
+        "(bench/idle.py). Hardware alerts do not wait for it; the dashboard's hardware charts show samples up to "
+        "this much later, and up to insert_max_delay more", metavar="SECONDS", check=_at_least(0))
     processors_fetch_max_wait: float = option(
         0.25, "seconds the broker holds a fetch for 64 KiB of new events before it answers with what there is, "
         "while the worker reads under 1 MiB a second (busier, at most 0.1 s). At rest this is how much later "

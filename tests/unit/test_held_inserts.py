@@ -75,6 +75,27 @@ def test_a_full_hold_is_written_without_waiting(wall) -> None:
     assert [len(b.metric) for b in proc.sink.batches] == [10] and not proc.held
 
 
+def test_hardware_rows_due_wait_for_the_training_rows_flush_unless_none_are_held(wall) -> None:
+    """Hardware rows written at their own tick made a training insert more (the held training rows
+    went with them): at rest 3 inserts into metric_points per 5 s instead of 1 per 2 s."""
+    proc, _ = make()  # insert_max_delay_s 1.5, hardware_insert_max_delay_s 4.5
+    proc.handle(sample(0))
+    for second in range(1, 8):
+        wall[0] += 1.0
+        if second >= 4:
+            proc.handle(batch(second))  # training rows held from 4 s: due at the tick of 6 s
+        proc.tick()
+        if second == 5:  # the hardware rows due (4.5 s), the training rows not yet: both wait
+            assert written(proc) == []
+    assert written(proc) == [(6, 2, 1)]  # together at 6 s (the training rows of 4-6 s); those of 7 s held
+    proc, _ = make()
+    proc.handle(sample(0))
+    for _ in range(5):
+        wall[0] += 1.0
+        proc.tick()
+    assert written(proc) == [(0, 2, 1)], "no training rows held: the hardware rows alone, when due"
+
+
 def test_refused_rows_wait_for_the_checkpoint_as_dead_letters(wall) -> None:
     proc, _ = make()
     refused_source = ("t.metrics", 0, 1)
