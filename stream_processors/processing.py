@@ -14,9 +14,9 @@ views and merges then work on; under load the row limit comes first, so inserts 
 samples (system_samples, gpus) wait `hardware_insert_max_delay_s` (4.5 s), then go with the next
 training flush (or alone if no training rows are held): each of their inserts feeds four views, and the
 dashboard shows them on a 10 s refresh, so at rest they go every 6 s, with every third training insert
-and never with one of their own. `snapshot` flushes first, so a snapshot (and the acks behind it) never covers an event whose rows are not in
-ClickHouse; rows written ahead of a snapshot are safe, since a replay of their events is skipped by
-offset (sink.py).
+and never with one of their own. `snapshot` flushes first, so a snapshot (and the acks behind it)
+never covers an event whose rows are not in ClickHouse; rows written ahead of a snapshot are safe,
+since a replay of their events is skipped by offset (sink.py).
 
 No exception on one event leaves the batch: it is dead-lettered with reason `internal_error` and
 counted, and the rest of the batch goes on. Rows ClickHouse refuses for good are dead-lettered too,

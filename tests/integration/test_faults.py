@@ -536,7 +536,7 @@ def test_worker_sigkilled_with_hardware_rows_held_loses_and_doubles_no_sample(ow
                 wait_until(lambda: scalar(client, rows, h=hosts) >= every, 120, "every sample after the takeover")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}: {scalar(client, rows, h=hosts)} rows of {every}") from None
-            time.sleep(6)  # a doubled write would land by now (hardware rows go every 5 s)
+            time.sleep(7)  # a doubled write would land by now (hardware rows go every 6 s at rest)
             assert scalar(client, rows, h=hosts) == every
             assert scalar(client, "SELECT sum(count) FROM system_rollup_1m WHERE host IN {h:Array(String)}",
                           h=hosts) == every
