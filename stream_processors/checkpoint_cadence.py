@@ -2,11 +2,12 @@
 
 A checkpoint writes the held rows before its snapshot (processing.py). On a clock of its own, every
 `interval_s`, it fell between the tick's flushes and made an insert more per table: at rest 0.6 instead
-of 0.5 a second into `metric_points`, whose inserts cost ClickHouse about 25 ms each whatever their
-size (its views; docs/benchmarks.md). So at rest the tick checkpoints, at the first tick after the
-interval that left nothing held, and the timer steps in only if that has not happened for 1.5
-intervals. Busy (FetchPacer), inserts go by row count, not by the tick, and the timer runs every
-checkpoint as before: a checkpoint there takes up to a second, which the tick must not wait for.
+of 0.5 a second into `metric_points`, where the views alone cost ClickHouse about 22 ms per insert
+whatever its size (docs/benchmarks.md, bench/insert_cost.py). So at rest the tick checkpoints, at
+the first tick after the interval that left nothing held, and the timer steps in only if that has not
+happened for 1.5 intervals. Busy (FetchPacer), inserts go by row count, not by the tick, and the timer
+runs every checkpoint as before: a checkpoint there takes up to a second, which the tick must not
+wait for.
 """
 
 from __future__ import annotations
