@@ -347,8 +347,8 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--values-per-s", type=float, default=400_000,
-                        help="offered load of the throughput phase, above capacity (default 400,000)")
+    parser.add_argument("--values-per-s", type=float, default=600_000,
+                        help="offered load of the throughput phase, above capacity (default 600,000)")
     parser.add_argument("--latency-values-per-s", type=float, default=200_000,
                         help="offered load of the latency phase: the target rate (default 200,000)")
     parser.add_argument("--width", type=int, default=64, help="values per metrics event (default 64)")
