@@ -268,8 +268,9 @@ class Processing:
             try:
                 if source == "contract":
                     event = decode(message.value)
-                    if message.topic in self.topics:
-                        check_topic(event, self.topics[message.topic])
+                    expected = self.topics.get(message.topic)
+                    if expected is not None:
+                        check_topic(event, expected)
                 else:
                     event = _internal(message.value, source)
             except ContractError as error:

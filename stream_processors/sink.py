@@ -260,7 +260,8 @@ class Batch:
         shared = hardware.system.shared
         for topic, partition, offset in zip(shared["src_topic"], shared["src_partition"], shared["src_offset"]):
             hardware._source(topic, partition, offset)
-            self.offsets.pop((topic, partition), None)
+        for key in hardware.offsets:
+            self.offsets.pop(key, None)
         return hardware
 
     def __bool__(self) -> bool:

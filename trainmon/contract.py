@@ -74,9 +74,10 @@ def check_topic(event: Mapping[str, Any], topic: Topic) -> None:
     """A kind's events on its own topic only: a partition then holds one kind's rows, so the offset
     watermark an insert moves covers all of them, and the key that placed them (run or host) is the
     one their state is kept under."""
-    if TOPIC_OF_KIND[event["kind"]] is not topic:
-        raise ContractError(Reason.WRONG_TOPIC, f"a {event['kind']} event belongs on the "
-                            f"{TOPIC_OF_KIND[event['kind']].value} topic, not {topic.value}", "kind")
+    own = TOPIC_OF_KIND[event["kind"]]
+    if own is not topic:
+        raise ContractError(Reason.WRONG_TOPIC, f"a {event['kind']} event belongs on the {own.value} topic, "
+                            f"not {topic.value}", "kind")
 
 
 def partition_key(event: Mapping[str, Any]) -> bytes:
