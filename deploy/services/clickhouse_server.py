@@ -29,10 +29,13 @@ from trainmon.deploy.services.tls_front import TlsFront
 # A column alias nothing else uses, so the KILL below matches exactly this query.
 KEEPALIVE_MARK = "trainmon_keepalive"
 # system.numbers never ends; one row per block and sleepEachRow(1) make it wake once a second
-# (~0% CPU) and see a KILL within a second. WHERE on the sleep's 0 keeps the result buffer empty.
+# and see a KILL within a second. WHERE on the sleep's 0 keeps the result buffer empty. The thread
+# that runs the query (chdb's, in this process) polls it for progress every `interactive_delay`:
+# every 0.1 s by default, 0.22 % of a core with nothing to do; every 2 s, 0.03 % (docs/benchmarks.md,
+# cost at rest), and a stop still takes about 2 s.
 KEEPALIVE_SQL = (
     f"SELECT number AS {KEEPALIVE_MARK} FROM system.numbers WHERE sleepEachRow(1) "
-    "SETTINGS max_block_size = 1, max_threads = 1, max_execution_time = 0"
+    "SETTINGS max_block_size = 1, max_threads = 1, max_execution_time = 0, interactive_delay = 2000000"
 )
 KILL_SQL = f"KILL QUERY WHERE query LIKE 'SELECT number AS {KEEPALIVE_MARK} %' SYNC"
 
