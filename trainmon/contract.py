@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from trainmon.errors import TrainmonError
 
-try:  # the processors' extra installs it; the SDK decodes little and does without
+try:  # a dependency of the SDK and the processors; without it both work, slower
     import orjson
-except ImportError:  # the SDK alone (tests/unit/test_contract.py runs every case both ways)
+except ImportError:  # (tests/unit/test_contract.py runs every case both ways)
     orjson = None
 
 SCHEMA_VERSION = 1
@@ -468,7 +468,10 @@ def encode(event: Mapping[str, Any]) -> bytes:
     """An event dict to wire bytes; non-finite training values become their string names.
 
     Producers build events from the typed helpers below or the SDK; encode() does not re-validate
-    (the hot path validates once, at the consumer), but refuses what JSON cannot carry.
+    (the hot path validates once, at the consumer), but refuses what JSON cannot carry. orjson writes
+    the usual event 20x faster than the json module (2 against 41 µs for 64 values; the agent's
+    publisher thread was encode-bound); what it writes differently (an exponent as 1e16, not 1e+16)
+    decodes to the same event, and what it cannot write, or writes as null, the json module writes.
     """
     values = event.get("values")
     if values and event.get("kind") == "metrics":
@@ -476,6 +479,16 @@ def encode(event: Mapping[str, Any]) -> bytes:
             if type(x) is float and x - x != 0.0:
                 event = {**event, "values": {k: _wire_value(v) for k, v in values.items()}}
                 break
+    if orjson is not None:
+        try:
+            raw = orjson.dumps(event)
+        except TypeError:  # JSONEncodeError: an integer past 64 bits, a key not a str, a type it lacks
+            pass
+        else:
+            # orjson writes NaN and the infinities as null, where the json module refuses them: any
+            # null (also a None, or "null" inside a string) goes the json module's way instead.
+            if b"null" not in raw:
+                return raw
     try:
         return _encoder.encode(event).encode()
     except ValueError as exc:

@@ -194,6 +194,61 @@ def test_encode_refuses_what_json_cannot_carry():
     assert caught.value.reason is Reason.WRONG_TYPE
 
 
+def with_json_encoder(event):
+    """encode() as without orjson: the reference the orjson path must match."""
+    saved, contract.orjson = contract.orjson, None
+    try:
+        return encode(event)
+    except ContractError as error:
+        return (error.reason, str(error))
+    finally:
+        contract.orjson = saved
+
+
+ENCODED = [
+    ("every kind", None),
+    ("exponents and extremes", metrics(step=2**63 - 1, epoch=1e-7, values={"a": 1e16, "b": -0.0, "c": 5e-324,
+                                                                           "d": 1.7976931348623157e308, "e": 7})),
+    ("non-finite training values", metrics(values={"loss": math.nan, "acc": math.inf, "lr": -math.inf})),
+    ("unicode and escapes", envelope("run_meta", project="p", run="r1", time=T, config={
+        "note": 'é ü 中文 \u2028 "quoted" back\\slash \n tab\t \x00', "nested": [1, [2.5, {"k": True}]]})),
+    ("None and 'null' in a config", envelope("run_meta", project="p", run="r1", time=T,
+                                             config={"opt": None, "name": "null"})),
+    ("an integer past 64 bits", envelope("run_meta", project="p", run="r1", time=T, config={"seed": 2**70 + 1})),
+    ("a non-str key", envelope("run_meta", project="p", run="r1", time=T, config={1: "one"})),
+    ("a tuple and a float subclass", envelope("system", host="h", time=T, figures={"x": float.__new__(
+        type("F", (float,), {}), 2.5)}, gpus=({"index": 0, "figures": {"util": 1.0}},))),
+]
+
+
+@pytest.mark.parametrize("label,event", ENCODED, ids=[c[0] for c in ENCODED])
+def test_encode_writes_what_the_json_module_writes_up_to_number_spelling(label, event):
+    """Whichever writer encode() takes (orjson, or the json module without it or for what orjson refuses),
+    the bytes decode to the same event, or the event is refused for the same reason."""
+    for one in (list(VALID.values()) if event is None else [event]):
+        got, reference = encode(one), with_json_encoder(one)
+        if isinstance(reference, tuple):  # refused either way, for the same reason
+            with pytest.raises(ContractError) as caught:
+                encode(one)
+            assert (caught.value.reason, str(caught.value)) == reference
+            continue
+        assert json.loads(got) == json.loads(reference)
+
+
+def test_encode_refuses_a_non_finite_number_outside_training_values_with_orjson_too(parser):
+    """orjson would write NaN as null; encode() must refuse it as the json module does."""
+    for event in (metrics(time=math.nan), metrics(epoch=math.inf), envelope("system", host="h", time=T,
+                                                                           figures={"x": -math.inf})):
+        with pytest.raises(ContractError) as caught:
+            encode(event)
+        assert caught.value.reason is Reason.NON_FINITE
+
+
+def test_the_usual_event_is_written_by_orjson_when_installed(parser):
+    event = VALID["metrics"]
+    assert encode(event) == (orjson.dumps(event) if parser == "orjson" else with_json_encoder(event))
+
+
 def test_envelope_rejects_unknown_kind_and_drops_nones():
     with pytest.raises(ContractError):
         envelope("nope")
