@@ -279,7 +279,8 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, *, client_factory: Callable[[Settings], Any] = connect,
                  max_backoff_s: float = 10.0) -> None:
         self._connect = lambda: client_factory(settings)
-        self._client = None
+        self._client = None  # for writes: the write-behind thread's (write_behind.py)
+        self._reader = None  # for the watermarks skip() reads, in the processing thread: a session of its own
         self._watermarks: dict[tuple[str, int], int] = {}
         self._types = _types()
         self._column_types: dict[tuple[str, tuple[str, ...]], list] = {}  # see _insert_rows
@@ -295,6 +296,12 @@ class ClickHouseSink:
             self._client = self._connect()
         return self._client
 
+    @property
+    def reader(self):
+        if self._reader is None:
+            self._reader = self._connect()
+        return self._reader
+
     # --- replay protection ----------------------------------------------------------------------
 
     def skip(self, topic: str, partition: int, offset: int) -> bool:
@@ -302,7 +309,8 @@ class ClickHouseSink:
         key = (topic, partition)
         watermark = self._watermarks.get(key)
         if watermark is None:
-            watermark = self._retry(lambda: self._read_watermark(topic, partition), "read the offset watermark")
+            watermark = self._retry(lambda: self._read_watermark(topic, partition), "read the offset watermark",
+                                    client="_reader")
             self._watermarks[key] = watermark
         if offset <= watermark:
             self.skipped_events += 1
@@ -310,7 +318,7 @@ class ClickHouseSink:
         return False
 
     def _read_watermark(self, topic: str, partition: int) -> int:
-        rows = self.client.query(
+        rows = self.reader.query(
             "SELECT max(offset), count() FROM ingest_offsets WHERE topic = {t:String} AND partition = {p:UInt16}",
             parameters={"t": topic, "p": partition}).result_rows
         return int(rows[0][0]) if rows and rows[0][1] else -1
@@ -380,7 +388,8 @@ class ClickHouseSink:
             return (self._guarded(table, first, insert, halves, sources)
                     + self._guarded(table, second, insert, halves, sources))
 
-    def _retry(self, attempt: Callable[[], Any], what: str) -> Any:
+    def _retry(self, attempt: Callable[[], Any], what: str, client: str = "_client") -> Any:
+        """client: the attribute of the client `attempt` uses, dropped after a failure."""
         delay, failures = 0.2, 0
         while True:
             try:
@@ -396,7 +405,7 @@ class ClickHouseSink:
                 if failures == 1 or failures % 10 == 0:
                     log.warning("ClickHouse write failed (%s: %s); holding the stream and retrying to %s",
                                 type(exc).__name__, str(exc)[:200], what)
-                self._client = None  # reconnect: the old pool may hold dead connections
+                setattr(self, client, None)  # reconnect: the old pool may hold dead connections
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
