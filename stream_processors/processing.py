@@ -30,7 +30,6 @@ import logging
 import statistics
 import time
 from collections import Counter, deque
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -42,7 +41,6 @@ from trainmon.stream_processors.rules.base import Condition
 from trainmon.stream_processors.runs import raw_event_row
 from trainmon.stream_processors.sink import Batch, ClickHouseSink, Source, utc
 from trainmon.stream_processors.snapshots import SnapshotError, dumps, loads
-from trainmon.stream_processors.write_behind import Refused, WriteBehind
 from trainmon.contract import (DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ContractError,
                                Reason, Topic, check_topic, decode, validate)
 
@@ -132,8 +130,7 @@ class Processing:
                  lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
                  insert_max_delay_s: float = 1.5, hardware_insert_max_delay_s: float = 4.5,
                  window_idle_s: float = 20.0, topics: Mapping[str, Topic] | None = None,
-                 snapshot_loader: Callable[[int], list[bytes]] | None = None, writes: Executor | None = None) -> None:
-        """writes: where the sink's writes run, one at a time (write_behind.py; default a thread of their own)."""
+                 snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
         self.pipeline = pipeline
         self.sink = sink
         self.dispatcher = dispatcher
@@ -159,7 +156,6 @@ class Processing:
         self.hardware_since = 0.0
         self.held_sources: dict[Source, Message] = {}
         self.refused: list[DeadLetter] = []  # rows ClickHouse refused at a flush, to dead-letter: see take_refused()
-        self.writes = WriteBehind(lambda batch: self.sink.write(batch), writes)  # one in flight beside the handling
 
     # --- ownership ----------------------------------------------------------------------------------
 
@@ -376,24 +372,13 @@ class Processing:
         self.held_sources.update(sources)
         held_rows = sum(b.values + sum(map(len, b.rows.values())) for b in (self.held, self.held_hardware))
         if held_rows >= self.insert_max_rows:
-            self._write_behind()
+            self.flush()
 
     def flush(self, hardware: bool = True) -> None:
         """Write the held rows; those ClickHouse refuses for good wait in `refused` for the dead-letter
-        topic. Blocks until ClickHouse took the rest, and the write before (sink.py retries transient
-        errors). hardware=False leaves the hardware rows held: they come from the system topic's
-        partitions only (check_topic), whose offset watermarks no other insert moves."""
-        self._write_behind(hardware)
-        self.wait_for_writes()
-
-    def wait_for_writes(self) -> None:
-        """Block until the write in flight is done; the rows it had refused join `refused`."""
-        self._refuse(self.writes.wait())
-
-    def _write_behind(self, hardware: bool = True) -> None:
-        """The held rows handed to the write-behind thread, which writes them after the write in flight
-        (write_behind.py); the processing goes on meanwhile. Nothing acks their events before a
-        snapshot, and `snapshot` flushes (waits) first."""
+        topic. Blocks until ClickHouse took the rest (sink.py retries transient errors). hardware=False
+        leaves the hardware rows held: they come from the system topic's partitions only (check_topic),
+        whose offset watermarks no other insert moves."""
         batch, self.held = self.held, Batch()
         if hardware:
             batch.merge(self.held_hardware)
@@ -403,11 +388,9 @@ class Processing:
         sources = self.held_sources
         if hardware:  # else kept for the hardware rows still held; these go at the next full flush
             self.held_sources = {}
-        self._refuse(self.writes.submit(batch, sources))
-
-    def _refuse(self, refused: Refused) -> None:
-        for message, reason in refused:
+        for rejected, reason in self.sink.write(batch):
             self.counts["rejected_by_clickhouse"] += 1
+            message = sources.get(rejected)
             if message is not None:
                 self.refused.append(_dead_letter(message, "rejected", reason))
                 self.counts["dead_letter.rejected"] += 1
@@ -465,7 +448,7 @@ class Processing:
                 state.evict(run)
             if rows or runs or len(outcome.alerts) > before:
                 state.dirty = True
-        outcome.alerts.extend(self.refusals.due(dict(self.sink.refused), wall))  # a copy: the write-behind thread counts
+        outcome.alerts.extend(self.refusals.due(self.sink.refused, wall))
         self._alert_rows(batch, outcome.alerts)
         self.unreleased.extend(outcome.alerts)
         for state in self.partitions.values():
@@ -481,7 +464,7 @@ class Processing:
         hardware_due = (bool(self.held_hardware) and wall - self.hardware_since >= self.hardware_insert_max_delay_s
                         and (training_due or not self.held))  # with the training rows: one insert less
         if training_due or hardware_due:
-            self._write_behind(hardware=hardware_due)
+            self.flush(hardware=hardware_due)
         outcome.all_written = not (self.held or self.held_hardware)
         return outcome
 

@@ -279,8 +279,7 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, *, client_factory: Callable[[Settings], Any] = connect,
                  max_backoff_s: float = 10.0) -> None:
         self._connect = lambda: client_factory(settings)
-        self._client = None  # for writes: the write-behind thread's (write_behind.py)
-        self._reader = None  # for the watermarks skip() reads, in the processing thread: a session of its own
+        self._client = None
         self._watermarks: dict[tuple[str, int], int] = {}
         self._types = _types()
         self._column_types: dict[tuple[str, tuple[str, ...]], list] = {}  # see _insert_rows
@@ -296,12 +295,6 @@ class ClickHouseSink:
             self._client = self._connect()
         return self._client
 
-    @property
-    def reader(self):
-        if self._reader is None:
-            self._reader = self._connect()
-        return self._reader
-
     # --- replay protection ----------------------------------------------------------------------
 
     def skip(self, topic: str, partition: int, offset: int) -> bool:
@@ -309,8 +302,7 @@ class ClickHouseSink:
         key = (topic, partition)
         watermark = self._watermarks.get(key)
         if watermark is None:
-            watermark = self._retry(lambda: self._read_watermark(topic, partition), "read the offset watermark",
-                                    client="_reader")
+            watermark = self._retry(lambda: self._read_watermark(topic, partition), "read the offset watermark")
             self._watermarks[key] = watermark
         if offset <= watermark:
             self.skipped_events += 1
@@ -318,7 +310,7 @@ class ClickHouseSink:
         return False
 
     def _read_watermark(self, topic: str, partition: int) -> int:
-        rows = self.reader.query(
+        rows = self.client.query(
             "SELECT max(offset), count() FROM ingest_offsets WHERE topic = {t:String} AND partition = {p:UInt16}",
             parameters={"t": topic, "p": partition}).result_rows
         return int(rows[0][0]) if rows and rows[0][1] else -1
@@ -388,8 +380,7 @@ class ClickHouseSink:
             return (self._guarded(table, first, insert, halves, sources)
                     + self._guarded(table, second, insert, halves, sources))
 
-    def _retry(self, attempt: Callable[[], Any], what: str, client: str = "_client") -> Any:
-        """client: the attribute of the client `attempt` uses, dropped after a failure."""
+    def _retry(self, attempt: Callable[[], Any], what: str) -> Any:
         delay, failures = 0.2, 0
         while True:
             try:
@@ -405,7 +396,7 @@ class ClickHouseSink:
                 if failures == 1 or failures % 10 == 0:
                     log.warning("ClickHouse write failed (%s: %s); holding the stream and retrying to %s",
                                 type(exc).__name__, str(exc)[:200], what)
-                setattr(self, client, None)  # reconnect: the old pool may hold dead connections
+                self._client = None  # reconnect: the old pool may hold dead connections
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 

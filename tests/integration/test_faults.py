@@ -31,7 +31,7 @@ from tests.kafka_util import consume, read_all
 from tests.receivers import Receiver
 from tests.unit.test_partition_state import make
 from tests.unit.test_processing import Dispatcher as UnitDispatcher
-from tests.unit.test_processing import Inline, MemorySink
+from tests.unit.test_processing import MemorySink
 from trainmon.clickhouse import connect
 from trainmon.contract import DLQ_REASON, Topic, decode, encode, envelope, topic_name
 from trainmon.settings import env_name
@@ -279,7 +279,7 @@ def test_worker_sigkilled_mid_plateau_fires_at_the_step_it_would_have_and_resolv
                  values={"loss": loss}) for s, loss in enumerate(losses)]
     with Receiver([200] * 20) as receiver:
         pipeline = plateau_pipeline(tmp_path, receiver.url, patience)
-        reference = Processing(load_pipeline(pipeline), MemorySink(), UnitDispatcher(), writes=Inline())
+        reference = Processing(load_pipeline(pipeline), MemorySink(), UnitDispatcher())
         expected = [(a["state"], a["starts_at"], a["values"].get("steps"))
                     for i, e in enumerate(events) for a in reference.handle(
                         [Message("t.metrics" if e["kind"] == "metrics" else "t.runs", 0, i, b"k", encode(e))]).alerts]

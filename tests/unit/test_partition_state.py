@@ -15,7 +15,7 @@ from trainmon.stream_processors.processing import Message, Processing
 from trainmon.stream_processors.sink import _types as sink_types
 from trainmon.stream_processors.snapshots import MAGIC, ZLIB_MAGIC, SnapshotError, loads
 from tests.unit.alert_streams import heartbeat, metrics, run_end, spec, system
-from tests.unit.test_processing import Dispatcher, Inline, MemorySink
+from tests.unit.test_processing import Dispatcher, MemorySink
 from trainmon.contract import encode
 
 T = 1_764_230_400.0
@@ -38,7 +38,7 @@ def make(snapshots: dict[int, bytes] | None = None, lost_after_s: float = 900.0,
     dispatcher = Dispatcher()
     loader = (lambda p: [snapshots[p]] if p in snapshots else []) if snapshots is not None else None
     return Processing(pipeline, MemorySink(), dispatcher, lost_after_s=lost_after_s, snapshot_loader=loader,
-                      writes=Inline(), **options), dispatcher
+                      **options), dispatcher
 
 
 class Feed:
@@ -225,7 +225,7 @@ def test_a_restored_partition_judges_no_node_before_it_has_read_that_nodes_backl
     node_rule = [spec("heartbeat_lost", "node_silent", selector={"scope": "node"}, params={"timeout_s": 60})]
     pipeline = PipelineConfig(rules=node_rule, routes=[], windows_s=[10.0], repeat_interval_s=3600.0,
                               dashboard_url="http://127.0.0.1:8501", path="test")
-    first = Processing(pipeline, MemorySink(), Dispatcher(), writes=Inline())
+    first = Processing(pipeline, MemorySink(), Dispatcher())
     samples = iter(range(10**6))
 
     def sample(t: float) -> Message:
@@ -237,7 +237,7 @@ def test_a_restored_partition_judges_no_node_before_it_has_read_that_nodes_backl
     snapshot = first.snapshot()
     wall[0] = T + 300  # the worker was down for five minutes; the cluster kept training
     dispatcher = Dispatcher()
-    second = Processing(pipeline, MemorySink(), dispatcher, snapshot_loader=lambda p: [snapshot[p]], writes=Inline())
+    second = Processing(pipeline, MemorySink(), dispatcher, snapshot_loader=lambda p: [snapshot[p]])
     feed = Feed()
     feed.offsets["t.metrics"] = 1
     second.handle(feed(*(metrics(s, T + s, loss=1.0) for s in range(1, 300))))  # metrics caught up first

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from concurrent.futures import Executor, Future
 
 import pytest
 
@@ -35,19 +34,6 @@ class MemorySink:
         pass
 
 
-class Inline(Executor):
-    """Runs each write as it is handed over, so a test sees it written at once (the worker's writes run
-    in a thread of their own: tests/unit/test_write_behind.py)."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
 class Dispatcher:
     def __init__(self) -> None:
         self.alerts: list[dict] = []
@@ -68,7 +54,7 @@ def processing() -> tuple[Processing, Dispatcher]:
     pipeline = PipelineConfig(rules=rules, routes=[], windows_s=[10.0], repeat_interval_s=3600.0,
                               dashboard_url="http://127.0.0.1:8501", path="test")
     dispatcher = Dispatcher()
-    return Processing(pipeline, MemorySink(), dispatcher, writes=Inline()), dispatcher
+    return Processing(pipeline, MemorySink(), dispatcher), dispatcher
 
 
 def message(topic: str, partition: int, offset: int, event: dict) -> Message:

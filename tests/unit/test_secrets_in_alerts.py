@@ -16,7 +16,7 @@ from trainmon.stream_processors.config import DEFAULT_PIPELINE, load_pipeline
 from trainmon.stream_processors.processing import Message, Processing
 from trainmon.stream_processors.routes import build_route
 from tests.unit.alert_streams import metrics
-from tests.unit.test_processing import Dispatcher, Inline, MemorySink
+from tests.unit.test_processing import Dispatcher, MemorySink
 from trainmon.contract import encode
 
 T = 1_764_230_400.0
@@ -34,7 +34,7 @@ def test_no_route_request_or_log_line_carries_a_trainmon_password(tmp_path, monk
     pipeline = load_pipeline(tmp_path / "pipeline.yml", environ=environ)
     monkeypatch.setattr(processing_module.time, "time", lambda: T + 5)
     caplog.set_level(logging.DEBUG)
-    processing = Processing(pipeline, MemorySink(), Dispatcher(), writes=Inline())
+    processing = Processing(pipeline, MemorySink(), Dispatcher())
     processing.assign([0])
     processing.handle([Message("t.metrics", 0, step, b"r1", encode(metrics(step, T + step, loss="NaN" if step else 1.0)))
                        for step in range(3)])
