@@ -52,10 +52,17 @@ LOOPBACK_NETWORKS = "<networks><ip>127.0.0.1</ip><ip>::1</ip></networks>"
 # memory_worker_period_ms: how often the engine corrects its memory tracker from the allocator's
 # figures; every 100 ms by default, 0.28 % of a core with nothing to do here, a third of the idle
 # engine's cost (0.77 %); once a second, 0.02 % (docs/benchmarks.md, cost at rest).
+# background_processing_pool_*: when a table's background task (merge selection, clean-up) looks again
+# after finding nothing to do. By default 0.1 s x 1.1 per idle look, plus up to 1 s at random, and every
+# insert starts it over: with a flush every 2 s the busy tables looked about twice a second each, 0.66 %
+# of a core at rest in the schedule pool's threads (bench/idle.py, per thread). 1 s x 2 per idle look:
+# 0.20 %. Merges wait no longer for it: an insert, and a merge that ends, still start a look at once.
 CONFIG_XML = """<clickhouse>
     <listen_host>127.0.0.1</listen_host>
     <keep_alive_timeout>1</keep_alive_timeout>
     <memory_worker_period_ms>1000</memory_worker_period_ms>
+    <background_processing_pool_thread_sleep_seconds_if_nothing_to_do>1</background_processing_pool_thread_sleep_seconds_if_nothing_to_do>
+    <background_processing_pool_task_sleep_seconds_when_no_work_multiplier>2</background_processing_pool_task_sleep_seconds_when_no_work_multiplier>
     <http_port>{http_port}</http_port>
     <tcp_port>{tcp_port}</tcp_port>
     <users_config>users.xml</users_config>
