@@ -60,7 +60,7 @@ REPLAY_CHUNK = 2000
 # a cycle (encode, frame, write, produce) holds the GIL for more than one slice. The pauses cost
 # this thread throughput while the caller is CPU-bound; only when the memory queue is half full do
 # they stop, because keeping memory bounded and nothing dropped comes first then.
-SLICE_EVENTS = 32  # encoded and spooled per slice (~10 µs each)
+SLICE_EVENTS = 32  # encoded and spooled per slice (encoding a 10-value event: 1.2 µs with orjson, 6.5 with the json module)
 PRODUCE_SLICE_EVENTS = 128  # handed to librdkafka per slice (~3 µs each): slices of similar length
 SLICE_PAUSE_S = 50e-6
 CYCLE_EVENTS = 20_000  # per cycle at most; the next cycle starts at once while more are queued
