@@ -18,7 +18,7 @@ from trainmon.errors import TrainmonError
 
 try:  # a dependency of the SDK and the processors; without it both work, slower
     import orjson
-except ImportError:  # (tests/unit/test_contract.py runs every case both ways)
+except ImportError:  # tests/unit/test_contract.py runs every case both ways
     orjson = None
 
 SCHEMA_VERSION = 1
@@ -244,6 +244,17 @@ def _name(key: str, field: str) -> None:
 _FLOATS = {float}
 
 
+def _summed_finite(values: Mapping[str, Any]) -> bool:
+    """Every value a finite number, as one sum in C says (a NaN or an infinity makes the sum
+    non-finite); False also for a sum that overflowed or a value that is no number, which the caller's
+    per-value loop then judges."""
+    try:
+        total = sum(values.values())
+    except (TypeError, OverflowError):
+        return False
+    return total - total == 0.0
+
+
 def _value_map(value: Any, field: str, allow_non_finite: bool) -> dict[str, float | int]:
     if type(value) is not dict:
         raise _wrong(field, "object", value)
@@ -251,10 +262,8 @@ def _value_map(value: Any, field: str, allow_non_finite: bool) -> dict[str, floa
         raise ContractError(Reason.INVALID_VALUE, f"more than {MAX_VALUES} values", field)
     # The usual event, checked in C: known names, only floats, and a finite sum (a NaN or an infinity
     # would make it non-finite). Anything else, or an overflowing sum, takes the loop below.
-    if value.keys() <= _names_seen and set(map(type, value.values())) <= _FLOATS:
-        total = sum(value.values())
-        if total - total == 0.0:
-            return value
+    if value.keys() <= _names_seen and set(map(type, value.values())) <= _FLOATS and _summed_finite(value):
+        return value
     converted: dict[str, float] | None = None
     for key, item in value.items():
         if key not in _names_seen:
@@ -464,24 +473,14 @@ def _wire_value(x: float | int) -> float | int | str:
     return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
 
 
-def _summed_finite(values: Mapping[str, Any]) -> bool:
-    """Every value a finite number, as one sum in C says (5x cheaper than a loop over 64 values); False
-    also for a sum that overflowed or a value that is no number: the caller's loop then looks at each."""
-    try:
-        total = sum(values.values())
-    except (TypeError, OverflowError):
-        return False
-    return total - total == 0.0
-
-
 def encode(event: Mapping[str, Any]) -> bytes:
     """An event dict to wire bytes; non-finite training values become their string names.
 
     Producers build events from the typed helpers below or the SDK; encode() does not re-validate
     (the hot path validates once, at the consumer), but refuses what JSON cannot carry. orjson writes
-    the usual event several times faster than the json module (a 64-value metrics event, bench/codec.py;
-    the agent's publisher thread was encode-bound); what it writes differently (an exponent as 1e16, not 1e+16)
-    decodes to the same event, and what it cannot write, or writes as null, the json module writes.
+    the usual event 7-8x faster than the json module (bench/codec.py; the agent's publisher thread was
+    encode-bound). What it writes differently (an exponent as 1e16, not 1e+16) decodes to the same
+    event; what it cannot write, or writes as null, the json module writes.
     """
     values = event.get("values")
     if values and event.get("kind") == "metrics" and not _summed_finite(values):
