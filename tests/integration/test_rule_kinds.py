@@ -264,7 +264,9 @@ def play_non_finite(s: Stream, sc: Scenario) -> None:
         step += 1
         for rank in (0, 1):
             loss = "NaN" if rank == nan_rank else 1.0 / step  # as on the wire
-            s.publish(metrics(step, now(), run, rank, host=f"{run}-h{rank}", loss=loss))
+            # step_time_s as a trainer logs it: else straggler derives the ranks' step times from these
+            # events' microseconds apart, and one rank 1.5x the other pages for straggler here
+            s.publish(metrics(step, now(), run, rank, host=f"{run}-h{rank}", loss=loss, step_time_s=1.0))
 
     def alive() -> None:
         s.publish(*(heartbeat(now(), run, rank, step=step, host=f"{run}-h{rank}") for rank in (0, 1)))
