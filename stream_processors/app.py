@@ -8,9 +8,11 @@ committed only behind a durable state snapshot:
 1. a batch is processed, up to PIECE_EVENTS at a time (rules evaluated, its rows held for ClickHouse),
    and its events join the pending list; the once-a-second tick writes the held rows (processing.py);
 2. a checkpoint (every `checkpoint_interval_s`, 5 s, at rest at the first tick after it that wrote
-   every held row; and at once after a piece that raised alerts) writes the rows still held, turns
-   the changed partitions' state into snapshots, sends them to the compacted state topic and waits
-   for Kafka to acknowledge them (all partitions' at once);
+   every held row) writes the rows still held, turns the changed partitions' state into snapshots,
+   sends them to the compacted state topic and waits for Kafka to acknowledge them (all partitions'
+   at once). An alert's checkpoint, at once after a piece or a tick that raised alerts, writes only
+   the rows no event names (alerts, windows, run snapshots), leaving the raw rows held (each snapshot
+   lists their events' offsets: processing.py), and acks nothing, so an alert waits for no bulk insert;
 3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
    the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
    in the processing thread), so an alert that a snapshot records as sent is never lost, at shutdown
@@ -185,15 +187,18 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 for partition, data in snapshots.items()]
         await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
 
-    def snapshot_and_release(revoked: list[int] | None) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list]:
-        """In the processing thread, in one step: the held rows written, the snapshots and exactly the
-        alerts and incident notifications they cover, and the dead letters of rows ClickHouse refused."""
+    def snapshot_and_release(revoked: list[int] | None, light: bool
+                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list]:
+        """In the processing thread, in one step: the held rows written (light: only those no event
+        names), the snapshots and exactly the alerts and incident notifications they cover, and the dead
+        letters of rows ClickHouse refused."""
         if revoked is not None:
             snapshots = processing.revoke(revoked)
         elif durable_state:
-            snapshots = processing.snapshot()
+            snapshots = processing.snapshot(light=light)
         else:
-            processing.flush()
+            if not light:
+                processing.flush()
             snapshots = {}
         return snapshots, processing.release(), processing.take_refused()
 
@@ -206,13 +211,16 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                                           partition=INCIDENT_PARTITION)
         processing.dispatch(notifications if pipeline.incidents is not None else alerts + notifications)
 
-    async def checkpoint(revoked: list[int] | None = None) -> None:
-        """Snapshots of changed state made durable, then acks and alerts released (see module doc)."""
+    async def checkpoint(revoked: list[int] | None = None, light: bool = False) -> None:
+        """Snapshots of changed state made durable, then acks and alerts released (see module doc).
+        light, for alerts: the raw rows stay held, so no event is acked (the next full checkpoint does)."""
         async with checkpoint_lock:
-            cadence.began()
-            events = list(pending_events)  # all handled, so in the snapshots about to be taken
-            pending_events.clear()
-            snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked)
+            if not light:
+                cadence.began()
+            events = [] if light else list(pending_events)  # all handled, so in the snapshots about to be taken
+            if not light:
+                pending_events.clear()
+            snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked, light)
             await dead_letter(refused)  # before the acks: a refused row's event is never lost
             alerts[:0], notifications[:0] = held_alerts, held_notifications
             held_alerts.clear()
@@ -229,6 +237,9 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 app.consumer.ack(message)
             await publish(alerts, notifications)
 
+    async def alert_checkpoint() -> None:
+        await checkpoint(light=True)
+
     def consume(source: str) -> BatchHandler:
         async def handle_piece(events: list[Any]) -> bool:
             outcome = await in_thread(processing.handle, events, source)  # Faust's messages, as they are
@@ -238,7 +249,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
 
         async def handle(events: list[Any]) -> None:
             await assignment_ready.wait()
-            await in_pieces(events, PIECE_EVENTS, handle_piece, checkpoint)
+            await in_pieces(events, PIECE_EVENTS, handle_piece, alert_checkpoint)
         return handle
 
     for topic, source in sources.items():
@@ -250,7 +261,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         outcome = await in_thread(processing.tick, app.consumer.read_progress())
         await send(outcome)
         if outcome.alerts or outcome.notifications:
-            await checkpoint()  # a silence or a group_wait ending pages now, not a checkpoint later
+            await alert_checkpoint()  # a silence or a group_wait ending pages now, not a checkpoint later
         elif cadence.after_tick(outcome.all_written, app.consumer.at_rest()):
             await checkpoint()  # at rest, right after the tick wrote the held rows: its flush has none
 

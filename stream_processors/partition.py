@@ -3,13 +3,14 @@
 Partition p of every topic (metrics, runs, system and the internal re-keyed ones) belongs to the same
 worker, so this one object holds all its state: the run and host rule engines with their alert books,
 the run book, the open windows, the partition's clock, the highest offset of each topic applied to
-it and the highest sequence number seen from each producer. `state()` is plain data for a snapshot;
+it (and, below it, those of events whose raw rows were still held at the snapshot) and the highest
+sequence number seen from each producer. `state()` is plain data for a snapshot;
 a worker that takes the partition over restores it and continues as if nothing happened.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from trainmon.stream_processors.alerts import AlertBook
 from trainmon.stream_processors.clock import PartitionClock
@@ -35,6 +36,10 @@ class PartitionState:
         self.windows = Windows(pipeline.windows_s, lateness_s=lateness_s, idle_s=window_idle_s)
         self.clock = PartitionClock()
         self.applied: dict[str, int] = {}  # topic -> highest offset whose event is in this state
+        # topic -> offsets at or below `applied` whose rows were still held, not in ClickHouse, when the
+        # restored snapshot was taken (a checkpoint for an alert writes only the rows no event names):
+        # their replay writes their rows, nothing else. Emptied as they are replayed.
+        self.unwritten: dict[str, set[int]] = {}
         self.producers: dict[str, dict[tuple[str, str], int]] = {}  # run -> (producer, topic) -> seq
         # (group generation of this owner's assignment, number): a worker that lost the partition and
         # writes a late snapshot writes an older generation, so it never wins over the new owner's.
@@ -71,10 +76,14 @@ class PartitionState:
 
     # --- snapshots -----------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def state(self, held: Mapping[str, set[int]] | None = None) -> dict[str, Any]:
+        """held: topic -> offsets of this partition's events whose rows are held, not written yet."""
+        held = held or {}
+        unwritten = {topic: sorted(held.get(topic, set()) | self.unwritten.get(topic, set()))
+                     for topic in held.keys() | self.unwritten.keys()}
         return {"format": FORMAT, "engines": {scope: e.state() for scope, e in self.engines.items()},
                 "book": vars(self.book), "windows": self.windows.state(), "clock": self.clock,
-                "applied": self.applied, "producers": self.producers,
+                "applied": self.applied, "producers": self.producers, "unwritten": unwritten,
                 "incidents": self.incidents.state() if self.incidents is not None else None}
 
     def restore(self, state: dict[str, Any], version: tuple[int, int]) -> None:
@@ -90,4 +99,5 @@ class PartitionState:
         if self.incidents is not None and state.get("incidents"):  # absent in snapshots of older workers
             self.incidents.restore(state["incidents"])
         self.applied, self.producers = dict(state["applied"]), dict(state["producers"])
+        self.unwritten = {topic: set(offsets) for topic, offsets in state.get("unwritten", {}).items() if offsets}
         self.version, self.dirty = version, False

@@ -16,7 +16,10 @@ training flush (or alone if no training rows are held): each of their inserts fe
 dashboard shows them on a 10 s refresh, so at rest they go every 6 s, with every third training insert
 and never with one of their own. `snapshot` flushes first, so a snapshot (and the acks behind it)
 never covers an event whose rows are not in ClickHouse; rows written ahead of a snapshot are safe,
-since a replay of their events is skipped by offset (sink.py).
+since a replay of their events is skipped by offset (sink.py). An alert's snapshot (`light`) writes
+only the rows no event names and lists, per topic, the offsets of the events whose raw rows it leaves
+held; nothing is acked behind it, so after a crash those events are re-read, and their rows alone are
+written (`_rewrite`) unless ClickHouse has them.
 
 No exception on one event leaves the batch: it is dead-lettered with reason `internal_error` and
 counted, and the rest of the batch goes on. Rows ClickHouse refuses for good are dead-lettered too,
@@ -207,10 +210,19 @@ class Processing:
                 state = self._fresh(partition)
         return state
 
-    def snapshot(self, partitions: Iterable[int] | None = None) -> dict[int, bytes]:
+    def snapshot(self, partitions: Iterable[int] | None = None, *, light: bool = False) -> dict[int, bytes]:
         """Snapshots of the partitions whose state changed (or of those named), numbered on; the held
-        rows written first."""
-        self.flush()
+        rows written first. light (an alert's checkpoint): only the rows no event's offset names
+        (alerts, incidents, windows, run snapshots); the raw rows stay held, and each snapshot lists
+        the offsets of its partition's events whose rows they are, for a replay to write (handle)."""
+        if light:
+            self._write(self.held.take_derived(), {})
+        else:
+            self.flush()
+        held = self.held.source_offsets()
+        for partition, topics in self.held_hardware.source_offsets().items():
+            for topic, offsets in topics.items():
+                held[partition][topic] |= offsets
         out = {}
         for partition in self.partitions if partitions is None else partitions:
             state = self.partitions.get(partition)
@@ -218,7 +230,7 @@ class Processing:
                 continue
             state.version = (state.version[0], state.version[1] + 1)
             state.dirty = False
-            out[partition] = dumps(self.group, partition, state.version, state.state())
+            out[partition] = dumps(self.group, partition, state.version, state.state(held.get(partition)))
         return out
 
     def release(self) -> tuple[list[dict], list[dict]]:
@@ -251,6 +263,7 @@ class Processing:
         outcome, wall = Outcome(), time.time()
         batches: dict[int, Batch] = {}  # per partition: rows to write, which feed its windows too
         replays: dict[int, Batch] = {}  # events new to the state whose rows ClickHouse already has: windows only
+        rewrites = Batch()  # events in the state whose rows ClickHouse has not: rows only (see _rewrite)
         newest: dict[tuple[int, str], float | None] = {}  # (partition, topic) -> newest event time read
         sources: dict[Source, Message] = {}
         for message in messages:
@@ -261,8 +274,10 @@ class Processing:
             topic = self.topic_keys.get(message.topic, message.topic)  # name#id: see topic_ids.py
             newest.setdefault((message.partition, message.topic), None)  # read, if only a replay: not idle
             if message.offset <= state.applied.get(topic, -1):
-                self.counts["replayed"] += 1  # already in the restored state, and written
+                self.counts["replayed"] += 1  # already in the restored state, and written unless listed
+                self._rewrite(state, (topic, message.partition, message.offset), message, rewrites, sources)
                 continue
+            state.unwritten.pop(topic, None)  # past the restored snapshot on this topic: no more replays
             state.applied[topic] = message.offset
             state.dirty = True
             try:
@@ -298,7 +313,7 @@ class Processing:
             sources[src] = message
         for (partition, topic), time_read in newest.items():
             self.partitions[partition].clock.observe(topic, time_read, wall)
-        merged = Batch()
+        merged = rewrites
         for partition in batches.keys() | replays.keys():
             state = self.partitions[partition]
             for batch in filter(None, (batches.get(partition), replays.get(partition))):
@@ -325,18 +340,30 @@ class Processing:
         if kind == "system":
             outcome.alerts.extend(state.engines["host"].on_event(event, now))
             outcome.run_hardware.extend(run_hardware(event))
-            batch.add_system(event, *src)
+            add_rows(event, src, batch)
             return
         alerts = state.engines["run"].on_event(event, now)
         if kind in RUN_KINDS or kind == "metrics":
             state.book.observe(event)
-            if kind == "metrics":
-                batch.add_metrics(event, *src)
-            elif kind != "heartbeat":
-                batch.add_run_event(raw_event_row(event), *src)
+            add_rows(event, src, batch)
             if kind == "run_end":
                 outcome.host_run_ends.append(event)
         outcome.alerts.extend(alerts)
+
+    def _rewrite(self, state: PartitionState, src: Source, message: Message, batch: Batch,
+                 sources: dict[Source, Message]) -> None:
+        """A replayed event the restored state has, whose rows its snapshot listed as held (taken by an
+        alert's checkpoint): its rows, unless ClickHouse got them before the crash; rules and windows
+        have it already."""
+        pending = state.unwritten.get(src[0])
+        if not pending or src[2] not in pending:
+            return
+        pending.discard(src[2])
+        if self.sink.skip(*src):
+            return
+        add_rows(decode(message.value), src, batch)
+        sources[src] = message
+        self.counts["rewritten"] += 1
 
     def _correlate(self, state: PartitionState, alert: dict, outcome: Outcome, wall: float) -> None:
         """A released alert into the incident book (a stale one is recorded, not paged)."""
@@ -388,6 +415,12 @@ class Processing:
         sources = self.held_sources
         if hardware:  # else kept for the hardware rows still held; these go at the next full flush
             self.held_sources = {}
+        self._write(batch, sources)
+
+    def _write(self, batch: Batch, sources: Mapping[Source, Message]) -> None:
+        """Write a batch; its rows ClickHouse refuses for good are dead-lettered by their sources."""
+        if not batch:
+            return
         for rejected, reason in self.sink.write(batch):
             self.counts["rejected_by_clickhouse"] += 1
             message = sources.get(rejected)
@@ -490,6 +523,17 @@ class Processing:
             state.dirty = True
         self._hold(batch, {})
         return self.snapshot()
+
+
+def add_rows(event: Mapping[str, Any], src: Source, batch: Batch) -> None:
+    """An event's own rows (metric values, hardware figures, run lifecycle events), named by its offset."""
+    kind = event["kind"]
+    if kind == "metrics":
+        batch.add_metrics(event, *src)
+    elif kind == "system":
+        batch.add_system(event, *src)
+    elif kind in RUN_KINDS and kind != "heartbeat":
+        batch.add_run_event(raw_event_row(event), *src)
 
 
 def alert_row(alert: Mapping[str, Any]) -> dict[str, Any]:

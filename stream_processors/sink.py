@@ -23,6 +23,7 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
+from itertools import chain
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
@@ -52,6 +53,7 @@ RAW_INSERT_SETTINGS = {**INSERT_SETTINGS, "optimize_on_insert": 0}
 METRIC_GROUP = ("project", "run", "rank", "host", "step", "epoch", "time", "src_topic", "src_partition", "src_offset")
 SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition", "src_offset")
 PRIMARY = ("metric_points", "system_samples")  # their INSERT moves the offset watermark: written last
+SOURCED_TABLES = frozenset({"run_events", "gpus"})  # Batch.rows tables written with (or from) raw events' rows
 Source = tuple[str, int, int]  # topic, partition, offset of the message a row came from
 # Server errors worth waiting for: overload, timeouts, read-only replicas, too many parts (merges catch
 # up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`). On a
@@ -263,6 +265,23 @@ class Batch:
         for key in hardware.offsets:
             self.offsets.pop(key, None)
         return hardware
+
+    def take_derived(self) -> "Batch":
+        """The rows no event's offset names (alerts, incidents, windows, run snapshots: SOURCED_TABLES
+        aside) moved to a Batch of their own, which may be written ahead of the raw rows: a checkpoint for
+        an alert writes only these (processing.py, snapshot)."""
+        derived = Batch()
+        for table in [t for t in self.rows if t not in SOURCED_TABLES]:
+            derived.rows[table] = self.rows.pop(table)
+        return derived
+
+    def source_offsets(self) -> dict[int, dict[str, set[int]]]:
+        """Partition -> topic -> offsets of the events whose rows this batch holds."""
+        found: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+        run_events = ((r["src_topic"], r["src_partition"], r["src_offset"]) for r in self.rows.get("run_events", ()))
+        for topic, partition, offset in chain(self.metric.sources(), self.system.sources(), run_events):
+            found[partition][topic].add(offset)
+        return found
 
     def __bool__(self) -> bool:
         return bool(len(self.metric) or len(self.system) or any(self.rows.values()))

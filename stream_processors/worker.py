@@ -70,7 +70,7 @@ def run(settings: Settings) -> None:
                                                               flush=True))
     deliveries: deque = deque()
     dispatcher = Dispatcher([build_route(spec) for spec in pipeline.routes], deliveries.append)
-    app = create_app(settings, pipeline, dispatcher)
+    app = create_app(settings, pipeline, dispatcher, checkpoint_interval_s=settings.processors_checkpoint_interval)
     app.processing.deliveries = deliveries
     loglevel, web_port = settings.processors_loglevel, settings.processors_web_port
     logging.getLogger("trainmon").setLevel(loglevel.upper())

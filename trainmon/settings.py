@@ -150,7 +150,8 @@ class Settings:
     processors_insert_max_rows: int = option(
         100_000, "rows (metric values, GPU figures, run and window rows) held for ClickHouse before an "
         "insert; held rows are also written once the oldest has waited insert_max_delay and before every "
-        "checkpoint. Bigger: fewer, larger inserts under load, more memory", metavar="N", check=_at_least(1))
+        "periodic checkpoint. Bigger: fewer, larger inserts under load, more memory", metavar="N",
+        check=_at_least(1))
     processors_insert_max_delay: float = option(
         1.5, "seconds the oldest held row may wait before the held rows are written (checked once a second): "
         "at rest each table gets an insert every 2 s; under load insert_max_rows comes first. Smaller: data "
@@ -161,6 +162,13 @@ class Settings:
         "training insert, instead of every 2 s, which saves ClickHouse four views' work per insert "
         "(bench/idle.py). Hardware alerts do not wait for it; the dashboard's hardware charts show samples up to "
         "this much later, and up to insert_max_delay more", metavar="SECONDS", check=_at_least(0))
+    processors_checkpoint_interval: float = option(
+        5.0, "seconds between a worker's periodic checkpoints: the held rows written, its state snapshotted "
+        "and the events behind it acked (Kafka offsets committed). At rest it runs at the first tick that "
+        "many seconds after the last one that left nothing held, else 1.5 intervals after. Alerts do not "
+        "wait for it: each gets a checkpoint of its own at once, which writes the alert, window and run rows "
+        "but not the raw ones. Bigger: fewer snapshots and commits, more events re-read after a crash",
+        metavar="SECONDS", check=_at_least(1))
     processors_fetch_max_wait: float = option(
         0.25, "seconds the broker holds a fetch for 64 KiB of new events before it answers with what there is, "
         "while the worker reads under 1 MiB a second (busier, at most 0.1 s). At rest this is how much later "

@@ -89,6 +89,48 @@ def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topic
     assert "state restored from snapshot" in (tmp_path / "second.log").read_text()
 
 
+def test_worker_sigkilled_right_after_a_page_with_the_raw_rows_still_held_writes_each_row_once(own_topics, tmp_path):
+    """An alert's checkpoint pages without waiting for the raw rows' insert: it writes the alert's row,
+    snapshots (listing the held rows' offsets) and acks nothing. Killed after the page and before any
+    insert or periodic checkpoint could write the raw rows (both a minute away here), the worker leaves
+    them to the next one: every row once, the run's lifecycle event once, the alert paged once."""
+    run, group = f"held-{uuid.uuid4().hex[:6]}", f"held-{uuid.uuid4().hex[:6]}"
+    later = {"TRAINMON_PROCESSORS_INSERT_MAX_DELAY": "60", "TRAINMON_PROCESSORS_CHECKPOINT_INTERVAL": "60"}
+    count = {"points": "SELECT count() FROM metric_points WHERE run = {r:String}",
+             "rollup": "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}",
+             "events": "SELECT count() FROM run_events WHERE run = {r:String}",
+             "alerts": "SELECT count() FROM alerts WHERE run = {r:String} AND state = 'firing'"}
+    with Receiver([200] * 50) as receiver:
+        pipeline = pipeline_file(tmp_path, receiver.url)
+        first = start_worker(own_topics, pipeline, group, tmp_path / "first.log", **later)
+        second = None
+        try:
+            client = connect(own_topics)
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
+            for step in range(101):
+                publisher.publish(metrics(run, 0, step, math.nan if step == 100 else 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            wait_until(lambda: "firing" in states(receiver, run), 60, "the NaN alert")
+            held = {name: scalar(client, sql, r=run) for name, sql in count.items()}
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            assert held == {"points": 0, "rollup": 0, "events": 0, "alerts": 1}, held  # paged, raw rows held
+            second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+            wait_until(lambda: scalar(client, count["points"], r=run) >= 202, 90, "every row after the takeover")
+            time.sleep(3)  # a doubled insert would land by now
+            assert {name: scalar(client, sql, r=run) for name, sql in count.items()} == {
+                "points": 202, "rollup": 202, "events": 1, "alerts": 1}
+            assert states(receiver, run) == ["firing"]
+            publisher.close()
+        finally:
+            stop(first)
+            if second is not None:
+                stop(second)
+    log = (tmp_path / "second.log").read_text()
+    assert "state restored from snapshot" in log and "'rewritten': 102" in log, log[-3000:]
+
+
 def test_rebalance_one_three_one_under_load_keeps_runs_and_windows_exact(own_topics, tmp_path):
     group = f"rebal-{uuid.uuid4().hex[:6]}"
     runs = [f"rb-{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
