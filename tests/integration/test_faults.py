@@ -79,6 +79,10 @@ def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topic
             assert states(receiver, run) == ["firing", "resolved"]
             client = connect(own_topics)
             where = {"r": run}
+            # the page no longer waits for the raw rows' insert: they follow at the next flush (~2 s at rest)
+            wait_until(lambda: scalar(client, "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}",
+                                      **where) >= 201 * 2, 30, "every row")
+            time.sleep(2)  # a doubled insert would land by now
             assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", **where) == 201 * 2
             assert scalar(client, "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}", **where) == 201 * 2
             publisher.close()
@@ -351,6 +355,10 @@ def test_worker_sigkilled_mid_plateau_fires_at_the_step_it_would_have_and_resolv
             got = [(r.json()["state"], r.json()["starts_at"], r.json()["values"].get("steps"))
                    for r in list(receiver.requests) if r.json().get("run") == run]
             assert [(s, round(t, 6), n) for s, t, n in got] == [(s, round(t, 6), n) for s, t, n in expected]
+            # the page no longer waits for the raw rows' insert: they follow at the next flush (~2 s at rest)
+            wait_until(lambda: scalar(client, "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}",
+                                      r=run) >= len(losses), 30, "every row")
+            time.sleep(2)  # a doubled insert would land by now
             assert scalar(client, "SELECT count() FROM metric_points WHERE run = {r:String}", r=run) == len(losses)
             assert scalar(client, "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}", r=run) == len(
                 losses)
