@@ -54,6 +54,14 @@ def windows_off(client, runs: list[str]) -> list[tuple]:
         parameters={"runs": runs}).result_rows
 
 
+def publish_nan_episode(publisher: Publisher, run: str) -> None:
+    """A run's start and 101 steps, the last one's loss NaN: one loss_non_finite alert."""
+    publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
+    for step in range(101):
+        publisher.publish(metrics(run, 0, step, math.nan if step == 100 else 1.0 / (step + 1)))
+    assert publisher.flush(30)
+
+
 def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topics, tmp_path):
     run, group = f"kill-{uuid.uuid4().hex[:6]}", f"kill-{uuid.uuid4().hex[:6]}"
     with Receiver([200] * 50) as receiver:
@@ -62,10 +70,7 @@ def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topic
         second = None
         try:
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
-            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
-            for step in range(101):
-                publisher.publish(metrics(run, 0, step, math.nan if step == 100 else 1.0 / (step + 1)))
-            assert publisher.flush(30)
+            publish_nan_episode(publisher, run)
             wait_until(lambda: "firing" in states(receiver, run), 90, "the NaN alert")
             time.sleep(2.5)  # a checkpoint has covered the episode
             first.send_signal(signal.SIGKILL)
@@ -111,10 +116,7 @@ def test_worker_sigkilled_right_after_a_page_with_the_raw_rows_still_held_writes
         try:
             client = connect(own_topics)
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
-            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
-            for step in range(101):
-                publisher.publish(metrics(run, 0, step, math.nan if step == 100 else 1.0 / (step + 1)))
-            assert publisher.flush(30)
+            publish_nan_episode(publisher, run)
             wait_until(lambda: "firing" in states(receiver, run), 60, "the NaN alert")
             held = {name: scalar(client, sql, r=run) for name, sql in count.items()}
             first.send_signal(signal.SIGKILL)
