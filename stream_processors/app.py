@@ -215,10 +215,10 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         """Snapshots of changed state made durable, then acks and alerts released (see module doc).
         light, for alerts: the raw rows stay held, so no event is acked (the next full checkpoint does)."""
         async with checkpoint_lock:
+            events: list[Any] = []
             if not light:
                 cadence.began()
-            events = [] if light else list(pending_events)  # all handled, so in the snapshots about to be taken
-            if not light:
+                events = list(pending_events)  # all handled, so in the snapshots about to be taken
                 pending_events.clear()
             snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked, light)
             await dead_letter(refused)  # before the acks: a refused row's event is never lost

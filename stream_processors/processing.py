@@ -32,8 +32,9 @@ import json
 import logging
 import statistics
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Callable, Iterable, Mapping
 
 from trainmon.stream_processors.config import PipelineConfig
@@ -219,10 +220,9 @@ class Processing:
             self._write(self.held.take_derived(), {})
         else:
             self.flush()
-        held = self.held.source_offsets()
-        for partition, topics in self.held_hardware.source_offsets().items():
-            for topic, offsets in topics.items():
-                held[partition][topic] |= offsets
+        held: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))  # partition -> topic -> offsets
+        for topic, partition, offset in chain(self.held.sources(), self.held_hardware.sources()):
+            held[partition][topic].add(offset)
         out = {}
         for partition in self.partitions if partitions is None else partitions:
             state = self.partitions.get(partition)
@@ -277,7 +277,8 @@ class Processing:
                 self.counts["replayed"] += 1  # already in the restored state, and written unless listed
                 self._rewrite(state, (topic, message.partition, message.offset), message, rewrites, sources)
                 continue
-            state.unwritten.pop(topic, None)  # past the restored snapshot on this topic: no more replays
+            if state.unwritten:  # past the restored snapshot on this topic: no more replays
+                state.unwritten.pop(topic, None)
             state.applied[topic] = message.offset
             state.dirty = True
             try:

@@ -23,8 +23,8 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
-from itertools import chain
 from datetime import datetime, timezone
+from itertools import chain
 from typing import Any, Callable, Iterable, Mapping
 
 # Imported here, not where first used: a worker pays for them (~0.3 s) as it starts, before it joins the
@@ -53,7 +53,7 @@ RAW_INSERT_SETTINGS = {**INSERT_SETTINGS, "optimize_on_insert": 0}
 METRIC_GROUP = ("project", "run", "rank", "host", "step", "epoch", "time", "src_topic", "src_partition", "src_offset")
 SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition", "src_offset")
 PRIMARY = ("metric_points", "system_samples")  # their INSERT moves the offset watermark: written last
-SOURCED_TABLES = frozenset({"run_events", "gpus"})  # Batch.rows tables written with (or from) raw events' rows
+SOURCED_TABLE = "run_events"  # the one Batch.rows table whose rows carry their event's offset (add_run_event)
 Source = tuple[str, int, int]  # topic, partition, offset of the message a row came from
 # Server errors worth waiting for: overload, timeouts, read-only replicas, too many parts (merges catch
 # up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`). On a
@@ -232,7 +232,7 @@ class Batch:
 
     def add_run_event(self, row: dict[str, Any], topic: str, partition: int, offset: int) -> None:
         row.update(src_topic=topic, src_partition=partition, src_offset=offset)
-        self.rows["run_events"].append(row)
+        self.rows[SOURCED_TABLE].append(row)
         self._source(topic, partition, offset)
 
     def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -267,21 +267,18 @@ class Batch:
         return hardware
 
     def take_derived(self) -> "Batch":
-        """The rows no event's offset names (alerts, incidents, windows, run snapshots: SOURCED_TABLES
-        aside) moved to a Batch of their own, which may be written ahead of the raw rows: a checkpoint for
-        an alert writes only these (processing.py, snapshot)."""
+        """The rows no event's offset names (alerts, incidents, windows, run snapshots) moved to a Batch
+        of their own, which may be written ahead of the raw rows: a checkpoint for an alert writes only
+        these (processing.py, snapshot)."""
         derived = Batch()
-        for table in [t for t in self.rows if t not in SOURCED_TABLES]:
+        for table in [t for t in self.rows if t != SOURCED_TABLE]:
             derived.rows[table] = self.rows.pop(table)
         return derived
 
-    def source_offsets(self) -> dict[int, dict[str, set[int]]]:
-        """Partition -> topic -> offsets of the events whose rows this batch holds."""
-        found: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
-        run_events = ((r["src_topic"], r["src_partition"], r["src_offset"]) for r in self.rows.get("run_events", ()))
-        for topic, partition, offset in chain(self.metric.sources(), self.system.sources(), run_events):
-            found[partition][topic].add(offset)
-        return found
+    def sources(self) -> Iterable[Source]:
+        """(topic, partition, offset) of each event whose rows this batch holds."""
+        rows = ((r["src_topic"], r["src_partition"], r["src_offset"]) for r in self.rows.get(SOURCED_TABLE, ()))
+        return chain(self.metric.sources(), self.system.sources(), rows)
 
     def __bool__(self) -> bool:
         return bool(len(self.metric) or len(self.system) or any(self.rows.values()))
