@@ -2,7 +2,9 @@
 
 One alert per run and metric, however many ranks report it (an all-reduced loss goes NaN on all 512
 at once). It clears when every rank that reported a non-finite value has since logged a finite value
-of that metric at a later step.
+of that metric at another step: a later one, or an earlier one, which is the run restarted from a
+checkpoint before the NaN (a rank's events reach the rule in order, so a step back is no late event).
+A finite value at the NaN's own step (a metric logged twice in a step) clears nothing.
 
 | selector | default | meaning |
 |---|---|---|
@@ -69,7 +71,7 @@ class NonFinite(Rule):
                 state.ranks[rank] = step
                 out.append(self._condition(event, name, True, {"step": state.step, "rank": state.rank,
                                                                "ranks": len(state.ranks)}))
-            elif state is not None and state.ranks.get(rank, step) < step:
+            elif state is not None and state.ranks.get(rank, step) != step:
                 del state.ranks[rank]
                 if not state.ranks:
                     del bad[name]

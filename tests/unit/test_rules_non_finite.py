@@ -1,4 +1,5 @@
-"""non_finite: NaN/Inf fires at once, one alert per run and metric however many ranks, clears on a finite later step."""
+"""non_finite: NaN/Inf fires at once, one alert per run and metric however many ranks, clears on a finite value at
+another step (a later one, or an earlier one: a restart from a checkpoint)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def test_same_step_finite_value_does_not_clear() -> None:
     d = Driver(NAN)
     d.send(metrics(7, T0, loss="NaN"), metrics(7, T0 + 1, loss=1.0))
     assert d.states() == [("loss_non_finite", "firing")]
+
+
+def test_a_restart_from_a_checkpoint_before_the_nan_resolves_it_and_a_new_nan_pages_again() -> None:
+    d = Driver(NAN)
+    d.send(*(metrics(s, T0 + s, loss=1.0) for s in range(60)), metrics(60, T0 + 60, loss="NaN"))
+    assert d.states() == [("loss_non_finite", "firing")]
+    d.send(metrics(50, T0 + 120, loss=0.9))  # the job restarted from its step-50 checkpoint, lower lr
+    assert d.states() == [("loss_non_finite", "firing"), ("loss_non_finite", "resolved")]
+    fired = d.send(*(metrics(s, T0 + 70 + s, loss=0.9) for s in range(51, 55)), metrics(55, T0 + 126, loss="NaN"))
+    assert [(a["state"], a["values"]["step"]) for a in fired] == [("firing", 55)]
 
 
 def test_clean_stream_fires_nothing() -> None:
