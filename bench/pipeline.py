@@ -11,6 +11,9 @@ receiver for alerts. It starts its own Kafka, ClickHouse and Alertmanager on sep
 - peak RSS of each worker;
 - where the CPU went: % of one core used by the producer, the workers, Kafka and ClickHouse over the
   throughput phase;
+- `calibration_ms`: the CPU time of a fixed piece of work (encoding 20,000 metrics events) just before
+  each throughput phase, lower when the machine is faster: figures from hours of different speed on a
+  shared VM are compared with it beside them;
 - with more than one run, the first run's throughput apart from the others' median: the services start
   with the benchmark, so the first throughput phase is also the broker's JVM compiling its hot paths
   (Kafka took 4.2 % of a core per 100,000 values/s there, 1.2-1.7 in the next two runs of 2026-12-06).
@@ -51,7 +54,7 @@ from trainmon.deploy.topics import create_topics  # noqa: E402
 from trainmon.stream_processors.config import DEFAULT_PIPELINE  # noqa: E402
 from tests.receivers import Receiver  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
-from trainmon.contract import envelope  # noqa: E402
+from trainmon.contract import encode, envelope  # noqa: E402
 from trainmon.deploy.services.filesystem import filesystem  # noqa: E402
 from trainmon.settings import Settings, environment  # noqa: E402
 
@@ -264,6 +267,19 @@ def drive(publisher: Publisher, values_per_s: float, seconds: float, width: int,
     return sent, probes, start
 
 
+def calibration_ms(width: int, events: int = 20_000) -> float:
+    """CPU milliseconds this process takes to encode `events` metrics events: a fixed piece of work, timed
+    just before a throughput phase, that says how fast the machine was then. This VM's speed changes
+    from one hour to the next: the same code carried 476,000-518,000 values/s and then 331,000-417,000 on
+    the evening of 2026-12-06, and the producer's CPU per value (fixed work too) rose with it by a third."""
+    event = envelope("metrics", project="bench", run="calibration", rank=0, host="node-0", step=0, time=time.time(),
+                     values={f"layer_{i:03d}/grad_norm": 0.5 for i in range(width)})
+    started = time.process_time()
+    for _ in range(events):
+        encode(event)
+    return (time.process_time() - started) * 1000
+
+
 def quantiles(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return (values[0], values[0]) if values else (math.nan, math.nan)
@@ -308,10 +324,10 @@ def run_once(args: argparse.Namespace, settings: Settings, workdir: Path, offere
                             **{s.name: [s.pid()] for s in services.services(settings) if s.pid()}})
             phase_start = time.monotonic()
             say(f"driving {offered:,.0f} values/s in events of {args.width} values for {args.seconds:.0f}s...")
-            # A probe run of its own per phase: the workers restore the previous phase's state, where the
-            # probe's loss may have ended NaN at a later step than this phase's first ones. non_finite
-            # clears only on a finite value at a later step, so the same run would page nothing until its
-            # steps passed that one (seen: 2 of 30 alerts, the first 32 s late, in a third repeat).
+            # A probe run of its own per phase, whose steps start at 0: the workers restore the previous
+            # phase's state, where the probe's loss may have ended NaN. Reused, the run paged nothing until
+            # its steps passed that NaN's while non_finite cleared only at a later step (seen at 0e257db's
+            # parent: 2 of 30 alerts, the first 32 s late, in a third run); each phase starts clean.
             probe_run = f"{PROBE_RUN}-{uuid.uuid4().hex[:6]}"
             sent, probe, start = drive(publisher, offered, args.seconds, args.width, args.runs, probe_run=probe_run)
             publisher.flush(120)
@@ -389,12 +405,14 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings, progress=lambda m: None)
         for repeat in range(args.repeats):
             say(f"--- run {repeat + 1}/{args.repeats}: throughput phase, then latency phase")
+            calibration = calibration_ms(args.width)
             with tempfile.TemporaryDirectory() as tmp:
                 saturated = run_once(args, settings, Path(tmp), args.values_per_s, worker_args)
             with tempfile.TemporaryDirectory() as tmp:
                 steady = run_once(args, settings, Path(tmp), args.latency_values_per_s, worker_args)
             results.append({
                 "values_per_s": saturated["values_per_s"],
+                "calibration_ms": calibration,  # the machine's speed before the phase: lower is faster
                 "saturated_values_lost_or_doubled": saturated["values_visible"] - saturated["values_sent"]
                 - saturated["probe_values"],
                 "latency_phase_offered_values_per_s": steady["offered_values_per_s"],
