@@ -16,7 +16,7 @@ receiver for alerts. It starts its own Kafka, ClickHouse and Alertmanager on sep
   shared VM are compared with it beside them;
 - with more than one run, the first run's throughput apart from the others' median: the services start
   with the benchmark, so the first throughput phase is also the broker's JVM compiling its hot paths
-  (Kafka took 4.2 % of a core per 100,000 values/s there, 1.2-1.7 in the next two runs of 2026-12-06).
+  (Kafka took 3.6-6.8 % of a core per 100,000 values/s there, 1.2-2.4 in later runs, 2026-12-06).
   A broker that has run for a while is the later runs' case.
 Everything it starts is stopped by PID at the end.
 """
