@@ -34,13 +34,20 @@ def test_migrate_twice_applies_once(migrated, clickhouse):
             "system_rollup_1h", "ingest_offsets", "system_latest", "metric_epochs_1m", "metric_epochs_1h"} <= tables
 
 
-def test_every_table_the_processors_write_merges_wide(migrated, clickhouse):
-    """Migration 0010: a new table written at every flush needs it too, or it merges its largest small
-    part again with every few flushes (docs/benchmarks.md, "Cost at rest")."""
+READ_WITH_FINAL_BY_STEP = {"metric_rollup_1m", "metric_rollup_1h", "metric_epochs_1m", "metric_epochs_1h"}
+
+
+def test_every_table_the_processors_write_merges_wide_but_the_rollups_read_with_final(migrated, clickhouse):
+    """Migration 0010: a new table written at every flush needs the wide merges too, or it merges its
+    largest small part again with every few flushes (docs/benchmarks.md, "Cost at rest"); migration 0011:
+    the rollups the dashboard reads with FINAL keep ClickHouse's base 5, or FINAL merges a part per flush."""
     engines = dict(clickhouse.query("SELECT name, engine_full FROM system.tables WHERE database = currentDatabase() "
                                     "AND engine LIKE '%MergeTree' AND name != 'schema_migrations'").result_rows)
     assert len(engines) >= 18
-    assert [name for name, engine in engines.items() if "merge_selector_base = 20" not in engine] == []
+    assert READ_WITH_FINAL_BY_STEP <= set(engines)
+    assert [name for name, engine in engines.items()
+            if name not in READ_WITH_FINAL_BY_STEP and "merge_selector_base = 20" not in engine] == []
+    assert [name for name in READ_WITH_FINAL_BY_STEP if "merge_selector_base = 5" not in engines[name]] == []
 
 
 def test_an_edited_applied_migration_is_refused(migrated, tmp_path):
