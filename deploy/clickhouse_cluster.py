@@ -6,7 +6,8 @@ The migration files are single-node SQL. On a cluster each table `X` becomes two
 - `X`: `Distributed(<cluster>, <db>, X_local, <sharding key>)`, which the sink and the dashboard read
   and write under the table's own name, so their SQL is the same on one node and on a cluster.
 Materialized views are made on every node, from one local table into another, so each shard rolls
-up its own rows; `INSERT ... SELECT` (a backfill) runs once, through the Distributed tables.
+up its own rows (a view's new query, `ALTER TABLE <view> MODIFY QUERY`, reads local tables on every node
+too); `INSERT ... SELECT` (a backfill) runs once, through the Distributed tables.
 
 Sharding keys (SHARDING_KEYS) put the rows that must meet on the same shard:
 - Rows whose versions collapse (ReplacingMergeTree, read with FINAL) by columns of their sort key.
@@ -56,6 +57,7 @@ _CREATE_TABLE = re.compile(rf"^CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?{_NAME}
 _CREATE_AS = re.compile(rf"^AS\s+{_NAME}\s+(ENGINE\b.*)$", re.I | re.S)
 _CREATE_VIEW = re.compile(
     rf"^CREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?{_NAME}\s+TO\s+{_NAME}\s+AS\s+(.*)$", re.I | re.S)
+_MODIFY_QUERY = re.compile(rf"^ALTER\s+TABLE\s+{_NAME}\s+MODIFY\s+QUERY\s+(.*)$", re.I | re.S)
 _ALTER = re.compile(rf"^ALTER\s+TABLE\s+{_NAME}\s+(.*)$", re.I | re.S)
 _INSERT = re.compile(rf"^INSERT\s+INTO\s+{_NAME}\b", re.I)
 _ENGINE = re.compile(r"\bENGINE\s*=\s*(\w+)", re.I)
@@ -145,6 +147,7 @@ class ClusterSchema:
         self.cluster, self.database = cluster, database
         self.columns: dict[str, set[str]] = {}  # table -> columns of its local table
         self.distributed: set[str] = set()
+        self.views: set[str] = set()
 
     def statements(self, statements: Iterable[str]) -> list[str]:
         out: list[str] = []
@@ -154,12 +157,13 @@ class ClusterSchema:
 
     def statement(self, sql: str) -> list[str]:
         for pattern, form in ((_CREATE_TABLE, self._create_table), (_CREATE_VIEW, self._create_view),
-                              (_ALTER, self._alter), (_INSERT, self._insert)):
+                              (_MODIFY_QUERY, self._modify_query), (_ALTER, self._alter), (_INSERT, self._insert)):
             match = pattern.match(sql)
             if match:
                 return form(match)
         raise ClusterFormError(f"no cluster form for {sql[:80]!r}: deploy/clickhouse_cluster.py knows CREATE TABLE, "
-                               "CREATE MATERIALIZED VIEW ... TO, ALTER TABLE and INSERT; extend it or use those")
+                               "CREATE MATERIALIZED VIEW ... TO, ALTER TABLE (a view's: MODIFY QUERY) and INSERT; "
+                               "extend it or use those")
 
     # --- statement kinds ---------------------------------------------------------------------------
 
@@ -186,8 +190,17 @@ class ClusterSchema:
     def _create_view(self, match: re.Match) -> list[str]:
         view, target, select = match[1], match[2], match[3]
         self._known(target)
+        self.views.add(view)
         return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} {self.on_cluster} TO {target}{LOCAL} AS\n"
                 f"{_SOURCE.sub(self._local_source, select)}"]
+
+    def _modify_query(self, match: re.Match) -> list[str]:
+        """A view's new query, on every node, reading the local tables as the view's first one did."""
+        view, select = match[1], match[2]
+        if view not in self.views:
+            raise ClusterFormError(f"ALTER TABLE {view} MODIFY QUERY: {view} is not a materialized view created "
+                                   "by an earlier migration statement")
+        return [f"ALTER TABLE {view} {self.on_cluster} MODIFY QUERY\n{_SOURCE.sub(self._local_source, select)}"]
 
     def _alter(self, match: re.Match) -> list[str]:
         table, clauses = match[1], match[2]

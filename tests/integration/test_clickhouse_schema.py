@@ -59,14 +59,79 @@ def test_an_edited_applied_migration_is_refused(migrated, tmp_path):
         migrate(migrated, progress=lambda m: None, directory=tmp_path)
 
 
-def test_reinserting_the_same_batch_counts_once_in_raw_and_rollups(clickhouse):
-    batch = points("dedup-batch", range(100))
+@pytest.mark.parametrize("token", [None, "sink-token"])
+def test_reinserting_the_same_batch_counts_once_in_raw_and_rollups(clickhouse, token):
+    """By block hash, or by the deduplication token the sink sends (sink.py: dedup_settings), down the
+    chain of views: the hourly rollup is fed by the minute one's block (migration 0012)."""
+    run = f"dedup-batch-{token}"
+    batch = points(run, range(100))
+    settings = {**SINK_INSERT, "insert_deduplication_token": token} if token else SINK_INSERT
     for _ in range(2):
+        clickhouse.insert("metric_points", batch, column_names=POINT_COLUMNS, settings=settings)
+    args = {"parameters": {"r": run}}
+    raw = clickhouse.query("SELECT count() FROM metric_points WHERE run = {r:String}", **args).result_rows[0][0]
+    rolled = [clickhouse.query(f"SELECT sum(count) FROM {table} WHERE run = {{r:String}}", **args).result_rows[0][0]
+              for table in ("metric_rollup_1m", "metric_rollup_1h")]
+    assert raw == 100 and rolled == [100, 100]
+
+
+# Each hourly table merged per key, and the same figures straight from the raw rows.
+HOURLY_FROM_RAW = {
+    "metric_rollup_1h": (
+        "SELECT run, name, rank, bucket, min(step_min), max(step_max), sum(count), sum(non_finite), round(sum(sum), 9), "
+        "min(min), max(max), argMaxMerge(last) FROM metric_rollup_1h WHERE project = 'hourly' "
+        "GROUP BY run, name, rank, bucket ORDER BY ALL",
+        "SELECT run, name, rank, toStartOfHour(time) AS hour, min(step), max(step), count(), "
+        "countIf(NOT isFinite(value)), round(sumIf(value, isFinite(value)), 9), min(if(isFinite(value), value, NULL)), "
+        "max(if(isFinite(value), value, NULL)), argMax(value, step) FROM metric_points WHERE project = 'hourly' "
+        "GROUP BY run, name, rank, hour ORDER BY ALL"),
+    "metric_epochs_1h": (
+        "SELECT run, bucket, min(first_step), argMinMerge(first_epoch) FROM metric_epochs_1h WHERE project = 'hourly' "
+        "GROUP BY run, bucket ORDER BY ALL",
+        "SELECT run, toStartOfHour(time) AS hour, min(step), argMin(epoch, step) FROM metric_points "
+        "WHERE project = 'hourly' AND isFinite(epoch) GROUP BY run, hour ORDER BY ALL"),
+    "system_rollup_1h": (
+        "SELECT gpu, name, bucket, sum(count), round(sum(sum), 9), min(min), max(max), argMaxMerge(last) "
+        "FROM system_rollup_1h WHERE host = 'hourly-node' GROUP BY gpu, name, bucket ORDER BY ALL",
+        "SELECT gpu, name, toStartOfHour(time) AS hour, count(), round(sum(value), 9), min(value), max(value), "
+        "argMax(value, time) FROM system_samples WHERE host = 'hourly-node' GROUP BY gpu, name, hour ORDER BY ALL"),
+}
+
+
+def test_the_hourly_tables_hold_the_raw_rows_hours_through_the_minute_tables(clickhouse):
+    """Migration 0012 fills the hourly tables from the minute tables' inserted blocks: what they hold must
+    be what the raw rows give, over inserts that each span several minutes and hours, with NaNs and
+    infinities, epochs missing or not, steps out of order, and a batch sent twice."""
+    def value(s: int) -> float:
+        return math.nan if s % 97 == 0 else math.inf if s % 89 == 0 else math.sin(s) * 1000.0
+
+    batches = []
+    for first in range(0, 3 * 3600, 900):  # 12 inserts of 15 minutes each, over three hours
+        steps = list(range(first, first + 900, 7))
+        steps.reverse() if first % 1800 else None  # some batches arrive newest step first
+        batches.append([["hourly", run, rank, "node-1", name, s, math.nan if s % 5 == 0 else s / 1000.0,
+                         value(s + rank), T0 + timedelta(seconds=s)]
+                        for run in ("h1", "h2") for rank in (0, 3) for name in ("loss", "acc") for s in steps])
+    for batch in batches + batches[4:5]:  # the fifth sent twice: counted once, in every table
         clickhouse.insert("metric_points", batch, column_names=POINT_COLUMNS, settings=SINK_INSERT)
-    raw = clickhouse.query("SELECT count() FROM metric_points WHERE run = 'dedup-batch'").result_rows[0][0]
-    rolled = clickhouse.query(
-        "SELECT sum(count) FROM metric_rollup_1m WHERE run = 'dedup-batch'").result_rows[0][0]
-    assert raw == 100 and rolled == 100
+    samples = [["hourly-node", gpu, f"GPU-{gpu}", name, float((s * 7 + gpu) % 101), T0 + timedelta(seconds=s)]
+               for gpu in (-1, 0, 1) for name in ("util_percent", "power_w") for s in range(0, 7200, 10)]
+    for start in range(0, len(samples), 1000):
+        clickhouse.insert("system_samples", samples[start:start + 1000],
+                          column_names=["host", "gpu", "gpu_uuid", "name", "value", "time"], settings=SINK_INSERT)
+    def rows(sql: str) -> list[tuple]:  # NaN as text: NaN != NaN
+        return [tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in row)
+                for row in clickhouse.query(sql).result_rows]
+
+    for table, (hourly, raw) in HOURLY_FROM_RAW.items():
+        held, expected = rows(hourly), rows(raw)
+        assert len(expected) >= 6, f"{table}: too few hours to tell"
+        assert held == expected, f"{table} differs from its raw rows' hours"
+    views = dict(clickhouse.query("SELECT name, as_select FROM system.tables WHERE database = currentDatabase() "
+                                  "AND engine = 'MaterializedView' AND name LIKE '%_1h_mv'").result_rows)
+    assert {name: re.findall(r"\bFROM (?:\w+\.)?(\w+)", select) for name, select in views.items()} == {
+        "metric_rollup_1h_mv": ["metric_rollup_1m"], "system_rollup_1h_mv": ["system_rollup_1m"],
+        "metric_epochs_1h_mv": ["metric_epochs_1m"]}
 
 
 def test_a_re_sent_event_in_another_batch_collapses_on_its_natural_key(clickhouse):

@@ -86,6 +86,16 @@ def test_views_read_and_write_local_tables_on_every_node():
     assert "FROM system_samples_local AS system_samples" in latest
 
 
+def test_a_view_s_new_query_reads_local_tables_on_every_node():
+    """0012: the hourly views read the minute tables; each node's view reads its own local minute table,
+    as each node's minute view reads its own raw rows."""
+    changed = forms()["0012_hourly_from_minutes.sql"]
+    assert [s.split("\n")[0] for s in changed] == [
+        f"ALTER TABLE {view}_mv {ON} MODIFY QUERY" for view in ("metric_rollup_1h", "system_rollup_1h", "metric_epochs_1h")]
+    assert [re.findall(r"\bFROM (\w+ AS \w+)", s) for s in changed] == [
+        [f"{table}_local AS {table}"] for table in ("metric_rollup_1m", "system_rollup_1m", "metric_epochs_1m")]
+
+
 def test_alters_change_the_local_table_and_a_distributed_one_that_exists():
     events_dropped = forms()["0006_events_dropped.sql"]
     assert [s.split("\n")[0] for s in events_dropped] == [
@@ -153,6 +163,7 @@ def test_the_cluster_form_parses_with_the_engine():
     ("DROP TABLE runs", "no cluster form for 'DROP TABLE runs'"),
     ("ALTER TABLE runs ADD COLUMN x UInt8, MODIFY TTL updated_at + INTERVAL 1 DAY", "split column changes"),
     ("CREATE MATERIALIZED VIEW IF NOT EXISTS v TO nowhere AS SELECT 1", "nowhere is not created"),
+    ("ALTER TABLE runs MODIFY QUERY SELECT 1", "runs is not a materialized view created"),
 ])
 def test_what_has_no_cluster_form_is_refused_with_what_to_do(sql, error):
     schema = ClusterSchema(CLUSTER, DATABASE)
