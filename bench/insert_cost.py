@@ -10,9 +10,9 @@ writes. Per size and variant it reports ClickHouse's CPU milliseconds per write 
 - `insert_merge`: the same with `optimize_on_insert = 1` on the raw inserts (ClickHouse's default, the
   worker's before 08b8df9);
 - `raw_only`: every materialized view dropped, so `schema - raw_only` is what the views cost;
-- `cascade`: a candidate design, not the shipped one: the three 1-hour tables filled from the 1-minute
-  tables by views on those (the minute blocks, not the raw rows); the run checks that the 1-hour tables
-  come out as the schema's (`cascade_hourly_rows_differing`, must be 0);
+- `hourly_from_raw`: the design before migration 0012, the three 1-hour tables filled from the raw rows
+  of each insert (the schema's now read the 1-minute tables' block); the run checks that the 1-hour
+  tables come out as the schema's (`hourly_from_raw_hourly_rows_differing`, must be 0);
 - with --per-view, `view_<name>`: that one view kept, so `view_<name> - raw_only` is what it costs.
 
 The same batches go to every variant of a round, each into its own fresh database, variants in turn;
@@ -50,22 +50,23 @@ from trainmon.clickhouse import connect  # noqa: E402
 from trainmon.settings import Settings  # noqa: E402
 from trainmon.stream_processors import sink  # noqa: E402
 
-VARIANTS = ("schema", "insert_merge", "raw_only", "cascade")
-# The 1-hour views as they would read the 1-minute tables (the `cascade` variant): each merges the minute
-# states of one insert into hours, as the queries merge them.
-CASCADE = {
-    "metric_rollup_1h_mv": "metric_rollup_1h AS SELECT project, run, name, rank, toStartOfHour(bucket) AS bucket, "
-    "min(step_min) AS step_min, max(step_max) AS step_max, sum(count) AS count, sum(non_finite) AS non_finite, "
-    "sum(sum) AS sum, min(min) AS min, max(max) AS max, argMaxMergeState(last) AS last FROM metric_rollup_1m "
+VARIANTS = ("schema", "insert_merge", "raw_only", "hourly_from_raw")
+# The 1-hour views as they were before migration 0012 (the `hourly_from_raw` variant): each reads the raw
+# rows of every insert, as the 1-minute views do.
+HOURLY_FROM_RAW = {
+    "metric_rollup_1h_mv": "metric_rollup_1h AS SELECT project, run, name, rank, toStartOfHour(time) AS bucket, "
+    "min(step) AS step_min, max(step) AS step_max, count() AS count, countIf(NOT isFinite(value)) AS non_finite, "
+    "sumIf(value, isFinite(value)) AS sum, min(if(isFinite(value), value, NULL)) AS min, "
+    "max(if(isFinite(value), value, NULL)) AS max, argMaxState(value, step) AS last FROM metric_points "
     "GROUP BY project, run, name, rank, bucket",
-    "system_rollup_1h_mv": "system_rollup_1h AS SELECT host, gpu, name, toStartOfHour(bucket) AS bucket, "
-    "sum(count) AS count, sum(sum) AS sum, min(min) AS min, max(max) AS max, argMaxMergeState(last) AS last "
-    "FROM system_rollup_1m GROUP BY host, gpu, name, bucket",
-    "metric_epochs_1h_mv": "metric_epochs_1h AS SELECT project, run, toStartOfHour(bucket) AS bucket, "
-    "min(first_step) AS first_step, argMinMergeState(first_epoch) AS first_epoch FROM metric_epochs_1m "
+    "system_rollup_1h_mv": "system_rollup_1h AS SELECT host, gpu, name, toStartOfHour(time) AS bucket, "
+    "count() AS count, sum(value) AS sum, min(value) AS min, max(value) AS max, argMaxState(value, time) AS last "
+    "FROM system_samples GROUP BY host, gpu, name, bucket",
+    "metric_epochs_1h_mv": "metric_epochs_1h AS SELECT project, run, toStartOfHour(time) AS bucket, "
+    "min(step) AS first_step, argMinState(epoch, step) AS first_epoch FROM metric_points WHERE isFinite(epoch) "
     "GROUP BY project, run, bucket",
 }
-# Each 1-hour table read whole, merged per key: what the cascade must reproduce.
+# Each 1-hour table read whole, merged per key: what both designs must give alike.
 HOURLY = {
     "metric_rollup_1h": "SELECT project, run, name, rank, bucket, min(step_min), max(step_max), sum(count), "
     "sum(non_finite), sum(sum), min(min), max(max), argMaxMerge(last) FROM metric_rollup_1h "
@@ -90,14 +91,14 @@ def sizes(text: str) -> list[tuple[int, int]]:
 
 def prepare(target: Settings, variant: str) -> None:
     """A fresh database for one variant: all migrations, then its views: as migrated (schema,
-    insert_merge), the 1-hour ones re-created on the 1-minute tables (cascade), all dropped (raw_only) or all
+    insert_merge), the 1-hour ones re-created on the raw tables (hourly_from_raw), all dropped (raw_only) or all
     but one (view_<name>)."""
     fresh_database(target, None)
     client = connect(target)
     if variant in ("schema", "insert_merge"):
         return
-    if variant == "cascade":
-        for view, definition in CASCADE.items():
+    if variant == "hourly_from_raw":
+        for view, definition in HOURLY_FROM_RAW.items():
             client.command(f"DROP VIEW {view}")
             client.command(f"CREATE MATERIALIZED VIEW {view} TO {definition}")
         return
@@ -154,7 +155,7 @@ def drop_scratch(settings: Settings, aside: list[str]) -> None:
 def measure(settings: Settings, variants: list[str], events: int, writes: int, rounds: int, aside: list[str],
             ) -> tuple[dict[str, list[tuple[float, float]]], int]:
     """Per variant, per round: (server CPU ms per write, µs per value); and the 1-hour rows in which
-    `cascade` differed from `schema`, over all rounds."""
+    `hourly_from_raw` differed from `schema`, over all rounds."""
     server = server_process(settings.clickhouse)
     if server is None:
         raise SystemExit("insert_cost: no ClickHouse process listens on this machine; it measures the server's CPU")
@@ -182,12 +183,12 @@ def measure(settings: Settings, variants: list[str], events: int, writes: int, r
                 sink.RAW_INSERT_SETTINGS.update(shipped)
             seconds = sum(server.cpu_times()[:2]) - used
             results[variant].append((1000 * seconds / writes, 1e6 * seconds / values))
-            if variant in ("schema", "cascade"):
+            if variant in ("schema", "hourly_from_raw"):
                 client = connect(target)
                 hourly[variant] = {table: client.query(sql).result_rows for table, sql in HOURLY.items()}
             set_aside(settings, target.clickhouse_database, aside)
-        if {"schema", "cascade"} <= hourly.keys():
-            mismatches += differing(hourly["schema"], hourly["cascade"])
+        if {"schema", "hourly_from_raw"} <= hourly.keys():
+            mismatches += differing(hourly["schema"], hourly["hourly_from_raw"])
         say(f"  {events:,} events per write, round {round_ + 1}: "
             + ", ".join(f"{v} {results[v][-1][0]:.1f} ms" for v in variants))
     return results, mismatches
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{writes} writes of {events:,} events per variant, {args.rounds} round(s), "
                     f"{len(variants)} variants ...")
                 results, mismatches = measure(settings, variants, events, writes, args.rounds, aside)
-                figures[f"w{events}_cascade_hourly_rows_differing"] = mismatches
+                figures[f"w{events}_hourly_from_raw_hourly_rows_differing"] = mismatches
                 for variant, rows in results.items():
                     figures[f"w{events}_{variant}_cpu_ms_per_write"] = statistics.median(r[0] for r in rows)
                     figures[f"w{events}_{variant}_cpu_us_per_value"] = statistics.median(r[1] for r in rows)
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = "".join(f"{figures[f'w{e}_{variant}_cpu_ms_per_write']:>12.1f} / {figures[f'w{e}_{variant}_cpu_us_per_value']:>6.2f}"
                         for e, _ in args.sizes)
         print(f"{variant:40s}{cells}")
-    print("1-hour rows in which cascade differed from schema: "
-          + ", ".join(f"{figures[f'w{e}_cascade_hourly_rows_differing']:.0f} ({e:,} events)" for e, _ in args.sizes)
+    print("1-hour rows in which hourly_from_raw differed from schema: "
+          + ", ".join(f"{figures[f'w{e}_hourly_from_raw_hourly_rows_differing']:.0f} ({e:,} events)" for e, _ in args.sizes)
           + " (must be 0)")
     if args.json:
         write_figures(args.json, args, figures)
