@@ -76,7 +76,7 @@ def test_reinserting_the_same_batch_counts_once_in_raw_and_rollups(clickhouse, t
 
 
 # Each hourly table merged per key, and the same figures straight from the raw rows.
-HOURLY_FROM_RAW = {
+HOURLY_AGAINST_RAW = {
     "metric_rollup_1h": (
         "SELECT run, name, rank, bucket, min(step_min), max(step_max), sum(count), sum(non_finite), sum(sum), "
         "min(min), max(max), argMaxMerge(last) FROM metric_rollup_1h WHERE project = 'hourly' "
@@ -126,7 +126,7 @@ def test_the_hourly_tables_hold_the_raw_rows_hours_through_the_minute_tables(cli
             return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
         return a == b
 
-    for table, (hourly, raw) in HOURLY_FROM_RAW.items():
+    for table, (hourly, raw) in HOURLY_AGAINST_RAW.items():
         held, expected = clickhouse.query(hourly).result_rows, clickhouse.query(raw).result_rows
         assert len(expected) >= 6, f"{table}: too few hours to tell"
         assert len(held) == len(expected) and all(
