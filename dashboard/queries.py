@@ -124,10 +124,14 @@ def epochs_at(epochs: pd.DataFrame, steps: Any) -> np.ndarray:
     """Steps mapped through one run's (step, epoch) map: exact at its points, linear between them,
     NaN before its first point (where no epoch was logged yet)."""
     steps = pd.to_numeric(pd.Series(steps)).to_numpy(dtype="float64")
-    if epochs.empty:
+    return _interpolated(steps, epochs["step"].to_numpy(dtype="float64"), epochs["epoch"].to_numpy(dtype="float64"))
+
+
+def _interpolated(steps: np.ndarray, at_steps: np.ndarray, at_epochs: np.ndarray) -> np.ndarray:
+    """epochs_at over arrays: one run's map as its sorted steps and their epochs."""
+    if not len(at_steps):
         return np.full(len(steps), np.nan)
-    return np.interp(steps, epochs["step"].to_numpy(dtype="float64"), epochs["epoch"].to_numpy(dtype="float64"),
-                     left=np.nan)
+    return np.interp(steps, at_steps, at_epochs, left=np.nan)
 
 
 def _strings(value: str | Iterable[str] | None) -> list[str] | None:
@@ -544,17 +548,22 @@ class Queries:
         frame = self.series(project, runs, metric, x="step", _with_epochs=True, **options)
         if frame.empty:
             return frame
-        epochs = frame.attrs.pop("epochs", None)  # read beside the buckets, else now
+        # Set aside: pandas deep-copies attrs on every operation below.
+        attrs, frame.attrs = frame.attrs, {}
+        epochs = attrs.pop("epochs", None)  # read beside the buckets, else now
         if epochs is None:
             epochs = self.epoch_map(project, list(frame["run"].unique()), metric, points=options["points"],
-                                    plan=frame.attrs.get("plan"))
+                                    plan=attrs.get("plan"))
         steps, mapped = pd.to_numeric(frame["x"]).to_numpy(dtype="float64"), np.full(len(frame), np.nan)
+        at_steps, at_epochs = epochs["step"].to_numpy(dtype="float64"), epochs["epoch"].to_numpy(dtype="float64")
         known = epochs.groupby("run", sort=False).indices  # one pass each, not a filter per run (20 runs: 40 -> 8 ms)
         for run, rows in frame.groupby("run", sort=False).indices.items():
             if run in known:
-                mapped[rows] = epochs_at(epochs.iloc[known[run]], steps[rows])
-        result = frame.assign(x=mapped).dropna(subset=["x"]).reset_index(drop=True)
-        result.attrs = frame.attrs
+                mapped[rows] = _interpolated(steps[rows], at_steps[known[run]], at_epochs[known[run]])
+        kept = ~np.isnan(mapped)
+        result = frame[kept].reset_index(drop=True)
+        result["x"] = mapped[kept]
+        result.attrs = attrs
         return result
 
     def epoch_map(self, project: str, runs: Sequence[str], metric: str, *, points: int = 1000,
