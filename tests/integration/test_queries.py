@@ -307,14 +307,19 @@ def test_series_pools_ranks_or_reads_one_and_handles_ranges(q):
 
 @pytest.mark.parametrize("points", [50, 1_000])
 @pytest.mark.parametrize("rank", [None, 0])
-def test_the_whole_run_plan_from_the_hourly_rollup_is_the_minute_rollups(q, points, rank):
+@pytest.mark.parametrize("absent", [0, 10])
+def test_the_whole_run_plan_from_the_hourly_rollup_is_the_minute_rollups(q, points, rank, absent):
     """The 1h rollup plans whole runs (60x fewer rows at a billion points); its plan must be exactly the
-    one the 1m rollup gives: table, bounds and bucket width per run."""
-    runs = ["r-a", "r-b", "r-long"]
+    one the 1m rollup gives: table, bounds and bucket width per run. Runs asked for but absent still
+    share the raw budget: with 10 of them r-a's 20,000 points pooled are past its share, and its 17
+    minutes decide between the 1m rollup and raw points."""
+    runs = ["r-a", "r-b", "r-long"] + [f"absent-{i}" for i in range(absent)]
     hourly = q._hourly_step_plan(P, runs, "loss", points=points, rank=rank, source="auto")
     minute = q._minute_plan(P, runs, "loss", x="step", points=points, rank=rank, start=None, end=None, source="auto")
     assert hourly == minute
     assert hourly[0]["r-long"][0] == ("1h" if points == 50 else "1m")  # 84 hours: enough for 50 points only
+    if absent and rank is None:
+        assert hourly[0]["r-a"][0] == ("1m" if points == 50 else "raw")  # 17 x 4 >= 50 buckets, < 1,000
 
 
 def test_series_by_time(q):
