@@ -4,41 +4,19 @@ Python after the queries (the series' frame and epoch map given, so only the map
 
     python docs/results/2026-12-07-epoch-overlay-plan/probe_epoch_overlay.py --url http://127.0.0.1:28123 --base b2e0a28
 """
-import argparse
-import importlib.util
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.clickhouse_target import bench_clickhouse  # noqa: E402
-from trainmon.clickhouse import connect  # noqa: E402
+from ab_overlays import base_module, options, overlay_data  # noqa: E402
 from trainmon.dashboard import queries as new  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--url", required=True, help="ClickHouse HTTP URL holding the kept bench database")
-parser.add_argument("--database", default="trainmon_bench", help="the kept database (default trainmon_bench)")
-parser.add_argument("--base", required=True, help="git commit whose dashboard/queries.py is the baseline")
-parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
-parser.add_argument("--calls", type=int, default=11, help="warm calls per item and round (default 11)")
-args = parser.parse_args()
-
-with tempfile.TemporaryDirectory() as tmp:
-    old_file = Path(tmp) / "base_queries.py"
-    old_file.write_text(subprocess.run(["git", "show", f"{args.base}:dashboard/queries.py"], cwd=ROOT, check=True,
-                                       capture_output=True, text=True).stdout)
-    spec = importlib.util.spec_from_file_location("base_queries", old_file)
-    old = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(old)
-
-settings, _, described = bench_clickhouse(args.url, args.database)
-reader = connect(settings.replace(clickhouse_user="reader", clickhouse_password=""), autogenerate_session_id=False)
-runs = [r for (r,) in reader.query("SELECT DISTINCT run FROM runs WHERE project = 'proj-big' ORDER BY run").result_rows]
+args = options(__doc__).parse_args()
+old = base_module(args.base)
+reader, runs, described = overlay_data(args)
 
 
 class Recorder:
