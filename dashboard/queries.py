@@ -487,6 +487,7 @@ class Queries:
                                  f"FROM metric_rollup_1h {q.where(_series_rows(q, project, q.texts(runs), metric, rank))} "
                                  "GROUP BY run", parameters=q.params).result_rows
         raw_budget = RAW_ROWS_MAX // max(1, len(runs))  # raw rows one query may scan, shared by its runs
+        # The runs _auto_source decides by their minutes: past their raw share, fewer hours than points.
         short = [run for run, _, _, count, hours in rows if source == "auto" and count > raw_budget and hours < points]
         minutes = self._minutes(project, short, metric, rank) if short else {}
         plan: dict[str, tuple[str, int, int, int]] = {}
