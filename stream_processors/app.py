@@ -6,19 +6,22 @@ event) and go to the processing thread, which owns all state, per source partiti
 committed only behind a durable state snapshot:
 
 1. a batch is processed, up to PIECE_EVENTS at a time (rules evaluated, its rows held for ClickHouse),
-   and its events join the pending list; the once-a-second tick writes the held rows (processing.py);
-2. a checkpoint (every `checkpoint_interval_s`, 5 s, at rest at the first tick after it that wrote
-   every held row) writes the rows still held, turns the changed partitions' state into snapshots,
-   sends them to the compacted state topic and waits for Kafka to acknowledge them (all partitions'
-   at once). An alert's checkpoint, at once after a piece or a tick that raised alerts, writes only
-   the rows no event names (alerts, windows, run snapshots), leaving the raw rows held (each snapshot
-   lists their events' offsets: processing.py), and acks nothing, so an alert waits for no bulk insert;
-3. only then are the pending events acked (so Faust may commit their offsets) and the alerts sent to
-   the alerts topic and the routes: exactly those made before the snapshots were taken (taken together
-   in the processing thread), so an alert that a snapshot records as sent is never lost, at shutdown
-   either. With an `incidents` section in the pipeline, alerts go to the incident topic instead of
-   the routes; its partition's owner groups them (incidents.py) and sends the incidents' notifications
-   to the routes by the same rule: after the snapshot that records them.
+   and its events join the pending list; the once-a-second tick hands the held rows to a thread of
+   their own that inserts them while the processing goes on (processing.py, write_behind.py);
+2. a checkpoint (every `checkpoint_interval_s`, 5 s, at rest at the first tick after it that handed
+   every held row over) writes the rows no event names (alerts, windows, run snapshots), hands the
+   raw rows over, turns the changed partitions' state into snapshots, which list the offsets of the
+   events whose rows are not written yet, sends them to the compacted state topic and waits for Kafka
+   to acknowledge them (all partitions' at once). An alert's checkpoint, at once after a piece or a
+   tick that raised alerts, leaves the raw rows held and acks nothing;
+3. then the alerts are sent to the alerts topic and the routes: exactly those made before the
+   snapshots were taken (taken together in the processing thread), so an alert that a snapshot
+   records as sent is never lost, at shutdown either; so no alert waits for an insert of raw rows.
+   With an `incidents` section in the pipeline, alerts go to the incident topic instead of the
+   routes; its partition's owner groups them (incidents.py) and sends the incidents' notifications
+   to the routes by the same rule: after the snapshot that records them;
+4. once the rows handed over by then are written, the checkpoint's events are acked (so Faust may
+   commit their offsets), after the dead letters of any rows ClickHouse refused.
 
 A worker that dies loses at most what came after its last checkpoint; whoever takes its partitions
 over restores the snapshot and re-reads from the committed offset, which the snapshot covers, so
@@ -34,7 +37,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +130,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         window_idle_s=settings.processors_window_idle,
         topics={topic_name(t, settings.kafka_topic_prefix): t for t in (Topic.METRICS, Topic.RUNS, Topic.SYSTEM)},
         snapshot_loader=(lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
-        if durable_state else (lambda partition: []))
+        if durable_state else (lambda partition: []),
+        writes=ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-insert"))  # write_behind.py
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-processing")  # owns all state
 
     def topic(which: Topic) -> faust.TopicT:
@@ -153,6 +157,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     held_alerts: list[dict] = []  # released with snapshots that could not be written: sent next time
     held_notifications: list[dict] = []  # the same, of incidents
     checkpoint_lock = asyncio.Lock()
+    acking: set[asyncio.Future] = set()  # checkpoints' acks waiting for their rows to be written
     cadence = CheckpointCadence(checkpoint_interval_s)  # when the periodic checkpoint runs
     # Closed from a rebalance's start until the new assignment's state is ready: Faust may hand over
     # events of a newly assigned partition before its on_partitions_assigned handlers finish, and state
@@ -188,10 +193,11 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
 
     def snapshot_and_release(revoked: list[int] | None, light: bool
-                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list]:
-        """In the processing thread, in one step: the held rows written (light: only those no event
-        names), the snapshots and exactly the alerts and incident notifications they cover, and the dead
-        letters of rows ClickHouse refused."""
+                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list, Future]:
+        """In the processing thread, in one step: the rows no event names written and the raw rows handed
+        over (light: left held), the snapshots and exactly the alerts and incident notifications they
+        cover, the dead letters of rows ClickHouse refused so far, and when the rows handed over are
+        written."""
         if revoked is not None:
             snapshots = processing.revoke(revoked)
         elif durable_state:
@@ -200,7 +206,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             if not light:
                 processing.flush()
             snapshots = {}
-        return snapshots, processing.release(), processing.take_refused()
+        return snapshots, processing.release(), processing.take_refused(), processing.written()
 
     async def publish(alerts: list[dict], notifications: list[dict]) -> None:
         """Released alerts to the alerts topic, and to the incident book or straight to the routes."""
@@ -212,15 +218,17 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         processing.dispatch(notifications if pipeline.incidents is not None else alerts + notifications)
 
     async def checkpoint(revoked: list[int] | None = None, light: bool = False) -> None:
-        """Snapshots of changed state made durable, then acks and alerts released (see module doc).
-        light, for alerts: the raw rows stay held, so no event is acked (the next full checkpoint does)."""
+        """Snapshots of changed state made durable, then alerts released, then acks once the rows are
+        written (see module doc). light, for alerts: the raw rows stay held, so no event is acked (the
+        next full checkpoint does)."""
         async with checkpoint_lock:
             events: list[Any] = []
             if not light:
                 cadence.began()
                 events = list(pending_events)  # all handled, so in the snapshots about to be taken
                 pending_events.clear()
-            snapshots, (alerts, notifications), refused = await in_thread(snapshot_and_release, revoked, light)
+            snapshots, (alerts, notifications), refused, written = await in_thread(snapshot_and_release, revoked,
+                                                                                  light)
             await dead_letter(refused)  # before the acks: a refused row's event is never lost
             alerts[:0], notifications[:0] = held_alerts, held_notifications
             held_alerts.clear()
@@ -233,9 +241,22 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 for state in processing.partitions.values():
                     state.dirty = True
                 return
-            for message in events:
-                app.consumer.ack(message)
             await publish(alerts, notifications)
+        if revoked is not None:  # the handler commits next: every checkpoint's events acked by then
+            await asyncio.gather(*acking, acked_once_written(events, written))
+        elif events:  # in the background: the tick and alerts' checkpoints wait for no insert
+            acking.add(task := asyncio.ensure_future(acked_once_written(events, written)))
+            task.add_done_callback(acking.discard)
+
+    async def acked_once_written(events: list[Any], written: Future) -> None:
+        try:
+            await asyncio.wrap_future(written)
+        except Exception as exc:  # a bug, not ClickHouse being away (sink.py retries that): re-read later
+            log.error("writing held rows failed (%s); %d events not acked", exc, len(events))
+            return
+        await dead_letter(await in_thread(processing.take_refused))  # the rows refused by those writes
+        for message in events:
+            app.consumer.ack(message)
 
     async def alert_checkpoint() -> None:
         await checkpoint(light=True)
@@ -308,6 +329,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             snapshots, (alerts, notifications), refused = await in_thread(
                 lambda: (processing.close(), processing.release(), processing.take_refused()))
             await dead_letter(refused)
+            await asyncio.gather(*acking)  # every row is written now: their events acked before the commit
             try:  # open windows and run snapshots written, then the alerts they cover sent
                 await write_snapshots(snapshots)
             except Exception as exc:

@@ -5,21 +5,24 @@ partition is assigned to: `assign` restores it from its latest snapshot, `snapsh
 changed into bytes for the state topic, `revoke` hands it over. An event whose offset the state has
 already applied (a replay from the committed offset after a crash) changes nothing; neither does a
 re-sent one (its producer's seq is not new). The ClickHouse sink and the route dispatcher are per
-worker. Everything runs in one thread, so no locks are needed and the event loop never blocks.
+worker. Everything runs in one thread, so no locks are needed and the event loop never blocks; only the
+held rows' inserts run on a thread of their own (write_behind.py), so that no event waits for one.
 
-Rows are held, not written per batch: `flush` writes them at the first tick (once a second) after the
-oldest has waited `insert_max_delay_s`, before every snapshot, and when `insert_max_rows` are held. At
+Rows are held, not written per batch: `flush` hands them to the inserts at the first tick (once a
+second) after the oldest has waited `insert_max_delay_s`, at every checkpoint, and when
+`insert_max_rows` are held. At
 rest that is one insert per table every 2 s, not one per batch of each topic, each making a part that
 views and merges then work on; under load the row limit comes first, so inserts grow instead. Hardware
 samples (system_samples, gpus) wait `hardware_insert_max_delay_s` (4.5 s), then go with the next
 training flush (or alone if no training rows are held): each of their inserts feeds four views, and the
 dashboard shows them on a 10 s refresh, so at rest they go every 6 s, with every third training insert
-and never with one of their own. `snapshot` flushes first, so a snapshot (and the acks behind it)
-never covers an event whose rows are not in ClickHouse; rows written ahead of a snapshot are safe,
-since a replay of their events is skipped by offset (sink.py). An alert's snapshot (`light`) writes
-only the rows no event names and lists, per topic, the offsets of the events whose raw rows it leaves
-held; nothing is acked behind it, so after a crash those events are re-read, and their rows alone are
-written (`_rewrite`) unless ClickHouse has them.
+and never with one of their own. A snapshot first writes the rows no event's offset names (windows,
+alerts, run snapshots: a replay would not make them again), then lists, per topic, the offsets of the
+events whose raw rows are held or handed over but not known to be written; after a crash those events
+are re-read, and their rows alone are written (`_rewrite`) unless ClickHouse has them (rows written
+ahead of a snapshot are safe: a replay of their events is skipped by offset, sink.py). A full
+snapshot also hands the held raw rows over, and its events are acked only once that write is done
+(`written`, app.py); an alert's snapshot (`light`) leaves them held.
 
 No exception on one event leaves the batch: it is dead-lettered with reason `internal_error` and
 counted, and the rest of the batch goes on. Rows ClickHouse refuses for good are dead-lettered too,
@@ -33,6 +36,7 @@ import logging
 import statistics
 import time
 from collections import Counter, defaultdict, deque
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Callable, Iterable, Mapping
@@ -45,6 +49,7 @@ from trainmon.stream_processors.rules.base import Condition
 from trainmon.stream_processors.runs import raw_event_row
 from trainmon.stream_processors.sink import Batch, ClickHouseSink, Source, utc
 from trainmon.stream_processors.snapshots import SnapshotError, dumps, loads
+from trainmon.stream_processors.write_behind import Refused, WriteBehind
 from trainmon.contract import (DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ContractError,
                                Reason, Topic, check_topic, decode, validate)
 
@@ -134,7 +139,9 @@ class Processing:
                  lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
                  insert_max_delay_s: float = 1.5, hardware_insert_max_delay_s: float = 4.5,
                  window_idle_s: float = 20.0, topics: Mapping[str, Topic] | None = None,
-                 snapshot_loader: Callable[[int], list[bytes]] | None = None) -> None:
+                 snapshot_loader: Callable[[int], list[bytes]] | None = None, writes: Executor | None = None) -> None:
+        """writes: where the held rows' inserts run, one at a time (the worker's thread for them; default
+        inline: written as they are handed over)."""
         self.pipeline = pipeline
         self.sink = sink
         self.dispatcher = dispatcher
@@ -160,6 +167,7 @@ class Processing:
         self.hardware_since = 0.0
         self.held_sources: dict[Source, Message] = {}
         self.refused: list[DeadLetter] = []  # rows ClickHouse refused at a flush, to dead-letter: see take_refused()
+        self.writes = WriteBehind(lambda batch: self.sink.write(batch), writes)  # the flushes' inserts, beside the handling
 
     # --- ownership ----------------------------------------------------------------------------------
 
@@ -212,16 +220,16 @@ class Processing:
         return state
 
     def snapshot(self, partitions: Iterable[int] | None = None, *, light: bool = False) -> dict[int, bytes]:
-        """Snapshots of the partitions whose state changed (or of those named), numbered on; the held
-        rows written first. light (an alert's checkpoint): only the rows no event's offset names
-        (alerts, incidents, windows, run snapshots); the raw rows stay held, and each snapshot lists
-        the offsets of its partition's events whose rows they are, for a replay to write (handle)."""
-        if light:
-            self._write(self.held.take_derived(), {})
-        else:
+        """Snapshots of the partitions whose state changed (or of those named), numbered on. The rows no
+        event's offset names (alerts, incidents, windows, run snapshots) are written first; the raw rows
+        are handed to the inserts (light, an alert's checkpoint: left held), and each snapshot lists the
+        offsets of its partition's events whose rows are not known to be written, for a replay to write
+        (handle). Ack events only once `written()` is done."""
+        self._write(self.held.take_derived(), {})
+        if not light:
             self.flush()
         held: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))  # partition -> topic -> offsets
-        for topic, partition, offset in chain(self.held.sources(), self.held_hardware.sources()):
+        for topic, partition, offset in chain(self.held.sources(), self.held_hardware.sources(), self.writes.sources()):
             held[partition][topic].add(offset)
         out = {}
         for partition in self.partitions if partitions is None else partitions:
@@ -246,6 +254,7 @@ class Processing:
         """Partitions moved to another worker: snapshots of every changed partition, the final ones
         of those revoked (whose state is then dropped)."""
         partitions = [p for p in set(partitions) if p in self.partitions]
+        self.write_all()  # the next owner reads the offset watermarks: every row in first
         final = self.snapshot()
         final.update(self.snapshot([p for p in partitions if p not in final]))
         for partition in partitions:
@@ -402,11 +411,20 @@ class Processing:
         if held_rows >= self.insert_max_rows:
             self.flush()
 
+    def written(self) -> Future:
+        """Done once every row handed over so far is in ClickHouse or refused (`take_refused`)."""
+        return self.writes.barrier()
+
+    def write_all(self) -> None:
+        """Every held row written, or refused, when this returns."""
+        self.flush()
+        self.writes.wait()
+
     def flush(self, hardware: bool = True) -> None:
-        """Write the held rows; those ClickHouse refuses for good wait in `refused` for the dead-letter
-        topic. Blocks until ClickHouse took the rest (sink.py retries transient errors). hardware=False
-        leaves the hardware rows held: they come from the system topic's partitions only (check_topic),
-        whose offset watermarks no other insert moves."""
+        """Hand the held rows to the inserts (write_behind.py: waits only while two writes are not done);
+        those ClickHouse refuses for good wait for `take_refused` (sink.py retries transient errors).
+        hardware=False leaves the hardware rows held: they come from the system topic's partitions only
+        (check_topic), whose offset watermarks no other insert moves."""
         batch, self.held = self.held, Batch()
         if hardware:
             batch.merge(self.held_hardware)
@@ -416,21 +434,25 @@ class Processing:
         sources = self.held_sources
         if hardware:  # else kept for the hardware rows still held; these go at the next full flush
             self.held_sources = {}
-        self._write(batch, sources)
+        self.writes.submit(batch, sources)
 
     def _write(self, batch: Batch, sources: Mapping[Source, Message]) -> None:
-        """Write a batch; its rows ClickHouse refuses for good are dead-lettered by their sources."""
-        if not batch:
-            return
-        for rejected, reason in self.sink.write(batch):
+        """Write a batch now, in this thread, beside any write handed over."""
+        if batch:
+            self._refuse([(sources.get(source), reason) for source, reason in self.sink.write(batch)])
+
+    def _refuse(self, refused: Refused) -> None:
+        """Rows ClickHouse refused for good: dead-lettered by their messages."""
+        for message, reason in refused:
             self.counts["rejected_by_clickhouse"] += 1
-            message = sources.get(rejected)
             if message is not None:
                 self.refused.append(_dead_letter(message, "rejected", reason))
                 self.counts["dead_letter.rejected"] += 1
 
     def take_refused(self) -> list[DeadLetter]:
-        """The dead letters of refused rows since the last call: to send before the events are acked."""
+        """The dead letters of refused rows since the last call, of the writes done by then: to send
+        before their events are acked."""
+        self._refuse(self.writes.take_refused())
         refused, self.refused = self.refused, []
         return refused
 
@@ -482,7 +504,7 @@ class Processing:
                 state.evict(run)
             if rows or runs or len(outcome.alerts) > before:
                 state.dirty = True
-        outcome.alerts.extend(self.refusals.due(self.sink.refused, wall))
+        outcome.alerts.extend(self.refusals.due(dict(self.sink.refused), wall))  # a copy: the inserts count too
         self._alert_rows(batch, outcome.alerts)
         self.unreleased.extend(outcome.alerts)
         for state in self.partitions.values():
@@ -523,6 +545,7 @@ class Processing:
             batch.add("run_ranks", ranks)
             state.dirty = True
         self._hold(batch, {})
+        self.write_all()
         return self.snapshot()
 
 

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import re
+import threading
 import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
@@ -295,7 +296,10 @@ class ClickHouseSink:
     def __init__(self, settings: Settings, *, client_factory: Callable[[Settings], Any] = connect,
                  max_backoff_s: float = 10.0) -> None:
         self._connect = lambda: client_factory(settings)
-        self._client = None
+        # A client per thread: a ClickHouse session refuses a second query while one runs, and the inserts'
+        # thread (write_behind.py) writes while the processing thread reads a watermark or writes an alert.
+        self._local = threading.local()
+        self._counting = threading.Lock()  # the counters below: both threads write
         self._watermarks: dict[tuple[str, int], int] = {}
         self._types = _types()
         self._column_types: dict[tuple[str, tuple[str, ...]], list] = {}  # see _insert_rows
@@ -307,9 +311,10 @@ class ClickHouseSink:
 
     @property
     def client(self):
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._connect()
+        return client
 
     # --- replay protection ----------------------------------------------------------------------
 
@@ -319,7 +324,7 @@ class ClickHouseSink:
         watermark = self._watermarks.get(key)
         if watermark is None:
             watermark = self._retry(lambda: self._read_watermark(topic, partition), "read the offset watermark")
-            self._watermarks[key] = watermark
+            self._watermarks[key] = watermark = max(watermark, self._watermarks.get(key, -1))
         if offset <= watermark:
             self.skipped_events += 1
             return True
@@ -358,7 +363,8 @@ class ClickHouseSink:
                                          Columns.sources)
         for key, offset in batch.offsets.items():  # a stream restarted in place must skip these too
             self._watermarks[key] = max(self._watermarks.get(key, -1), offset)
-        self.written_values += batch.values
+        with self._counting:
+            self.written_values += batch.values
         return [(source, reason) for source, reason in refused if source is not None]
 
     def _insert_rows(self, table: str) -> Callable[[list], Any]:
@@ -390,7 +396,8 @@ class ClickHouseSink:
             if size <= 1:
                 log.error("%s; dead-lettered", reason)
                 found = sources(part)
-                self.refused[table] += len(found)
+                with self._counting:
+                    self.refused[table] += len(found)
                 return [(source, reason) for source in found]
             first, second = halves(part)
             return (self._guarded(table, first, insert, halves, sources)
@@ -412,7 +419,7 @@ class ClickHouseSink:
                 if failures == 1 or failures % 10 == 0:
                     log.warning("ClickHouse write failed (%s: %s); holding the stream and retrying to %s",
                                 type(exc).__name__, str(exc)[:200], what)
-                self._client = None  # reconnect: the old pool may hold dead connections
+                self._local.client = None  # reconnect: the old pool may hold dead connections
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
