@@ -107,7 +107,12 @@ def gated(snapshots: dict[int, bytes], written: list, gate: Gate, executor: Thre
     proc, _ = make(snapshots, writes=executor)
     proc.sink = Kept(written)
     kept_write = proc.sink.write
-    proc.sink.write = lambda batch: kept_write(batch) if gate(batch) == [] else []
+
+    def write(batch: Batch) -> list:
+        gate(batch)
+        return kept_write(batch)
+
+    proc.sink.write = write
     return proc
 
 
