@@ -54,12 +54,19 @@ class WriteBehind:
         message, for the rows ClickHouse refuses. Raises what an earlier write raised."""
         self._prune()
         while len(self._outstanding) >= self.max_outstanding:
-            self._outstanding[0][0].result()
-            self._prune()
+            self._wait_oldest()
+
+        def refused(done: Future) -> None:  # in the writing thread, before anyone waiting on it wakes
+            if done.exception() is None:
+                self._refused.extend((sources.get(source), reason) for source, reason in done.result())
+
         future = self._executor.submit(self._write, batch)
-        future.add_done_callback(lambda done: self._refused.extend(
-            (sources.get(source), reason) for source, reason in done.result()) if not done.exception() else None)
+        future.add_done_callback(refused)
         self._outstanding.append((future, batch))
+
+    def _wait_oldest(self) -> None:
+        self._outstanding[0][0].result()
+        self._prune()
 
     def _prune(self) -> None:
         while self._outstanding and self._outstanding[0][0].done():
@@ -76,8 +83,7 @@ class WriteBehind:
     def wait(self) -> None:
         """Block until every write handed over is done."""
         while self._outstanding:
-            self._outstanding[0][0].result()
-            self._prune()
+            self._wait_oldest()
 
     def sources(self) -> Iterable[Source]:
         """The events whose rows are in writes not known to be done: not surely in ClickHouse yet."""
