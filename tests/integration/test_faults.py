@@ -1,11 +1,13 @@
 """Faults a cluster meets every week, on the real broker, ClickHouse and worker processes, with exact
-counts: a worker SIGKILLed mid-NaN episode, mid-plateau and with hardware rows held, a 1 -> 3 -> 1 rebalance under load, a
+counts: a worker SIGKILLed mid-NaN episode, mid-plateau, with hardware rows held and with
+an insert in flight (landed after the kill or lost with it), a 1 -> 3 -> 1 rebalance under load, a
 processing outage longer than the silence timeouts, a training process SIGKILLed after its events were
 delivered and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and
 re-created under the same name."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -25,6 +27,7 @@ from trainmon.agent.publisher import Publisher
 from trainmon.stream_processors.config import load_pipeline
 from trainmon.stream_processors.processing import Message, Processing
 from trainmon.stream_processors.sink import ClickHouseSink
+from tests.clickhouse_proxy import HoldingProxy
 from tests.integration.test_processors import (QUICK_WINDOWS, ROOT, lifecycle, metrics, pipeline_file, scalar,
                                                start_worker, stop, wait_until)
 from tests.kafka_util import consume, read_all
@@ -135,6 +138,68 @@ def test_worker_sigkilled_right_after_a_page_with_the_raw_rows_still_held_writes
                 stop(second)
     log = (tmp_path / "second.log").read_text()
     assert "state restored from snapshot" in log and "'rewritten': 102" in log, log[-3000:]
+
+
+@pytest.mark.parametrize("fate", ["lands", "is_lost"])
+def test_worker_sigkilled_with_an_insert_in_flight_writes_each_row_once(own_topics, tmp_path, fate):
+    """The raw rows' insert runs on a thread of its own (write_behind.py) while the worker pages and
+    checkpoints. Here a proxy takes that insert off the wire and answers nothing; the worker pages an
+    alert and checkpoints with it in flight, and is SIGKILLed. Then ClickHouse gets the insert after all
+    (it had arrived whole just before the kill) or never does (lost with its sender). Either way the next
+    owner writes every row once: it rewrites what the snapshot lists as unwritten unless ClickHouse has it."""
+    run, group = f"flight-{uuid.uuid4().hex[:6]}", f"flight-{uuid.uuid4().hex[:6]}"
+    count = {"points": "SELECT count() FROM metric_points WHERE run = {r:String}",
+             "rollup": "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}",
+             "events": "SELECT count() FROM run_events WHERE run = {r:String}",
+             "alerts": "SELECT count() FROM alerts WHERE run = {r:String} AND state = 'firing'"}
+    client = connect(own_topics)
+    with Receiver([200] * 50) as receiver, HoldingProxy(own_topics.clickhouse) as proxy:
+        pipeline = pipeline_file(tmp_path, receiver.url)
+        first = start_worker(own_topics.replace(clickhouse_url=proxy.url), pipeline, group, tmp_path / "first.log")
+        second = None
+        try:
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
+            for step in range(100):
+                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            wait_until(lambda: scalar(client, count["points"], r=run) == 200, 60, "the first 100 steps written")
+            proxy.hold("metric_points")
+            for step in range(100, 150):
+                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            assert proxy.held.wait(30), "no insert of the next steps"
+            for step in range(150, 201):  # the last loss NaN: one alert, whose checkpoint lists the steps in flight
+                publisher.publish(metrics(run, 0, step, math.nan if step == 200 else 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            wait_until(lambda: "firing" in states(receiver, run), 60, "the NaN alert, paged with the insert in flight")
+            time.sleep(2.5)  # the steps after it are handed to the inserts too, queued behind the held one
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            assert {name: scalar(client, sql, r=run) for name, sql in count.items()} == {
+                "points": 200, "rollup": 200, "events": 1, "alerts": 1}  # nothing after the held insert
+            if fate == "lands":
+                assert proxy.land() == 200
+            else:
+                proxy.drop()
+            landed = (scalar(client, count["points"], r=run) - 200) // 2  # steps whose rows the held insert had
+            assert (landed > 0) if fate == "lands" else (landed == 0)
+            second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+            wait_until(lambda: "state restored from snapshot" in (tmp_path / "second.log").read_text(), 60,
+                       "the takeover")
+            wait_until(lambda: scalar(client, count["points"], r=run) >= 402, 90, "every row after the takeover")
+            time.sleep(3)  # a doubled insert would land by now
+            assert {name: scalar(client, sql, r=run) for name, sql in count.items()} == {
+                "points": 402, "rollup": 402, "events": 1, "alerts": 1}
+            assert states(receiver, run) == ["firing"]
+            publisher.close()
+        finally:
+            stop(first)
+            if second is not None:
+                stop(second)
+    processed = re.search(r"processed (\{.*?\});", (tmp_path / "second.log").read_text())
+    # every step after the first 100 is written again by the next owner unless the held insert landed it
+    assert ast.literal_eval(processed[1]).get("rewritten", 0) == 101 - landed, processed[0]
 
 
 def test_rebalance_one_three_one_under_load_keeps_runs_and_windows_exact(own_topics, tmp_path):
