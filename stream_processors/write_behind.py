@@ -72,6 +72,10 @@ class WriteBehind:
         while self._outstanding and self._outstanding[0][0].done():
             self._outstanding.popleft()[0].result()  # a failed write raises here, in the caller's thread
 
+    def busy(self) -> bool:
+        """Whether a write handed over is not done yet."""
+        return any(not future.done() for future, _ in self._outstanding)
+
     def barrier(self) -> Future:
         """Done once every write handed over so far is (they run in order: the last one's future)."""
         if self._outstanding:

@@ -149,8 +149,9 @@ class Settings:
         "a topic at a time. Bigger: more throughput under backlog, more memory", metavar="N", check=_at_least(1))
     processors_insert_max_rows: int = option(
         100_000, "rows (metric values, GPU figures, run and window rows) held for ClickHouse before an "
-        "insert; held rows are also written once the oldest has waited insert_max_delay and before every "
-        "periodic checkpoint. Bigger: fewer, larger inserts under load, more memory", metavar="N",
+        "insert (three times as many while the previous insert is still running); held rows are also written "
+        "once the oldest has waited insert_max_delay and before every periodic checkpoint. Bigger: fewer, "
+        "larger inserts under load, more memory", metavar="N",
         check=_at_least(1))
     processors_insert_max_delay: float = option(
         1.5, "seconds the oldest held row may wait before the held rows are written (checked once a second): "

@@ -1,7 +1,7 @@
 """The held rows' inserts on a thread of their own (write_behind.py): the processing goes on while
-ClickHouse inserts, writes land in order, at most two are outstanding, a checkpoint's events wait for
-their rows (`written`), and a snapshot taken with rows in flight lists them, so a crash loses none and
-doubles none."""
+ClickHouse inserts, writes land in order, at most two are outstanding, rows held while one runs grow to
+three times the row limit, a checkpoint's events wait for their rows (`written`), and a snapshot taken
+with rows in flight lists them, so a crash loses none and doubles none."""
 
 from __future__ import annotations
 
@@ -102,9 +102,9 @@ def test_a_failed_write_raises_in_the_thread_that_hands_over_the_next(thread) ->
         writes.submit(named(("t", 0, 2)), {})
 
 
-def gated(snapshots: dict[int, bytes], written: list, gate: Gate, executor: ThreadPoolExecutor):
+def gated(snapshots: dict[int, bytes], written: list, gate: Gate, executor: ThreadPoolExecutor, **options):
     """A worker whose inserts run on `executor` and wait for `gate` before they land in `written`."""
-    proc, _ = make(snapshots, writes=executor)
+    proc, _ = make(snapshots, writes=executor, **options)
     proc.sink = Kept(written)
     kept_write = proc.sink.write
 
@@ -167,3 +167,23 @@ def test_a_revoke_waits_for_every_write(wall, thread) -> None:
     threading.Timer(0.3, gate.open.set).start()
     first.revoke([0])
     assert rows(written) == [("t.metrics", 0, "loss")]
+
+
+def test_rows_held_while_an_insert_runs_grow_to_three_times_the_row_limit(wall, thread) -> None:
+    """A worker behind the stream writes fewer, larger inserts; one keeping up writes at the row limit."""
+    written: list = []
+    feed, gate = Feed(), Gate()
+    stream = feed(*(metrics(i, T + i, loss=1.0) for i in range(20)))
+    first = gated({}, written, gate, thread, insert_max_rows=4)
+    first.handle(stream[:4])  # the row limit, nothing in flight: handed over
+    assert gate.started.wait(WAIT_S)
+    first.handle(stream[4:8])
+    assert first.held.values == 4 and len(list(first.writes.sources())) == 4  # held while the insert runs
+    first.handle(stream[8:16])  # three times the limit held: handed over behind the running insert
+    assert first.held.values == 0 and len(list(first.writes.sources())) == 16
+    gate.open.set()
+    first.written().result(WAIT_S)
+    first.handle(stream[16:])  # nothing in flight again: the row limit
+    first.written().result(WAIT_S)
+    assert [len(batch.metric) for batch in written] == [4, 12, 4]
+    assert sorted(rows(written)) == [("t.metrics", i, "loss") for i in range(20)]
