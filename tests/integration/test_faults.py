@@ -57,6 +57,26 @@ def windows_off(client, runs: list[str]) -> list[tuple]:
         parameters={"runs": runs}).result_rows
 
 
+# What a kill around an alert's page must leave exact: raw rows, their rollup, the run's lifecycle event, the page.
+PAGED_RUN = {"points": "SELECT count() FROM metric_points WHERE run = {r:String}",
+             "rollup": "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}",
+             "events": "SELECT count() FROM run_events WHERE run = {r:String}",
+             "alerts": "SELECT count() FROM alerts WHERE run = {r:String} AND state = 'firing'"}
+
+
+def counted(client, run: str) -> dict[str, int]:
+    return {name: scalar(client, sql, r=run) for name, sql in PAGED_RUN.items()}
+
+
+def assert_each_once(client, receiver: Receiver, run: str, points: int) -> None:
+    """Once `points` raw rows are in and a doubled insert would have landed too: every row, the run's
+    lifecycle event and the alert once, and the alert paged once."""
+    wait_until(lambda: scalar(client, PAGED_RUN["points"], r=run) >= points, 90, "every row after the takeover")
+    time.sleep(3)
+    assert counted(client, run) == {"points": points, "rollup": points, "events": 1, "alerts": 1}
+    assert states(receiver, run) == ["firing"]
+
+
 def publish_nan_episode(publisher: Publisher, run: str) -> None:
     """A run's start and 101 steps, the last one's loss NaN: one loss_non_finite alert."""
     publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
@@ -108,10 +128,6 @@ def test_worker_sigkilled_right_after_a_page_with_the_raw_rows_still_held_writes
     them to the next one: every row once, the run's lifecycle event once, the alert paged once."""
     run, group = f"held-{uuid.uuid4().hex[:6]}", f"held-{uuid.uuid4().hex[:6]}"
     later = {"TRAINMON_PROCESSORS_INSERT_MAX_DELAY": "60", "TRAINMON_PROCESSORS_CHECKPOINT_INTERVAL": "60"}
-    count = {"points": "SELECT count() FROM metric_points WHERE run = {r:String}",
-             "rollup": "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}",
-             "events": "SELECT count() FROM run_events WHERE run = {r:String}",
-             "alerts": "SELECT count() FROM alerts WHERE run = {r:String} AND state = 'firing'"}
     with Receiver([200] * 50) as receiver:
         pipeline = pipeline_file(tmp_path, receiver.url)
         first = start_worker(own_topics, pipeline, group, tmp_path / "first.log", **later)
@@ -121,16 +137,12 @@ def test_worker_sigkilled_right_after_a_page_with_the_raw_rows_still_held_writes
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
             publish_nan_episode(publisher, run)
             wait_until(lambda: "firing" in states(receiver, run), 60, "the NaN alert")
-            held = {name: scalar(client, sql, r=run) for name, sql in count.items()}
+            held = counted(client, run)
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             assert held == {"points": 0, "rollup": 0, "events": 0, "alerts": 1}, held  # paged, raw rows held
             second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
-            wait_until(lambda: scalar(client, count["points"], r=run) >= 202, 90, "every row after the takeover")
-            time.sleep(3)  # a doubled insert would land by now
-            assert {name: scalar(client, sql, r=run) for name, sql in count.items()} == {
-                "points": 202, "rollup": 202, "events": 1, "alerts": 1}
-            assert states(receiver, run) == ["firing"]
+            assert_each_once(client, receiver, run, 202)
             publisher.close()
         finally:
             stop(first)
@@ -148,10 +160,6 @@ def test_worker_sigkilled_with_an_insert_in_flight_writes_each_row_once(own_topi
     (it had arrived whole just before the kill) or never does (lost with its sender). Either way the next
     owner writes every row once: it rewrites what the snapshot lists as unwritten unless ClickHouse has it."""
     run, group = f"flight-{uuid.uuid4().hex[:6]}", f"flight-{uuid.uuid4().hex[:6]}"
-    count = {"points": "SELECT count() FROM metric_points WHERE run = {r:String}",
-             "rollup": "SELECT sum(count) FROM metric_rollup_1m WHERE run = {r:String}",
-             "events": "SELECT count() FROM run_events WHERE run = {r:String}",
-             "alerts": "SELECT count() FROM alerts WHERE run = {r:String} AND state = 'firing'"}
     client = connect(own_topics)
     with Receiver([200] * 50) as receiver, HoldingProxy(own_topics.clickhouse) as proxy:
         pipeline = pipeline_file(tmp_path, receiver.url)
@@ -163,7 +171,7 @@ def test_worker_sigkilled_with_an_insert_in_flight_writes_each_row_once(own_topi
             for step in range(100):
                 publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
             assert publisher.flush(30)
-            wait_until(lambda: scalar(client, count["points"], r=run) == 200, 60, "the first 100 steps written")
+            wait_until(lambda: scalar(client, PAGED_RUN["points"], r=run) == 200, 60, "the first 100 steps written")
             proxy.hold("metric_points")
             for step in range(100, 150):
                 publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
@@ -176,22 +184,18 @@ def test_worker_sigkilled_with_an_insert_in_flight_writes_each_row_once(own_topi
             time.sleep(2.5)  # the steps after it are handed to the inserts too, queued behind the held one
             first.send_signal(signal.SIGKILL)
             first.wait(10)
-            assert {name: scalar(client, sql, r=run) for name, sql in count.items()} == {
-                "points": 200, "rollup": 200, "events": 1, "alerts": 1}  # nothing after the held insert
+            # nothing after the held insert is written: the inserts land in order
+            assert counted(client, run) == {"points": 200, "rollup": 200, "events": 1, "alerts": 1}
             if fate == "lands":
                 assert proxy.land() == 200
             else:
                 proxy.drop()
-            landed = (scalar(client, count["points"], r=run) - 200) // 2  # steps whose rows the held insert had
+            landed = (scalar(client, PAGED_RUN["points"], r=run) - 200) // 2  # steps whose rows the held insert had
             assert (landed > 0) if fate == "lands" else (landed == 0)
             second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
             wait_until(lambda: "state restored from snapshot" in (tmp_path / "second.log").read_text(), 60,
                        "the takeover")
-            wait_until(lambda: scalar(client, count["points"], r=run) >= 402, 90, "every row after the takeover")
-            time.sleep(3)  # a doubled insert would land by now
-            assert {name: scalar(client, sql, r=run) for name, sql in count.items()} == {
-                "points": 402, "rollup": 402, "events": 1, "alerts": 1}
-            assert states(receiver, run) == ["firing"]
+            assert_each_once(client, receiver, run, 402)
             publisher.close()
         finally:
             stop(first)

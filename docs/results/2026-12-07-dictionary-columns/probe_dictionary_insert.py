@@ -1,31 +1,14 @@
-"""Ad-hoc: ClickHouse CPU per metric_points write, plain strings vs dictionary arrays for LowCardinality columns."""
+"""Ad-hoc: ClickHouse CPU per metric_points write, plain strings vs dictionary arrays for LowCardinality columns.
+Run D's version: "dict" is the sink with dictionary types for those columns (as tried, since reverted),
+"plain" swaps them back to strings; usage: probe_dictionary_insert.py ROUNDS, from the checkout."""
 import os, sys, time, random, statistics
 sys.path.insert(0, os.getcwd())
-import numpy as np, pyarrow as pa, pyarrow.compute as pc
+import pyarrow as pa
 from bench.pipeline import bench_settings
 from bench.storage import clickhouse, fresh_database, server_process
 from trainmon.stream_processors import sink
 from trainmon.stream_processors.sink import Batch
 
-LOWCARD = {"project", "host", "name", "src_topic"}
-plain_arrow = sink.Columns.arrow
-
-def dict_arrow(self, types):
-    rows = np.repeat(np.arange(len(self.counts)), self.counts)
-    arrays = {"name": pa.array(self.names, pa.string()).dictionary_encode(), "value": pa.array(self.values, pa.float64())}
-    for name, values in self.shared.items():
-        if name == "time":
-            micros = pc.cast(pc.multiply(pa.array(values, pa.float64()), 1e6), pa.int64(), safe=False)
-            group = micros.cast(pa.timestamp("us", tz="UTC"))
-        else:
-            group = pa.array(values, types[name])
-            if name in LOWCARD:
-                group = group.dictionary_encode()
-        arrays[name] = group.take(rows)
-    return pa.table(arrays)
-
-names = [f"metric_{i:02d}" for i in range(64)]
-step = [0]
 def threads(pid):
     out = {}
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -41,6 +24,9 @@ def threads(pid):
 def handler_ms(before, after):
     return 10 * sum(after[t][1] - before.get(t, (None, 0))[1] for t in after if after[t][0].startswith("HTTPHandler"))
 
+names = [f"metric_{i:02d}" for i in range(64)]
+step = [0]
+
 def batch(events=1560):
     b = Batch()
     for e in range(events):
@@ -49,13 +35,6 @@ def batch(events=1560):
                        "time": time.time(), "values": {n: random.random() for n in names}}, "bench.metrics", e % 6, step[0])
     return b
 
-def dict_all(self, types):
-    global LOWCARD
-    saved = LOWCARD; LOWCARD = saved | {"run"}
-    try:
-        return dict_arrow(self, types)
-    finally:
-        LOWCARD = saved
 VARIANTS = {"plain": "plain", "dict": "dict"}
 with clickhouse(bench_settings(1, database="exp_dict"), None) as settings:
     server = server_process(settings.clickhouse)
