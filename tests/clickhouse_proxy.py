@@ -31,7 +31,6 @@ class HoldingProxy:
         self._target: re.Pattern | None = None
         self._lock = threading.Lock()
         self.held = threading.Event()  # set once a request is held
-        self.held_query = ""
         self._decided = threading.Event()
         self._forward = False
         self._answered = threading.Event()
@@ -65,7 +64,6 @@ class HoldingProxy:
         with self._lock:
             if self._target is None or self.held.is_set() or not self._target.search(query):
                 return False
-            self.held_query = query
             self.held.set()
             return True
 
