@@ -73,8 +73,8 @@ class WriteBehind:
             self._outstanding.popleft()[0].result()  # a failed write raises here, in the caller's thread
 
     def busy(self) -> bool:
-        """Whether a write handed over is not done yet."""
-        return any(not future.done() for future, _ in self._outstanding)
+        """Whether a write handed over is not done yet (they run in order: the last one is)."""
+        return not self.barrier().done()
 
     def barrier(self) -> Future:
         """Done once every write handed over so far is (they run in order: the last one's future)."""

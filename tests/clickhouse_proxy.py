@@ -11,15 +11,12 @@ from __future__ import annotations
 import http.client
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote_plus, urlsplit
 
+from tests.receivers import LoopbackServer
+
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
 
 
 class HoldingProxy:
@@ -35,7 +32,7 @@ class HoldingProxy:
         self._forward = False
         self._answered = threading.Event()
         self.landed = 0  # ClickHouse's status for the held request, once `land` forwarded it
-        self._server = _Server(("127.0.0.1", 0), self._handler_class())
+        self._server = LoopbackServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="clickhouse-proxy", daemon=True)
 

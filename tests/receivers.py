@@ -19,7 +19,9 @@ from typing import Any
 from trainmon import contract
 
 
-class _Server(ThreadingHTTPServer):
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server for a test's local endpoints (the receiver here, tests/clickhouse_proxy.py)."""
+
     daemon_threads = True
     request_queue_size = 128  # the default 5 drops concurrent connects, which then wait 1 s to retry
 
@@ -55,7 +57,7 @@ class Receiver:
         self._replies = [r if isinstance(r, Reply) else Reply(r) for r in replies] or [Reply()]
         self._cond = threading.Condition()
         self.requests: list[Received] = []
-        self._server = _Server(("127.0.0.1", 0), self._handler_class())
+        self._server = LoopbackServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="receiver", daemon=True
         )
