@@ -411,6 +411,29 @@ _decoder = json.JSONDecoder(parse_constant=_no_constants)
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
+def _is_text(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_TEXT_LEN
+
+
+def _usual_metrics(event: dict) -> bool:
+    """Whether a metrics event is valid exactly as it is, in straight-line code: the processors' most
+    frequent event, for which the spec walk below took most of decode() (3.9 of 5.5 us per event).
+    True only where that walk would accept the event and change nothing in it (every number already a
+    float or an in-range int, no non-finite value); anything else, valid or not, takes the walk, which
+    converts what needs converting and names the reason for a refusal."""
+    get = event.get
+    rank, step, when, epoch, values = get("rank"), get("step"), get("time"), get("epoch"), get("values")
+    producer, seq = get("producer"), get("seq")
+    return (_is_text(get("project")) and _is_text(get("run")) and _is_text(get("host"))
+            and type(rank) is int and 0 <= rank <= MAX_RANK and type(step) is int and 0 <= step <= MAX_COUNT
+            and type(when) is float and 0 < when < 32503680000
+            and (epoch is None or type(epoch) is float and epoch - epoch == 0.0)
+            and (producer is None or _is_text(producer))
+            and (seq is None or type(seq) is int and 0 <= seq <= MAX_COUNT)
+            and type(values) is dict and len(values) <= MAX_VALUES and values.keys() <= _names_seen
+            and set(map(type, values.values())) <= _FLOATS and _summed_finite(values))
+
+
 def validate(event: Any) -> dict:
     """Check an already-parsed event in place; returns it with non-finite strings as floats."""
     if type(event) is not dict:
@@ -420,7 +443,10 @@ def validate(event: Any) -> dict:
         if version is None:
             raise ContractError(Reason.MISSING_FIELD, "required", "v")
         raise ContractError(Reason.UNKNOWN_VERSION, f"schema version {version!r} not in {sorted(KNOWN_VERSIONS)}", "v")
-    spec = SPECS.get(event.get("kind"))  # type: ignore[arg-type]
+    kind = event.get("kind")
+    if kind == "metrics" and _usual_metrics(event):
+        return event
+    spec = SPECS.get(kind)  # type: ignore[arg-type]
     if spec is None:
         if "kind" not in event:
             raise ContractError(Reason.MISSING_FIELD, "required", "kind")

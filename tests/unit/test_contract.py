@@ -338,3 +338,41 @@ def test_metrics_and_samples_decode_as_the_json_module_decodes_them():
 
 def test_the_fast_parser_is_orjson_when_installed(parser):
     assert (contract.orjson is orjson) == (parser == "orjson")
+
+
+def walked(event: dict):
+    """What the spec walk alone makes of a metrics event: the reference for validate's shortcut."""
+    try:
+        contract._apply(contract.SPECS["metrics"], event)
+        return repr(event)
+    except ContractError as error:
+        return (error.reason, error.field, str(error))
+
+
+def validated(event: dict):
+    try:
+        return repr(contract.validate(event))
+    except ContractError as error:
+        return (error.reason, error.field, str(error))
+
+
+BAD_OR_ODD = [None, "", "x" * 300, "ok", 0, -1, 7, 2**32, 2**63, 2**64, 1.5, True, math.nan, math.inf, "NaN",
+              1e300, 1_796_648_757, 32503680000.0, [], {}]
+VALUE_MAPS = [{}, {"loss": 0.5}, {"loss": 1}, {"loss": 2**60}, {"loss": "NaN"}, {"loss": math.nan},
+              {"loss": math.inf}, {"a new name": 0.5}, {"": 0.5}, {" loss": 0.5}, {"loss": 1e308, "lr": 1e308},
+              {"loss": True}, {"loss": None}, {"loss": "0.5"}, [], "loss", None]
+
+
+def test_the_usual_metrics_shortcut_decides_as_the_spec_walk_does(parser):
+    """validate() takes the usual metrics event in straight-line code: every field's odd and bad values
+    must come out as the spec walk makes them (the event, converted where it converts, or the refusal
+    with its reason and field), so the shortcut never lets through what the walk refuses."""
+    usual = metrics(epoch=1.5, values={"loss": 0.5, "lr": 3e-4}, producer="sdk-1", seq=3)
+    assert contract._usual_metrics(dict(usual))  # the usual event does take it
+    cases = [dict(usual)]
+    for field in ("project", "run", "host", "rank", "step", "time", "epoch", "producer", "seq", "values"):
+        for value in BAD_OR_ODD + (VALUE_MAPS if field == "values" else []):
+            cases.append({**usual, field: value})
+        cases.append({k: v for k, v in usual.items() if k != field})
+    for case in cases:
+        assert validated(json.loads(json.dumps(case))) == walked(json.loads(json.dumps(case))), case
