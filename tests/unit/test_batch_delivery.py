@@ -146,3 +146,49 @@ def test_a_handler_runs_to_its_end_when_the_delivery_is_cancelled() -> None:
 
     asyncio.run(scenario())
     assert finished == [[0, 1, 2]]
+
+
+class FakeFetching:
+    """The attributes _fetch reads: one fetch's records per partition, the partitions active for it,
+    and what it calls to convert, to record high watermarks and to seek back."""
+
+    def __init__(self, fetched: dict, active: set | None, flow_active: bool = True) -> None:
+        self.fetched, self.active, self.flow_active = fetched, active, flow_active
+        self.should_stop, self.seeks, self.tracked = False, 0, []
+        self._buffered_partitions: set = set()
+        self.app = SimpleNamespace(monitor=SimpleNamespace(track_tp_end_offset=lambda tp, hw: self.tracked.append((tp, hw))))
+        self.log = SimpleNamespace(warning=lambda *a: None)
+
+    async def _wait_next_records(self, timeout: float):
+        return self.fetched, self.active
+
+    async def perform_seek(self) -> None:
+        self.seeks += 1
+
+    def highwater(self, tp) -> int:
+        return 1000 + tp[1]
+
+    def _to_message(self, tp, record):
+        return SimpleNamespace(topic=tp[0], partition=tp[1], offset=record)
+
+
+def fetch(consumer: FakeFetching) -> list:
+    return asyncio.run(_Consumer._fetch(consumer, timeout=1.0))
+
+
+def test_a_fetch_converts_the_active_partitions_records_in_offset_order() -> None:
+    a, b, paused = ("t", 0), ("t", 1), ("t", 2)
+    consumer = FakeFetching({a: [5, 6, 7], b: [1, 2], paused: [9]}, active={a, b})
+    got = [(tp, m.offset) for tp, m in fetch(consumer)]
+    assert [o for tp, o in got if tp == a] == [5, 6, 7] and [o for tp, o in got if tp == b] == [1, 2]
+    assert paused not in {tp for tp, _ in got}  # not active, not buffered: left for a later fetch
+    assert sorted(consumer.tracked) == [(a, 1000), (b, 1001)]  # once per partition, not per record
+    consumer._buffered_partitions.add(paused)
+    assert (paused, 9) in [(tp, m.offset) for tp, m in fetch(consumer)]
+
+
+def test_a_fetch_while_the_flow_is_stopped_delivers_nothing_and_seeks_back() -> None:
+    consumer = FakeFetching({("t", 0): [1, 2]}, active=None, flow_active=False)
+    assert fetch(consumer) == [] and consumer.seeks == 1
+    consumer.flow_active, consumer.should_stop = True, True
+    assert fetch(consumer) == [] and consumer.seeks == 1
