@@ -539,3 +539,80 @@ def test_reading_snapshots_waits_for_a_leader_of_a_state_topic_made_moments_ago(
     answers[:] = [KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))]
     with pytest.raises(KafkaException):  # not a wait: refused for good
         latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=5)
+
+
+class StateTopicConsumer:
+    """confluent_kafka.Consumer for latest_snapshots: watermark answers (an exception is raised) in turn,
+    then the tail's messages, or nothing at all (a partition whose leader is away)."""
+
+    def __init__(self, answers: list, messages: list) -> None:
+        self.answers, self.messages, self.closed = answers, messages, False
+
+    def __call__(self, config):
+        return self
+
+    def get_watermark_offsets(self, partition, timeout):
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def assign(self, partitions) -> None:
+        pass
+
+    def poll(self, timeout):
+        return self.messages.pop(0) if self.messages else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_reading_snapshots_waits_out_a_leader_that_died(monkeypatch):
+    """A broker SIGKILLed while a worker restores its partitions: the dead leader's offset requests time
+    out until another is elected. Each try is short and they go on until the deadline (one 10 s try that
+    timed out crashed the worker: tests/integration/test_kafka_cluster.py)."""
+    import confluent_kafka
+    from confluent_kafka import KafkaError, KafkaException
+
+    from trainmon.settings import Settings
+    from trainmon.stream_processors import state_topic
+
+    timed_out = KafkaException(KafkaError(KafkaError._TIMED_OUT))
+    fake = StateTopicConsumer([timed_out, timed_out, (5, 5)], [])
+    monkeypatch.setattr(confluent_kafka, "Consumer", fake)
+    assert state_topic.latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=5) == []
+    assert fake.answers == [] and fake.closed
+
+
+def test_a_state_tail_not_read_to_its_end_is_an_error_not_fewer_snapshots(monkeypatch):
+    """Restoring from the snapshots read so far would restore an older state (or none) and lose what
+    the newest one holds: past the deadline the read fails instead."""
+    import confluent_kafka
+
+    from trainmon.settings import Settings
+    from trainmon.stream_processors import state_topic
+
+    class Message:
+        def __init__(self, offset: int) -> None:
+            self._offset = offset
+
+        def error(self):
+            return None
+
+        def key(self) -> bytes:
+            return b"g"
+
+        def value(self) -> bytes:
+            return f"snapshot {self._offset}".encode()
+
+        def offset(self) -> int:
+            return self._offset
+
+    fake = StateTopicConsumer([(0, 3)], [Message(0), Message(1)])  # offset 2 never comes
+    monkeypatch.setattr(confluent_kafka, "Consumer", fake)
+    with pytest.raises(TimeoutError, match="not read to its end"):
+        state_topic.latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=0.5)
+    fake = StateTopicConsumer([(0, 3)], [Message(0), Message(1), Message(2)])
+    monkeypatch.setattr(confluent_kafka, "Consumer", fake)
+    assert state_topic.latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=5) == [
+        b"snapshot 0", b"snapshot 1", b"snapshot 2"]
