@@ -6,7 +6,9 @@ route a local webhook receiver), the dashboard with nobody looking, this machine
 the simulated cluster (--nodes x --gpus, --runs runs, the demo's faults). After --warmup seconds it
 measures for --duration seconds, per component: CPU as % of one core (process and children, from
 /proc), RSS (median and peak of 1 s samples); and, from ClickHouse's own counters (system.events),
-inserts, rows inserted, parts written, merges and selects per second. Goal (issue 13): ClickHouse + worker < 10 % of one core.
+inserts, rows inserted, parts written, merges and selects per second; and the machine's speed just
+before the stack starts and after it stops (calibration_before_ms / calibration_after_ms: bench/pipeline.py's
+fixed piece of work, median of three, lower is faster). Goal (issue 13): ClickHouse + worker < 10 % of one core.
 Everything it starts is stopped by PID at the end.
 
     python bench/idle.py --json bench/results/idle.json            # 60 s warm-up, 300 s measured
@@ -29,8 +31,8 @@ sys.path.insert(0, str(HERE))
 
 import psutil  # noqa: E402
 
-from pipeline import (PORT_OFFSET, CpuShare, bench_settings, delete_topics, pipeline_file, say,  # noqa: E402
-                      write_figures)
+from pipeline import (PORT_OFFSET, CpuShare, bench_settings, calibration_ms, delete_topics, pipeline_file,  # noqa: E402
+                      say, write_figures)
 from tests.receivers import Receiver  # noqa: E402
 from trainmon import kafka_client  # noqa: E402
 from trainmon.clickhouse import connect  # noqa: E402
@@ -42,6 +44,15 @@ from trainmon.deploy.topics import create_topics  # noqa: E402
 from trainmon.settings import Settings  # noqa: E402
 
 GOAL_PCT = 10.0  # ClickHouse + worker, % of one core
+# The machine's speed, before the stack starts and after it stops: bench/pipeline.py's fixed piece of work
+# (encoding 20,000 metrics events of this many values). On a shared VM the same code's figure here moved
+# from 9.5 to 14 % of a core between hours of one day: a run is read beside its calibration.
+CALIBRATION_WIDTH = 64
+
+
+def machine_speed_ms() -> float:
+    """The median of three calibrations: one can land on a moment the machine is busy elsewhere."""
+    return statistics.median(calibration_ms(CALIBRATION_WIDTH) for _ in range(3))
 # --part-log: ClickHouse's own log of every part written and merged, switched on for one run by a config
 # file beside the server's config (removed afterwards: the log writes parts of its own).
 PART_LOG_XML = ("<clickhouse><part_log><database>system</database><table>part_log</table>"
@@ -120,6 +131,7 @@ def server_now(settings: Settings) -> str:
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
     settings = bench_settings(4, database="trainmon_bench_idle")
+    calibration_before = machine_speed_ms()
     cli = [sys.executable, "-m", "trainmon.cli"]
     log_file = part_log_file(settings)
     if args.part_log:
@@ -199,7 +211,8 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         delete_topics(settings)
         services.stop_all(settings, progress=say)
 
-    figures: dict[str, float] = {}
+    figures: dict[str, float] = {"calibration_before_ms": round(calibration_before, 1),
+                                 "calibration_after_ms": round(machine_speed_ms(), 1)}
     for name in parts:
         figures[f"{name}_cpu_pct"] = round(100.0 * used[name] / wall, 2)
         samples = rss.samples[name] or [0]
@@ -278,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = {k: v for k, v in figures.items() if k.startswith("clickhouse_") and k.endswith("_per_s")}
     print("ClickHouse, per second: " + ", ".join(f"{k[len('clickhouse_'):-6]} {v:g}" for k, v in rates.items()))
     print(f"ClickHouse active parts at the end: {figures['clickhouse_active_parts']:.0f}")
+    print(f"machine speed (bench/pipeline.py's calibration, lower is faster): {figures['calibration_before_ms']:.1f} ms "
+          f"before, {figures['calibration_after_ms']:.1f} ms after")
     if "paired_over_worker_cpu_ratio_median" in figures:
         print(f"paired worker ({args.pair!r}) over the worker, CPU per 30 s window: median "
               f"{figures['paired_over_worker_cpu_ratio_median']:.3f} (min {figures['paired_over_worker_cpu_ratio_min']:.3f}, "
