@@ -205,14 +205,24 @@ def test_two_workers_one_killed_mid_stream_counts_stay_exact(own_topics, tmp_pat
             producer.start()
             # Kill worker 0 only after it owns metrics partitions and has been writing them for a while,
             # so it dies with rows written but not yet committed: the survivor must skip exactly those.
-            wait_until(lambda: metrics_partitions(tmp_path / "worker0.log", metrics_topic), 90,
-                       "worker 0 to own metrics partitions")
-            time.sleep(3)
+            # Seen writing, not a fixed wait: on a slow machine a worker once wrote nothing in its first 3 s,
+            # and one that had joined first owned every partition until the other joined.
+            def split() -> set[int]:
+                mine, theirs = (metrics_partitions(tmp_path / f"worker{i}.log", metrics_topic) for i in range(2))
+                return mine if mine and theirs and not mine & theirs else set()
+
+            mine = wait_until(split, 90, "the two workers to split the metrics partitions")
+            client = connect(own_topics)
+            its_rows = ("SELECT count() FROM metric_points WHERE run IN ({runs:Array(String)}) "
+                        "AND src_partition IN ({mine:Array(UInt16)})")
+            before = scalar(client, its_rows, runs=runs, mine=sorted(mine))
+            wait_until(lambda: scalar(client, its_rows, runs=runs, mine=sorted(mine)) > before, 60,
+                       "worker 0 writing its partitions' rows")
+            time.sleep(1)
             workers[0].send_signal(signal.SIGKILL)
             producer.join()
             assert publisher.flush(60)
             publisher.close()
-            client = connect(own_topics)
             expected = steps * len(runs) * 2  # two values per event
             where = "run IN ({runs:Array(String)})"
             wait_until(lambda: scalar(client, f"SELECT count() FROM metric_points WHERE {where}", runs=runs)
