@@ -368,9 +368,10 @@ def test_the_usual_metrics_shortcut_decides_as_the_spec_walk_does(parser):
     must come out as the spec walk makes them (the event, converted where it converts, or the refusal
     with its reason and field), so the shortcut never lets through what the walk refuses."""
     usual = metrics(epoch=1.5, values={"loss": 0.5, "lr": 3e-4}, producer="sdk-1", seq=3)
+    contract.validate(dict(usual))  # the walk learns its value names (the shortcut knows only names seen)
     assert contract._usual_metrics(dict(usual))  # the usual event does take it
     cases = [dict(usual)]
-    for field in ("project", "run", "host", "rank", "step", "time", "epoch", "producer", "seq", "values"):
+    for field in contract.SPECS["metrics"]:  # the spec's fields: one it gains must be checked here too
         for value in BAD_OR_ODD + (VALUE_MAPS if field == "values" else []):
             cases.append({**usual, field: value})
         cases.append({k: v for k, v in usual.items() if k != field})
