@@ -255,14 +255,18 @@ def _summed_finite(values: Mapping[str, Any]) -> bool:
     return total - total == 0.0
 
 
+def _usual_values(value: dict) -> bool:
+    """The usual map, checked in C: known names, only floats, and a finite sum (a NaN or an infinity
+    would make it non-finite). Anything else, or an overflowing sum, takes _value_map's loop."""
+    return value.keys() <= _names_seen and set(map(type, value.values())) <= _FLOATS and _summed_finite(value)
+
+
 def _value_map(value: Any, field: str, allow_non_finite: bool) -> dict[str, float | int]:
     if type(value) is not dict:
         raise _wrong(field, "object", value)
     if len(value) > MAX_VALUES:
         raise ContractError(Reason.INVALID_VALUE, f"more than {MAX_VALUES} values", field)
-    # The usual event, checked in C: known names, only floats, and a finite sum (a NaN or an infinity
-    # would make it non-finite). Anything else, or an overflowing sum, takes the loop below.
-    if value.keys() <= _names_seen and set(map(type, value.values())) <= _FLOATS and _summed_finite(value):
+    if _usual_values(value):
         return value
     converted: dict[str, float] | None = None
     for key, item in value.items():
@@ -430,8 +434,7 @@ def _usual_metrics(event: dict) -> bool:
             and (epoch is None or type(epoch) is float and epoch - epoch == 0.0)
             and (producer is None or _is_text(producer))
             and (seq is None or type(seq) is int and 0 <= seq <= MAX_COUNT)
-            and type(values) is dict and len(values) <= MAX_VALUES and values.keys() <= _names_seen
-            and set(map(type, values.values())) <= _FLOATS and _summed_finite(values))
+            and type(values) is dict and len(values) <= MAX_VALUES and _usual_values(values))
 
 
 def validate(event: Any) -> dict:

@@ -519,21 +519,7 @@ def test_reading_snapshots_waits_for_a_leader_of_a_state_topic_made_moments_ago(
     from trainmon.stream_processors.state_topic import latest_snapshots
 
     answers = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)), (5, 5)]
-
-    class NewTopicConsumer:
-        def __init__(self, config):
-            self.closed = False
-
-        def get_watermark_offsets(self, partition, timeout):
-            answer = answers.pop(0)
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
-
-        def close(self):
-            self.closed = True
-
-    monkeypatch.setattr(confluent_kafka, "Consumer", NewTopicConsumer)
+    monkeypatch.setattr(confluent_kafka, "Consumer", StateTopicConsumer(answers, []))
     assert latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=5) == []
     assert answers == []
     answers[:] = [KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))]
