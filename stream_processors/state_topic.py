@@ -8,6 +8,9 @@ Each read is a short-lived consumer with no group of its own (assign, read to th
 from __future__ import annotations
 
 import logging
+import time
+
+from confluent_kafka import KafkaError, KafkaException
 
 from trainmon import kafka_client
 from trainmon.settings import Settings
@@ -15,18 +18,25 @@ from trainmon.settings import Settings
 TAIL = 64  # messages read back from the end: other groups' snapshots may share the partition
 # One try at the partition's offsets. A leader that died has its requests time out, and the cluster elects
 # another within seconds; a single 10 s try outlived neither (a broker SIGKILLed while a worker restored its
-# partitions crashed the worker: tests/integration/test_kafka_cluster.py), so short tries until the deadline.
+# partitions crashed the worker: tests/integration/test_kafka_cluster.py), so short tries until the deadline,
+# each after asking who leads the partition now (_refresh_leaders).
 ATTEMPT_S = 2.0
 log = logging.getLogger("trainmon.processors")
+# Errors of a partition whose leader is changing, which librdkafka does not all call retriable: the dead
+# leader's request times out, or fails once librdkafka drops that broker; the new one may not know its high
+# watermark yet (OFFSET_NOT_AVAILABLE) or its epoch; a topic made moments ago has no leader yet.
+_LEADER_CHANGING = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.OFFSET_NOT_AVAILABLE,
+    KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.REPLICA_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN})
 
 
 def latest_snapshots(settings: Settings, topic: str, partition: int, group: str, timeout_s: float = 30.0) -> list[bytes]:
     """This group's snapshots among the last TAIL messages of the state topic's partition, oldest first.
     Waits up to `timeout_s` for a leader (being elected, or restarting); raises if the tail cannot be read
     to its end by then, since restoring from fewer snapshots than there are would lose state."""
-    import time
-
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(kafka_client.config(
         settings, **{"group.id": f"{group}-state-reader", "enable.auto.commit": False, "enable.partition.eof": True,
@@ -39,15 +49,14 @@ def latest_snapshots(settings: Settings, topic: str, partition: int, group: str,
                 break
             except KafkaException as exc:
                 error = exc.args[0]
-                waiting = error.retriable() or error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
-                                                                KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT)
+                waiting = error.retriable() or error.code() in _LEADER_CHANGING
                 if not waiting or time.monotonic() > deadline:
                     raise
                 if not warned:
                     log.warning("state topic %s[%d]: no offsets from its leader (%s); waiting up to %g s for one",
                                 topic, partition, error.str(), timeout_s)
                     warned = True
-                time.sleep(0.2)
+                _refresh_leaders(consumer, topic)
         if high <= low:
             return []
         consumer.assign([TopicPartition(topic, partition, max(low, high - TAIL))])
@@ -68,3 +77,13 @@ def latest_snapshots(settings: Settings, topic: str, partition: int, group: str,
                            "the partition's state is not restored from part of its snapshots")
     finally:
         consumer.close()
+
+
+def _refresh_leaders(consumer, topic: str) -> None:
+    """Asks the cluster who leads the topic's partitions now. librdkafka sends an offsets request to the
+    leader it knows, and a leader SIGKILLed stays that until its metadata is asked for again (every 5 min):
+    every try would wait on the dead broker (tests/integration/test_kafka_cluster.py)."""
+    try:
+        consumer.list_topics(topic, timeout=ATTEMPT_S)
+    except KafkaException:
+        time.sleep(0.2)  # no broker answered either: the next try asks again

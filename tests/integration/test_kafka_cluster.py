@@ -2,7 +2,8 @@
 under load: a training process logs 200,000 events through the SDK while the broker leading its
 metrics partition is SIGKILLed and restarted, and a processors worker writes them to ClickHouse.
 Afterwards every event is in Kafka exactly once, read back and counted by the SDK's (producer, seq),
-metric_points holds each step once, and the producer's longest delivery stall is printed.
+metric_points holds each step once, and the producer's longest delivery stall is printed. And a
+takeover's read of the state snapshots the moment their partition's leader is SIGKILLed.
 
 The cluster (ports 23092/23093, +100 per node) and ClickHouse (23123/23124) run on their own ports and
 home under a tmp dir, and are stopped at the end whatever happens.
@@ -11,6 +12,7 @@ home under a tmp dir, and are stopped at the end whatever happens.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from tests.conftest import _unavailable
@@ -41,6 +43,8 @@ from trainmon.deploy.services.kafka import KafkaService
 from trainmon.deploy.migrate import migrate
 from trainmon.deploy.topics import create_topics
 from trainmon.settings import Settings, environment
+from trainmon.stream_processors.internal_topics import STATE, internal_topic_name
+from trainmon.stream_processors.state_topic import latest_snapshots
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,3 +262,37 @@ def test_200k_sdk_events_survive_a_partition_leader_sigkill_and_restart_exactly_
     print(f"read back from Kafka: {dict(Counter(event['kind'] for event in mine))}; {len(copies)} (producer, seq) "
           "pairs, each once")
     assert 0 < stall < 10, "delivery stalled longer than the 3 s broker session and a controller election take"
+
+
+def test_snapshots_are_read_back_whole_from_a_state_partition_whose_leader_was_just_sigkilled(
+        cluster, caplog) -> None:
+    """A takeover restores a partition's state from the tail of the state topic (state_topic.py). Read the
+    moment that partition's leader is SIGKILLed, nobody leads it until the cluster fences the dead broker
+    (3 s broker session) and elects another: the read must wait for the new leader and return every
+    snapshot of its group, oldest first, not crash the worker or restore from fewer."""
+    settings, group = cluster, f"restore-{uuid.uuid4().hex[:6]}"
+    state, partition = internal_topic_name(STATE, settings.kafka_topic_prefix), 1
+    sent = [f"{group} snapshot {n}".encode() * 50 for n in range(5)]
+    producer = Producer(kafka_client.config(settings, acks="all"))
+    for value in sent:
+        producer.produce(state, value, key=group.encode(), partition=partition)
+        producer.produce(state, b"another group's", key=b"another-group", partition=partition)
+    assert producer.flush(30) == 0
+    assert latest_snapshots(settings, state, partition, group) == sent
+
+    victim = leader_of(settings, state, partition)
+    os.kill(victim.pid(), signal.SIGKILL)
+    began = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="trainmon.processors"):
+            read = latest_snapshots(settings, state, partition, group)
+        waited_s = time.monotonic() - began
+        new_leader = leader_of(settings, state, partition)
+    finally:
+        victim.start(progress=print)
+        wait_until(lambda: under_replicated(settings) == 0, 120, "the restarted broker back in every ISR")
+    print(f"SIGKILLed {victim.name}, leader of {state}[{partition}]; snapshots read back {waited_s:.1f}s later "
+          f"from node {new_leader.node_id}")
+    assert "waiting up to" in caplog.text, "the read never met the dead leader: the test proves nothing"
+    assert new_leader.node_id != victim.node_id
+    assert read == sent

@@ -533,6 +533,10 @@ class StateTopicConsumer:
 
     def __init__(self, answers: list, messages: list) -> None:
         self.answers, self.messages, self.closed = answers, messages, False
+        self.leaders_asked = 0
+
+    def list_topics(self, topic, timeout):
+        self.leaders_asked += 1
 
     def __call__(self, config):
         return self
@@ -555,19 +559,21 @@ class StateTopicConsumer:
 
 def test_reading_snapshots_waits_out_a_leader_that_died(monkeypatch):
     """A broker SIGKILLed while a worker restores its partitions: the dead leader's offset requests time
-    out until another is elected. Each try is short and they go on until the deadline (one 10 s try that
-    timed out crashed the worker: tests/integration/test_kafka_cluster.py)."""
+    out, then fail once librdkafka drops the broker, and the new leader may not know its high watermark
+    yet. Each try is short, the leader is asked for again after each, and they go on until the deadline
+    (one 10 s try that timed out crashed the worker: tests/integration/test_kafka_cluster.py)."""
     import confluent_kafka
     from confluent_kafka import KafkaError, KafkaException
 
     from trainmon.settings import Settings
     from trainmon.stream_processors import state_topic
 
-    timed_out = KafkaException(KafkaError(KafkaError._TIMED_OUT))
-    fake = StateTopicConsumer([timed_out, timed_out, (5, 5)], [])
+    failures = [KafkaException(KafkaError(code)) for code in (
+        KafkaError._TIMED_OUT, KafkaError._DESTROY_BROKER, KafkaError.OFFSET_NOT_AVAILABLE)]
+    fake = StateTopicConsumer([*failures, (5, 5)], [])
     monkeypatch.setattr(confluent_kafka, "Consumer", fake)
     assert state_topic.latest_snapshots(Settings(), "t.processor-state", 0, "g", timeout_s=5) == []
-    assert fake.answers == [] and fake.closed
+    assert fake.answers == [] and fake.closed and fake.leaders_asked == 3
 
 
 def test_a_state_tail_not_read_to_its_end_is_an_error_not_fewer_snapshots(monkeypatch):
