@@ -23,6 +23,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from itertools import chain
@@ -62,6 +63,14 @@ Source = tuple[str, int, int]  # topic, partition, offset of the message a row c
 # Keeper lost (319), which ClickHouse says to retry: the deduplication token makes the retry harmless.
 # And a login or grant the operator has to fix (516 AUTHENTICATION_FAILED after a password rotation,
 # 497 ACCESS_DENIED when a grant is missing): every row would otherwise go to the dead-letter topic.
+# The next owner of a partition reads its offset watermark only once no insert naming that partition is still
+# running in ClickHouse: a worker SIGKILLed while the server runs its insert (a large one, or one ClickHouse
+# delays for too many parts) leaves the insert running, and a watermark read before it ends would have the next
+# owner write the same events again (rollups doubled for good). Inserts of rows from Kafka messages name their
+# consumer group and partitions in their query_id (`fence_query_id`); FENCE_WAIT_S bounds the wait.
+FENCE_PREFIX = "trainmon-insert"
+FENCE_WAIT_S = 120.0
+FENCE_POLL_S = 0.2
 TRANSIENT_CODES = frozenset({3, 16, 47, 60, 81, 159, 164, 202, 209, 210, 225, 241, 242, 279, 319, 394, 497, 516, 999})
 _CODE = re.compile(r"Code: (\d+)")
 
@@ -103,6 +112,20 @@ def dedup_settings(table: str, sources: list[Source | None], base: Mapping[str, 
         return dict(base)
     token = hashlib.sha256(f"{table}\n{sources!r}".encode()).hexdigest()
     return {**base, "insert_deduplication_token": token}
+
+
+def fence_query_id(prefix: str, sources: list[Source | None]) -> str | None:
+    """The query_id of an insert of rows from Kafka messages: `prefix`, the partitions they came from, and a
+    part of its own (a retry is another query); None for rows without a source, which no watermark counts."""
+    if not sources or None in sources:
+        return None
+    partitions = "-".join(map(str, sorted({source[1] for source in sources})))
+    return f"{prefix}.{partitions}.{uuid.uuid4().hex}"
+
+
+def fenced_partitions(query_id: str) -> set[int]:
+    """The partitions a `fence_query_id` names."""
+    return {int(p) for p in query_id.rsplit(".", 2)[1].split("-")}
 
 
 def utc(seconds: float) -> datetime:
@@ -301,6 +324,12 @@ class ClickHouseSink:
         self._local = threading.local()
         self._counting = threading.Lock()  # the counters below: both threads write
         self._watermarks: dict[tuple[str, int], int] = {}
+        self._fenced: set[int] = set()  # partitions whose earlier inserts were waited for (_await_earlier_inserts)
+        group = hashlib.sha256(settings.processors_group.encode()).hexdigest()[:16]
+        self._fence_prefix = f"{FENCE_PREFIX}.{group}"
+        # every node's: the previous owner may have sent its insert to another (a name migrations checked)
+        self._processes = (f"clusterAllReplicas('{settings.clickhouse_cluster}', system.processes)"
+                           if settings.clickhouse_cluster else "system.processes")
         self._types = _types()
         self._column_types: dict[tuple[str, tuple[str, ...]], list] = {}  # see _insert_rows
         self.max_backoff_s = max_backoff_s
@@ -323,6 +352,9 @@ class ClickHouseSink:
         key = (topic, partition)
         watermark = self._watermarks.get(key)
         if watermark is None:
+            if partition not in self._fenced:
+                self._await_earlier_inserts(partition)
+                self._fenced.add(partition)
             watermark = self._retry(lambda: self._read_watermark(topic, partition), "read the offset watermark")
             self._watermarks[key] = watermark = max(watermark, self._watermarks.get(key, -1))
         if offset <= watermark:
@@ -336,6 +368,30 @@ class ClickHouseSink:
             parameters={"t": topic, "p": partition}).result_rows
         return int(rows[0][0]) if rows and rows[0][1] else -1
 
+    def _await_earlier_inserts(self, partition: int) -> None:
+        """Waits until the inserts naming `partition` that are running now have ended (see FENCE_WAIT_S)."""
+        began = time.monotonic()
+        running = self._retry(lambda: self._running_inserts(partition), "list the inserts still running")
+        if not running:
+            return
+        log.warning("partition %d: %d insert(s) of its rows still running in ClickHouse, from before it was "
+                    "assigned here; its offset watermark is read once they end", partition, len(running))
+        while running and time.monotonic() - began < FENCE_WAIT_S:
+            time.sleep(FENCE_POLL_S)
+            running &= self._retry(lambda: self._running_inserts(partition), "list the inserts still running")
+        if running:
+            log.error("partition %d: %d insert(s) still running after %g s (%s); reading its offset watermark "
+                      "anyway: the events they write may be written twice", partition, len(running), FENCE_WAIT_S,
+                      ", ".join(sorted(running)))
+        else:
+            log.info("partition %d: the inserts from before its assignment ended after %.1f s", partition,
+                     time.monotonic() - began)
+
+    def _running_inserts(self, partition: int) -> set[str]:
+        rows = self.client.query(f"SELECT query_id FROM {self._processes} WHERE startsWith(query_id, {{p:String}})",
+                                 parameters={"p": f"{self._fence_prefix}."}).result_rows
+        return {query_id for (query_id,) in rows if partition in fenced_partitions(query_id)}
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions revoked: their watermarks (every topic's) must be read again if they come back, and
         what this worker wrote to `gpus` may be stale by then (another owner wrote newer rows): every GPU
@@ -343,6 +399,7 @@ class ClickHouseSink:
         partitions = set(partitions)
         for key in [key for key in self._watermarks if key[1] in partitions]:
             del self._watermarks[key]
+        self._fenced -= partitions
         self.inventory = GpuInventory()
 
     # --- writing -----------------------------------------------------------------------------------
@@ -376,14 +433,22 @@ class ClickHouseSink:
             if types is None:  # clickhouse-connect would DESCRIBE the table before every insert: once here
                 types = self._column_types[key] = self.client.create_insert_context(table, list(columns)).column_types
             return self.client.insert(table, data, column_names=list(columns), column_types=types,
-                                      settings=dedup_settings(table, _row_sources(rows)))
+                                      settings=self._insert_settings(table, _row_sources(rows)))
 
         return insert
 
     def _insert_columns(self, table: str) -> Callable[[Columns], Any]:
         return lambda columns: self.client.insert_arrow(table, columns.arrow(self._types),
-                                                        settings=dedup_settings(table, columns.sources(),
-                                                                                RAW_INSERT_SETTINGS))
+                                                        settings=self._insert_settings(table, columns.sources(),
+                                                                                       RAW_INSERT_SETTINGS))
+
+    def _insert_settings(self, table: str, sources: list[Source | None], base: Mapping[str, Any] = INSERT_SETTINGS
+                         ) -> dict[str, Any]:
+        settings = dedup_settings(table, sources, base)
+        query_id = fence_query_id(self._fence_prefix, sources)
+        if query_id is not None:
+            settings["query_id"] = query_id
+        return settings
 
     def _guarded(self, table: str, part: Any, insert: Callable[[Any], Any], halves: Callable[[Any], tuple],
                  sources: Callable[[Any], list]) -> list[tuple[Source | None, str]]:

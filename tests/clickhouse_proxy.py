@@ -3,7 +3,10 @@
 A worker killed while its insert is on the wire leaves one of two outcomes, and a test cannot time a
 SIGKILL into a few milliseconds of a real insert: here the proxy takes the whole request from the worker,
 answers nothing, and the test decides after the kill whether ClickHouse ever gets it (`land`) or never
-does (`drop`). Every other request passes straight through. Binds 127.0.0.1 only.
+does (`drop`). With `hold(table, started=True)` ClickHouse gets the request and the first half of its
+body at once, so the insert is running there (in system.processes) until the test lands the rest or drops
+the connection: an insert that outlives its sender. Every other request passes straight through. Binds
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class HoldingProxy:
         parts = urlsplit(upstream)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 8123)
         self._target: re.Pattern | None = None
+        self._started = False
         self._lock = threading.Lock()
         self.held = threading.Event()  # set once a request is held
         self._decided = threading.Event()
@@ -40,10 +44,12 @@ class HoldingProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def hold(self, table: str) -> None:
-        """Hold the next INSERT into `table` (the first one after this call; later ones pass)."""
+    def hold(self, table: str, started: bool = False) -> None:
+        """Hold the next INSERT into `table` (the first one after this call; later ones pass); `started`: with
+        its first half already sent to ClickHouse."""
         with self._lock:
             self._target = re.compile(rf"INSERT INTO\s+[`\"]?(\w+[`\"]?\.)?[`\"]?{table}\b", re.IGNORECASE)
+            self._started = started
 
     def land(self, timeout_s: float = 30) -> int:
         """Hand the held request to ClickHouse, as if it had arrived just before its sender died: its status."""
@@ -73,6 +79,25 @@ class HoldingProxy:
         finally:
             upstream.close()
 
+    def _send_started(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        """The request and half its body to ClickHouse now, the rest once decided (or the connection closed).
+        ClickHouse reads up to max_query_size of the body before it starts a query (256 KiB by default, more
+        than a test's insert): at 1 KiB the insert starts on the first half and waits for the rest, up to
+        http_receive_timeout, set past any test's wait."""
+        upstream = http.client.HTTPConnection(*self._upstream, timeout=300)
+        try:
+            upstream.putrequest(method, f"{path}{'&' if '?' in path else '?'}max_query_size=1024&http_receive_timeout=300")
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                upstream.putheader(name, value)
+            upstream.endheaders(body[:len(body) // 2])
+            self._decided.wait()
+            if self._forward:
+                upstream.send(body[len(body) // 2:])
+                self.landed = upstream.getresponse().status
+                self._answered.set()
+        finally:
+            upstream.close()
+
     def _handler_class(self):
         proxy = self
 
@@ -95,6 +120,10 @@ class HoldingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 query = unquote_plus(self.path) + " " + body[:200].decode("utf-8", "replace")  # URL or body
                 if proxy._take(query):
+                    if proxy._started:
+                        proxy._send_started(self.command, self.path, headers, body)
+                        self.close_connection = True
+                        return
                     proxy._decided.wait()
                     if proxy._forward:
                         proxy.landed = proxy._send(self.command, self.path, headers, body)[0]

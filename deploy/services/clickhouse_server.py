@@ -131,13 +131,17 @@ SECURE_USERS_XML = """<clickhouse>
                 <query>GRANT SELECT ON system.numbers</query>
             </grants>
         </default>
-        <!-- The processors' sink: inserts, and reads its offset watermarks. -->
+        <!-- The processors' sink: inserts, and reads its offset watermarks once the inserts a previous
+             owner left running (system.processes) have ended. -->
         <{writer}>
             <password_sha256_hex>{writer_sha256}</password_sha256_hex>
             {loopback}
             <profile>default</profile>
             <quota>default</quota>
-            <grants><query>GRANT SELECT, INSERT ON {database}.*</query></grants>
+            <grants>
+                <query>GRANT SELECT, INSERT ON {database}.*</query>
+                <query>GRANT SELECT ON system.processes</query>
+            </grants>
         </{writer}>
         <!-- `trainmon db migrate`: the database, its tables and views (the views' definer), backfills. -->
         <{migrator}>
