@@ -57,12 +57,6 @@ SYSTEM_GROUP = ("host", "gpu", "gpu_uuid", "time", "src_topic", "src_partition",
 PRIMARY = ("metric_points", "system_samples")  # their INSERT moves the offset watermark: written last
 SOURCED_TABLE = "run_events"  # the one Batch.rows table whose rows carry their event's offset (add_run_event)
 Source = tuple[str, int, int]  # topic, partition, offset of the message a row came from
-# Server errors worth waiting for: overload, timeouts, read-only replicas, too many parts (merges catch
-# up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`). On a
-# cluster also: a shard unreachable (279), Keeper unreachable (225), and a replicated insert whose outcome
-# Keeper lost (319), which ClickHouse says to retry: the deduplication token makes the retry harmless.
-# And a login or grant the operator has to fix (516 AUTHENTICATION_FAILED after a password rotation,
-# 497 ACCESS_DENIED when a grant is missing): every row would otherwise go to the dead-letter topic.
 # The next owner of a partition reads its offset watermark only once no insert naming that partition is still
 # running in ClickHouse: a worker SIGKILLed while the server runs its insert (a large one, or one ClickHouse
 # delays for too many parts) leaves the insert running, and a watermark read before it ends would have the next
@@ -71,6 +65,12 @@ Source = tuple[str, int, int]  # topic, partition, offset of the message a row c
 FENCE_PREFIX = "trainmon-insert"
 FENCE_WAIT_S = 120.0
 FENCE_POLL_S = 0.2
+# Server errors worth waiting for: overload, timeouts, read-only replicas, too many parts (merges catch
+# up), and a schema not migrated yet (unknown table, column or database: `trainmon db migrate`). On a
+# cluster also: a shard unreachable (279), Keeper unreachable (225), and a replicated insert whose outcome
+# Keeper lost (319), which ClickHouse says to retry: the deduplication token makes the retry harmless.
+# And a login or grant the operator has to fix (516 AUTHENTICATION_FAILED after a password rotation,
+# 497 ACCESS_DENIED when a grant is missing): every row would otherwise go to the dead-letter topic.
 TRANSIENT_CODES = frozenset({3, 16, 47, 60, 81, 159, 164, 202, 209, 210, 225, 241, 242, 279, 319, 394, 497, 516, 999})
 _CODE = re.compile(r"Code: (\d+)")
 
