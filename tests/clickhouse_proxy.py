@@ -1,12 +1,12 @@
 """An HTTP proxy in front of the real ClickHouse that can hold one insert in flight.
 
 A worker killed while its insert is on the wire leaves one of two outcomes, and a test cannot time a
-SIGKILL into a few milliseconds of a real insert: here the proxy takes the whole request from the worker,
-answers nothing, and the test decides after the kill whether ClickHouse ever gets it (`land`) or never
-does (`drop`). With `hold(table, started=True)` ClickHouse gets the request and the first half of its
-body at once, so the insert is running there (in system.processes) until the test lands the rest or drops
-the connection: an insert that outlives its sender. Every other request passes straight through. Binds
-127.0.0.1 only.
+SIGKILL into a few milliseconds of a real insert: here the proxy takes the whole request from the worker and
+answers nothing. ClickHouse gets the request and the first half of its body at once, so the insert is
+running there (in system.processes), and the test decides after the kill whether it ends with its rows
+written (`land`: the rest of the body, an insert that outlives its sender) or with none (`drop`: the
+connection closed mid-body, the insert lost with its sender). Every other request passes straight
+through. Binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ class HoldingProxy:
         parts = urlsplit(upstream)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 8123)
         self._target: re.Pattern | None = None
-        self._started = False
         self._lock = threading.Lock()
         self.held = threading.Event()  # set once a request is held
         self._decided = threading.Event()
         self._forward = False
         self._answered = threading.Event()
-        self.landed = 0  # ClickHouse's status for the held request, once `land` forwarded it
+        self.landed = 0  # ClickHouse's status for the held request, once `land` sent the rest
+        self.body = b""  # the held request's body
         self._server = LoopbackServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="clickhouse-proxy", daemon=True)
@@ -44,15 +44,14 @@ class HoldingProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def hold(self, table: str, started: bool = False) -> None:
-        """Hold the next INSERT into `table` (the first one after this call; later ones pass); `started`: with
-        its first half already sent to ClickHouse."""
+    def hold(self, table: str) -> None:
+        """Hold the next INSERT into `table` (the first one after this call; later ones pass)."""
         with self._lock:
             self._target = re.compile(rf"INSERT INTO\s+[`\"]?(\w+[`\"]?\.)?[`\"]?{table}\b", re.IGNORECASE)
-            self._started = started
 
     def land(self, timeout_s: float = 30) -> int:
-        """Hand the held request to ClickHouse, as if it had arrived just before its sender died: its status."""
+        """Hand ClickHouse the rest of the held request, as if it had arrived whole before its sender died: its
+        status."""
         self._forward = True
         self._decided.set()
         if not self._answered.wait(timeout_s):
@@ -60,7 +59,8 @@ class HoldingProxy:
         return self.landed
 
     def drop(self) -> None:
-        """Never hand the held request on, as if it had been lost with its sender."""
+        """Close the held request's connection mid-body, as if it had been lost with its sender: ClickHouse
+        ends the insert with nothing written."""
         self._decided.set()
 
     def _take(self, query: str) -> bool:
@@ -79,7 +79,7 @@ class HoldingProxy:
         finally:
             upstream.close()
 
-    def _send_started(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    def _send_held(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         """The request and half its body to ClickHouse now, the rest once decided (or the connection closed).
         ClickHouse reads up to max_query_size of the body before it starts a query (256 KiB by default, more
         than a test's insert): at 1 KiB the insert starts on the first half and waits for the rest, up to
@@ -120,14 +120,8 @@ class HoldingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 query = unquote_plus(self.path) + " " + body[:200].decode("utf-8", "replace")  # URL or body
                 if proxy._take(query):
-                    if proxy._started:
-                        proxy._send_started(self.command, self.path, headers, body)
-                        self.close_connection = True
-                        return
-                    proxy._decided.wait()
-                    if proxy._forward:
-                        proxy.landed = proxy._send(self.command, self.path, headers, body)[0]
-                        proxy._answered.set()
+                    proxy.body = body
+                    proxy._send_held(self.command, self.path, headers, body)
                     self.close_connection = True  # the sender is gone: nothing to answer
                     return
                 status, reply_headers, data = proxy._send(self.command, self.path, headers, body)

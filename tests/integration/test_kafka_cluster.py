@@ -289,8 +289,7 @@ def test_snapshots_are_read_back_whole_from_a_state_partition_whose_leader_was_j
         waited_s = time.monotonic() - began
         new_leader = leader_of(settings, state, partition)
     finally:
-        victim.start(progress=print)
-        wait_until(lambda: under_replicated(settings) == 0, 120, "the restarted broker back in every ISR")
+        victim.start(progress=print)  # the module's last test: nothing waits for it to catch up
     print(f"SIGKILLed {victim.name}, leader of {state}[{partition}]; snapshots read back {waited_s:.1f}s later "
           f"from node {new_leader.node_id}")
     assert "waiting up to" in caplog.text, "the read never met the dead leader: the test proves nothing"
