@@ -1,6 +1,6 @@
 """Faults a cluster meets every week, on the real broker, ClickHouse and worker processes, with exact
 counts: a worker SIGKILLed mid-NaN episode, mid-plateau, with hardware rows held and with
-an insert in flight (landed after the kill or lost with it), a 1 -> 3 -> 1 rebalance under load, a
+an insert in flight (running in ClickHouse through the takeover, or lost with it), a 1 -> 3 -> 1 rebalance under load, a
 processing outage longer than the silence timeouts, a training process SIGKILLed after its events were
 delivered and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and
 re-created under the same name."""
