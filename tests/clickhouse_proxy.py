@@ -86,7 +86,8 @@ class HoldingProxy:
         http_receive_timeout, set past any test's wait."""
         upstream = http.client.HTTPConnection(*self._upstream, timeout=300)
         try:
-            upstream.putrequest(method, f"{path}{'&' if '?' in path else '?'}max_query_size=1024&http_receive_timeout=300")
+            settings = "max_query_size=1024&http_receive_timeout=300"
+            upstream.putrequest(method, f"{path}{'&' if '?' in path else '?'}{settings}")
             for name, value in {**headers, "Content-Length": str(len(body))}.items():
                 upstream.putheader(name, value)
             upstream.endheaders(body[:len(body) // 2])

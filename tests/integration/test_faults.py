@@ -1,9 +1,9 @@
 """Faults a cluster meets every week, on the real broker, ClickHouse and worker processes, with exact
-counts: a worker SIGKILLed mid-NaN episode, mid-plateau, with hardware rows held and with
-an insert in flight (running in ClickHouse through the takeover, or lost with it), a 1 -> 3 -> 1 rebalance under load, a
-processing outage longer than the silence timeouts, a training process SIGKILLed after its events were
-delivered and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and
-re-created under the same name."""
+counts: a worker SIGKILLed mid-NaN episode, mid-plateau, with hardware rows held and with an insert in
+flight (running in ClickHouse through the takeover, or lost with it), a 1 -> 3 -> 1 rebalance under load,
+a processing outage longer than the silence timeouts, a training process SIGKILLed after its events were
+delivered and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and re-created
+under the same name."""
 
 from __future__ import annotations
 
@@ -162,8 +162,8 @@ def test_worker_sigkilled_right_after_a_page_with_the_raw_rows_still_held_writes
 def test_worker_sigkilled_with_an_insert_in_flight_writes_each_row_once(own_topics, tmp_path, fate):
     """The raw rows' insert runs on a thread of its own (write_behind.py) while the worker pages and
     checkpoints. Here a proxy holds that insert; the worker pages an alert and checkpoints with it in
-    flight, and is SIGKILLed. Either ClickHouse never gets the insert (lost with its sender), or it is
-    already running in ClickHouse at the kill (ClickHouse has half its body) and ends only after the next
+    flight, and is SIGKILLed. The insert is running in ClickHouse at the kill (ClickHouse has half its body):
+    either it ends with nothing written (lost with its sender), or it ends with its rows only after the next
     owner took over. Either way the next owner writes every row once: it rewrites what the snapshot lists
     as unwritten unless ClickHouse has it, and reads the offset watermark only once that insert ended
     (unfenced, it wrote the held steps again, and the insert then doubled them, rollups included). An
