@@ -114,11 +114,9 @@ def dedup_settings(table: str, sources: list[Source | None], base: Mapping[str, 
     return {**base, "insert_deduplication_token": token}
 
 
-def fence_query_id(prefix: str, sources: list[Source | None]) -> str | None:
+def fence_query_id(prefix: str, sources: list[Source]) -> str:
     """The query_id of an insert of rows from Kafka messages: `prefix`, the partitions they came from, and a
-    part of its own (a retry is another query); None for rows without a source, which no watermark counts."""
-    if not sources or None in sources:
-        return None
+    part of its own (a retry is another query)."""
     partitions = "-".join(map(str, sorted({source[1] for source in sources})))
     return f"{prefix}.{partitions}.{uuid.uuid4().hex}"
 
@@ -445,9 +443,8 @@ class ClickHouseSink:
     def _insert_settings(self, table: str, sources: list[Source | None], base: Mapping[str, Any] = INSERT_SETTINGS
                          ) -> dict[str, Any]:
         settings = dedup_settings(table, sources, base)
-        query_id = fence_query_id(self._fence_prefix, sources)
-        if query_id is not None:
-            settings["query_id"] = query_id
+        if "insert_deduplication_token" in settings:  # rows from Kafka messages: a watermark counts them
+            settings["query_id"] = fence_query_id(self._fence_prefix, sources)
         return settings
 
     def _guarded(self, table: str, part: Any, insert: Callable[[Any], Any], halves: Callable[[Any], tuple],

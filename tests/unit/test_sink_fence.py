@@ -80,4 +80,4 @@ def test_an_insert_that_never_ends_is_waited_for_a_bounded_time(monkeypatch, cap
 
 @pytest.mark.parametrize("sources", [[], [None]])
 def test_rows_without_a_source_get_no_fence_id(sources) -> None:
-    assert fence_query_id("p", sources) is None
+    assert "query_id" not in sink_for(Server({}))._insert_settings("windows", sources)
