@@ -49,6 +49,7 @@ from trainmon.stream_processors.copartitioning import split_partitions
 from trainmon.stream_processors.internal_topics import (HOST_RUN_ENDS, INCIDENT_ALERTS, INCIDENT_PARTITION, RUN_HARDWARE, STATE,
                                                internal_topic_name)
 from trainmon.stream_processors.kafka_consumer import BatchHandler, ProcessorsTransport
+from trainmon.stream_processors.membership import Lease, MembershipLost
 from trainmon.stream_processors.processing import Outcome, Processing
 from trainmon.stream_processors.sink import ClickHouseSink
 from trainmon.stream_processors.state_topic import latest_snapshots
@@ -120,8 +121,9 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         producer_compression_type=None,  # snapshots, most of what it sends, are compressed already (snapshots.py)
         producer_max_request_size=MAX_SNAPSHOT_BYTES,
     )
+    lease = Lease(session_timeout_s)  # renewed by the consumer's heartbeats: membership.py
     app.transport = ProcessorsTransport(app.conf.broker_consumer, app,  # before any topic: see its module
-                                        fetch_max_wait_s=settings.processors_fetch_max_wait)
+                                        fetch_max_wait_s=settings.processors_fetch_max_wait, lease=lease)
     state_topic_name = internal_topic_name(STATE, settings.kafka_topic_prefix)
     processing = Processing(
         pipeline, ClickHouseSink(settings), dispatcher, group=group_id, lost_after_s=lost_after_s,
@@ -131,7 +133,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         topics={topic_name(t, settings.kafka_topic_prefix): t for t in (Topic.METRICS, Topic.RUNS, Topic.SYSTEM)},
         snapshot_loader=(lambda partition: latest_snapshots(settings, state_topic_name, partition, group_id))
         if durable_state else (lambda partition: []),
-        writes=ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-insert"))  # write_behind.py
+        writes=ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-insert"), lease=lease)  # write_behind.py
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmon-processing")  # owns all state
 
     def topic(which: Topic) -> faust.TopicT:
@@ -193,20 +195,25 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
         await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
 
     def snapshot_and_release(revoked: list[int] | None, light: bool
-                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list, Future]:
+                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list, Future] | None:
         """In the processing thread, in one step: the rows no event names written and the raw rows handed
         over (light: left held), the snapshots and exactly the alerts and incident notifications they
         cover, the dead letters of rows ClickHouse refused so far, and when the rows handed over are
-        written."""
-        if revoked is not None:
-            snapshots = processing.revoke(revoked)
-        elif durable_state:
-            snapshots = processing.snapshot(light=light)
-        else:
-            if not light:
-                processing.flush()
-            snapshots = {}
-        return snapshots, processing.release(), processing.take_refused(), processing.written()
+        written. None: the group gave the partitions away meanwhile, and all of theirs was dropped."""
+        try:
+            processing.hold_membership()
+            if revoked is not None:
+                snapshots = processing.revoke(revoked)
+            elif durable_state:
+                snapshots = processing.snapshot(light=light)
+            else:
+                if not light:
+                    processing.flush()
+                snapshots = {}
+            return snapshots, processing.release(), processing.take_refused(), processing.written()
+        except MembershipLost as exc:
+            processing.lose(exc)
+            return None
 
     async def publish(alerts: list[dict], notifications: list[dict]) -> None:
         """Released alerts to the alerts topic, and to the incident book or straight to the routes."""
@@ -227,8 +234,13 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 cadence.began()
                 events = list(pending_events)  # all handled, so in the snapshots about to be taken
                 pending_events.clear()
-            snapshots, (alerts, notifications), refused, written = await in_thread(snapshot_and_release, revoked,
-                                                                                  light)
+            taken = await in_thread(snapshot_and_release, revoked, light)
+            if taken is None:  # nothing of the lost partitions is sent or acked: their next owner re-reads it
+                pending_events.clear()
+                held_alerts.clear()
+                held_notifications.clear()
+                return
+            snapshots, (alerts, notifications), refused, written = taken
             await dead_letter(refused)  # before the acks: a refused row's event is never lost
             alerts[:0], notifications[:0] = held_alerts, held_notifications
             held_alerts.clear()
@@ -251,6 +263,8 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
     async def acked_once_written(events: list[Any], written: Future) -> None:
         try:
             await asyncio.wrap_future(written)
+        except MembershipLost:  # the rows were dropped with their partitions (logged there): re-read later
+            return
         except Exception as exc:  # a bug, not ClickHouse being away (sink.py retries that): re-read later
             log.error("writing held rows failed (%s); %d events not acked", exc, len(events))
             return
@@ -309,6 +323,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
             log.error("partition %d assigned without %s: the group's assignor does not co-partition "
                       "(stream_processors/copartitioning.py)", partition, ", ".join(missing))
         generation = getattr(app, "consumer_generation_id", 0) or 0
+        lease.confirmed(generation, started)  # the group has just given it these partitions
         try:
             keys = await in_thread(topic_keys, settings, {tp.topic for tp in assigned})
             await in_thread(processing.assign, partitions, generation, keys)
@@ -323,11 +338,23 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 f"{sum(s.windows.late_events for s in processing.partitions.values())} late window events, "
                 f"partitions {sorted(processing.partitions)}")
 
+    def close_and_release() -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list] | None:
+        try:
+            processing.hold_membership()
+            return processing.close(), processing.release(), processing.take_refused()
+        except MembershipLost as exc:
+            processing.lose(exc)
+            return None
+
     @app.on_before_shutdown.connect
     async def flush(sender: Any, **kwargs: Any) -> None:
+        lease.close()  # a checkpoint waiting for the group's word gives up now, if the lease has run out
         async with checkpoint_lock:
-            snapshots, (alerts, notifications), refused = await in_thread(
-                lambda: (processing.close(), processing.release(), processing.take_refused()))
+            taken = await in_thread(close_and_release)
+            if taken is None:
+                log.warning("stopping: %s", summary())
+                return
+            snapshots, (alerts, notifications), refused = taken
             await dead_letter(refused)
             await asyncio.gather(*acking)  # every row is written now: their events acked before the commit
             try:  # open windows and run snapshots written, then the alerts they cover sent

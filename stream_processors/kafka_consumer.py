@@ -31,6 +31,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
 from trainmon.stream_processors.copartitioning import CopartitionedAssignor
+from trainmon.stream_processors.membership import Lease
 
 Progress = dict[tuple[str, int], tuple[int, float]]  # (topic, partition) -> (high watermark, fetched at)
 # A fetch is answered once this much is there or after `fetch_max_wait_s` ([processors] fetch_max_wait).
@@ -100,6 +101,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_min_bytes = FETCH_MIN_BYTES  # both read by start()
         consumer._fetch_max_wait_ms = round(1000 * transport.fetch_max_wait_s)
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        lease = getattr(self.transport, "lease", None)
+        if lease is not None:
+            lease.watch(self._consumer._coordinator)  # the group's answers renew it: membership.py
 
     @Service.timer(METADATA_RETRY_S)
     async def _ask_for_missing_topics(self) -> None:
@@ -246,8 +253,10 @@ class ProcessorsTransport(faust_aiokafka.Transport):
 
     Consumer = _Consumer
 
-    def __init__(self, *args: Any, fetch_max_wait_s: float, **kwargs: Any) -> None:
-        """fetch_max_wait_s: the wait at rest ([processors] fetch_max_wait; its default lives there)."""
+    def __init__(self, *args: Any, fetch_max_wait_s: float, lease: Lease | None = None, **kwargs: Any) -> None:
+        """fetch_max_wait_s: the wait at rest ([processors] fetch_max_wait; its default lives there).
+        lease: renewed by the consumer group's heartbeats (membership.py)."""
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
         self.fetch_max_wait_s = fetch_max_wait_s
+        self.lease = lease

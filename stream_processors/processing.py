@@ -42,6 +42,7 @@ from itertools import chain
 from typing import Any, Callable, Iterable, Mapping
 
 from trainmon.stream_processors.config import PipelineConfig
+from trainmon.stream_processors.membership import Lease
 from trainmon.stream_processors.alerts import RUN_LOST, AlertBook
 from trainmon.stream_processors.partition import PartitionState
 from trainmon.stream_processors.refusals import RefusalNotices
@@ -143,9 +144,11 @@ class Processing:
                  lost_after_s: float = 900.0, lateness_s: float = 10.0, insert_max_rows: int = 100_000,
                  insert_max_delay_s: float = 1.5, hardware_insert_max_delay_s: float = 4.5,
                  window_idle_s: float = 20.0, topics: Mapping[str, Topic] | None = None,
-                 snapshot_loader: Callable[[int], list[bytes]] | None = None, writes: Executor | None = None) -> None:
+                 snapshot_loader: Callable[[int], list[bytes]] | None = None, writes: Executor | None = None,
+                 lease: Lease | None = None) -> None:
         """writes: where the held rows' inserts run, one at a time (the worker's thread for them; default
-        inline: written as they are handed over)."""
+        inline: written as they are handed over). lease: the worker's group membership, which every write
+        and checkpoint must hold (membership.py; default none: always held)."""
         self.pipeline = pipeline
         self.sink = sink
         self.dispatcher = dispatcher
@@ -157,6 +160,7 @@ class Processing:
         self.partitions: dict[int, PartitionState] = {}
         self.released: set[int] = set()  # revoked: events read for them are not ours to process
         self.generation = 0  # of the consumer group, at the latest assignment
+        self.lease, self.membership = lease, 0  # the generation the partitions were assigned in
         self.topic_keys: dict[str, str] = {}  # topic name -> name#id, offsets' key (topic_ids.py)
         self.topics = dict(topics or {})  # Kafka name -> the agents' topic it is: its kinds only (check_topic)
         self.counts: Counter[str] = Counter()
@@ -171,7 +175,7 @@ class Processing:
         self.hardware_since = 0.0
         self.held_sources: dict[Source, Message] = {}
         self.refused: list[DeadLetter] = []  # rows ClickHouse refused at a flush, to dead-letter: see take_refused()
-        self.writes = WriteBehind(lambda batch: self.sink.write(batch), writes)  # the flushes' inserts, beside the handling
+        self.writes = WriteBehind(lambda batch, **options: self.sink.write(batch, **options), writes)  # beside the handling
 
     # --- ownership ----------------------------------------------------------------------------------
 
@@ -179,6 +183,7 @@ class Processing:
         """generation: the consumer group's, which orders this owner's snapshots after any a former
         owner of the partition may still write late. topic_keys: name -> name#id of the topics read."""
         self.generation = max(self.generation, generation)
+        self.membership = generation  # not the max: a group deleted and made again starts from 1
         if topic_keys:
             if any(self.topic_keys.get(name, key) != key for name, key in topic_keys.items()):
                 log.warning("a topic was re-created (new id): %s; its offsets start afresh", topic_keys)
@@ -266,6 +271,35 @@ class Processing:
             self.released.add(partition)
         self.sink.forget(partitions)
         return final
+
+    def hold_membership(self) -> None:
+        """Returns while the group still gives this worker its partitions; raises MembershipLost once it
+        does not (see `lose`). Waits while that is not known (membership.py)."""
+        if self.lease is not None and self.partitions:
+            self.lease.hold(self.membership)
+
+    def lose(self, why: object) -> None:
+        """The group gave the partitions away while this worker could not hear of it (frozen, cut off):
+        their state, held rows and unsent alerts are dropped unwritten, as a worker killed now would
+        lose them; their next owner restores the last snapshot and re-reads the rest. Writes already
+        handed over fail on their own (their generation is gone), so no event behind them is acked."""
+        partitions = sorted(self.partitions)
+        log.warning("partitions %s lost (%s): their held rows and unsent alerts are dropped; their next owner "
+                    "re-reads them", partitions, why)
+        self.counts["membership.lost"] += 1
+        self.held, self.held_hardware, self.held_sources = Batch(), Batch(), {}
+        self.unreleased, self.unnotified = [], []
+        for partition in partitions:
+            del self.partitions[partition]
+            self.released.add(partition)
+        self.sink.forget(partitions)
+
+    def _admission(self) -> dict[str, Callable[[], None]]:
+        """The sink's write options: with a lease, `admit` holds it for this assignment's generation."""
+        if self.lease is None:
+            return {}
+        lease, generation = self.lease, self.membership
+        return {"admit": lambda: lease.hold(generation)}
 
     # --- a batch from one topic ---------------------------------------------------------------------
 
@@ -438,12 +472,13 @@ class Processing:
         sources = self.held_sources
         if hardware:  # else kept for the hardware rows still held; these go at the next full flush
             self.held_sources = {}
-        self.writes.submit(batch, sources)
+        self.writes.submit(batch, sources, **self._admission())
 
     def _write(self, batch: Batch, sources: Mapping[Source, Message]) -> None:
         """Write a batch now, in this thread, beside any write handed over."""
         if batch:
-            self._refuse([(sources.get(source), reason) for source, reason in self.sink.write(batch)])
+            self._refuse([(sources.get(source), reason)
+                          for source, reason in self.sink.write(batch, **self._admission())])
 
     def _refuse(self, refused: Refused) -> None:
         """Rows ClickHouse refused for good: dead-lettered by their messages."""

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from trainmon.clickhouse import connect
 from trainmon.settings import Settings
 from trainmon.stream_processors.gpu_inventory import GpuInventory
+from trainmon.stream_processors.membership import MembershipLost
 
 log = logging.getLogger("trainmon.processors")
 
@@ -402,20 +403,23 @@ class ClickHouseSink:
 
     # --- writing -----------------------------------------------------------------------------------
 
-    def write(self, batch: Batch) -> list[tuple[Source, str]]:
+    def write(self, batch: Batch, admit: Callable[[], None] | None = None) -> list[tuple[Source, str]]:
         """Write everything in the batch, retrying transient errors until ClickHouse takes it, and
         splitting off what it refuses for good: returns those rows' sources with the reason (rows
-        without a source, such as run snapshots, are logged and counted). Blocking: run in a thread."""
+        without a source, such as run snapshots, are logged and counted). Blocking: run in a thread.
+        admit: called before each insert, retries included; MembershipLost from it ends the write
+        (membership.py: a worker whose partitions may have been given away writes nothing more)."""
         refused: list[tuple[Source | None, str]] = []
         for table, rows in batch.rows.items():
             if table == "gpus":
                 rows = self.inventory.to_write(rows)
             if rows:
-                refused += self._guarded(table, rows, self._insert_rows(table), _halves, _row_sources)
+                refused += self._guarded(table, rows, _admitted(self._insert_rows(table), admit), _halves,
+                                         _row_sources)
         for table, columns in (("metric_points", batch.metric), ("system_samples", batch.system)):
             if len(columns):
-                refused += self._guarded(table, columns, self._insert_columns(table), Columns.halves,
-                                         Columns.sources)
+                refused += self._guarded(table, columns, _admitted(self._insert_columns(table), admit),
+                                         Columns.halves, Columns.sources)
         for key, offset in batch.offsets.items():  # a stream restarted in place must skip these too
             self._watermarks[key] = max(self._watermarks.get(key, -1), offset)
         with self._counting:
@@ -473,6 +477,8 @@ class ClickHouseSink:
                 if failures:
                     log.warning("ClickHouse is back after %d failed attempts to %s", failures, what)
                 return result
+            except MembershipLost:
+                raise
             except Exception as exc:  # connection refused, timeouts, server errors: hold and retry
                 self._column_types.clear()  # a migration may have changed a table: described again
                 if not transient(exc):
@@ -484,6 +490,16 @@ class ClickHouseSink:
                 self._local.client = None  # reconnect: the old pool may hold dead connections
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
+
+
+def _admitted(insert: Callable[[Any], Any], admit: Callable[[], None] | None) -> Callable[[Any], Any]:
+    if admit is None:
+        return insert
+
+    def admitted(part: Any) -> Any:
+        admit()
+        return insert(part)
+    return admitted
 
 
 def _row_sources(rows: list[Mapping[str, Any]]) -> list[Source | None]:

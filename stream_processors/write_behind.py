@@ -12,6 +12,9 @@ offsets of the events whose rows are still outstanding, as it lists the held one
 (`barrier`, app.py); and a rebalance or shutdown waits for every write (`wait`). At most
 `max_outstanding` writes are handed over and not done: past that `submit` waits, so a ClickHouse slower
 than the stream still slows the reading of Kafka, as an inline insert did, instead of piling rows up.
+A write that ended in MembershipLost (membership.py) wrote nothing: its own future says so, and so does
+every later one of the same generation, so no event behind them is acked; nobody else waiting on the
+writes hears of it (the partitions are dropped at the next checkpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections import deque
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Mapping
 
+from trainmon.stream_processors.membership import MembershipLost
 from trainmon.stream_processors.sink import Batch, Source
 
 Refused = list[tuple[Any, str]]  # (the message a refused row came from, or None; ClickHouse's reason)
@@ -39,7 +43,7 @@ class Inline(Executor):
 
 
 class WriteBehind:
-    def __init__(self, write: Callable[[Batch], list[tuple[Source, str]]], executor: Executor | None = None, *,
+    def __init__(self, write: Callable[..., list[tuple[Source, str]]], executor: Executor | None = None, *,
                  max_outstanding: int = 2) -> None:
         """write: the sink's, blocking until ClickHouse took the batch; returns the refused rows' sources.
         executor: where writes run, one at a time (the worker passes a thread of one; default inline)."""
@@ -49,9 +53,10 @@ class WriteBehind:
         self._outstanding: deque[tuple[Future, Batch]] = deque()  # handed over, in order; pruned when done
         self._refused: deque[tuple[Any, str]] = deque()  # filled by the writes as they end (any thread)
 
-    def submit(self, batch: Batch, sources: Mapping[Source, Any]) -> None:
+    def submit(self, batch: Batch, sources: Mapping[Source, Any], **options: Any) -> None:
         """Hand `batch` over; waits first while `max_outstanding` writes are not done. sources: source ->
-        message, for the rows ClickHouse refuses. Raises what an earlier write raised."""
+        message, for the rows ClickHouse refuses; options: for `write`. Raises what an earlier write
+        raised, but MembershipLost."""
         self._prune()
         while len(self._outstanding) >= self.max_outstanding:
             self._wait_oldest()
@@ -60,17 +65,19 @@ class WriteBehind:
             if done.exception() is None:
                 self._refused.extend((sources.get(source), reason) for source, reason in done.result())
 
-        future = self._executor.submit(self._write, batch)
+        future = self._executor.submit(self._write, batch, **options)
         future.add_done_callback(refused)
         self._outstanding.append((future, batch))
 
     def _wait_oldest(self) -> None:
-        self._outstanding[0][0].result()
+        self._outstanding[0][0].exception()  # waits; _prune raises what it should
         self._prune()
 
     def _prune(self) -> None:
         while self._outstanding and self._outstanding[0][0].done():
-            self._outstanding.popleft()[0].result()  # a failed write raises here, in the caller's thread
+            done = self._outstanding.popleft()[0]
+            if not isinstance(done.exception(), MembershipLost):
+                done.result()  # a failed write raises here, in the caller's thread
 
     def busy(self) -> bool:
         """Whether a write handed over is not done yet (they run in order: the last one is)."""

@@ -613,12 +613,16 @@ def test_trainer_sigkilled_after_100k_delivered_then_restarted_counts_every_even
             stop(worker)
 
 
-def test_worker_sigkilled_with_hardware_rows_held_loses_and_doubles_no_sample(own_topics, tmp_path):
+@pytest.mark.parametrize("fate", ["sigkilled", "stalled_past_its_session"])
+def test_worker_gone_with_hardware_rows_held_loses_and_doubles_no_sample(fate, own_topics, tmp_path):
     """Hardware rows wait up to hardware_insert_max_delay (4.5 s) while the training rows of the same
     fetches are written every 2 s. A worker killed in between leaves them to the next owner: every
     sample once. Samples sent on the metrics topic are dead-lettered (wrong_topic), each one, and
     written never: beside the metrics, whose inserts move that partition's offset watermark, a worker
-    killed between the two inserts would lose them (as CI once did, before check_topic)."""
+    killed between the two inserts would lose them (as CI once did, before check_topic).
+    stalled_past_its_session: the worker is frozen (SIGSTOP: a paused VM, a swap storm) until the group
+    has given its partitions to the next worker, then resumes (SIGCONT) with those rows still held: a
+    zombie, which must not write them beside the new owner."""
     from confluent_kafka import Producer
 
     run, group, tag = f"hw-{uuid.uuid4().hex[:6]}", f"hw-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6]
@@ -657,11 +661,20 @@ def test_worker_sigkilled_with_hardware_rows_held_loses_and_doubles_no_sample(ow
             # are held then (2 rows a step; 2 rows a sample, a sample per host a step).
             wait_until(lambda: scalar(client, steps, r=run) // 2 > scalar(client, rows, h=hosts) // (2 * len(hosts)),
                        60, "training rows written while hardware rows are held")
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
-            second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
-            time.sleep(2)
+            if fate == "sigkilled":
+                first.send_signal(signal.SIGKILL)
+                first.wait(10)
+                second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+                time.sleep(2)
+            else:
+                first.send_signal(signal.SIGSTOP)
+                second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
+                wait_until(lambda: " assigned (generation" in (tmp_path / "second.log").read_text(), 60,
+                           "the next worker's takeover, once the frozen one's session expired")
+                first.send_signal(signal.SIGCONT)
+                time.sleep(4)  # the zombie's held rows are overdue: its next tick would write them
         finally:
+            first.send_signal(signal.SIGCONT)
             done.set()
             sender.join()
         try:
