@@ -190,7 +190,8 @@ class Settings:
         "down or cut off) before its partitions go to the other workers; a killed worker restarted at once "
         "waits as long for the group. It bounds how soon alerts of a dead worker's partitions are evaluated "
         "again. Lower: faster takeover, but a worker that cannot send its 1 s heartbeat for that long loses "
-        "its partitions. At least 3 s (three heartbeats); brokers refuse less than their "
+        "its partitions (one unanswered for this less 1 s holds its writes until the group answers). At "
+        "least 3 s (three heartbeats); brokers refuse less than their "
         "group.min.session.timeout.ms (Kafka's default: 6 s)", metavar="SECONDS", check=_at_least(3))
     processors_durable_state: bool = option(
         True, "snapshot rule state and restore it at restart and rebalance. --no-durable-state is for "
