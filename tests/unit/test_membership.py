@@ -197,3 +197,27 @@ def test_a_frozen_worker_writes_none_of_its_held_rows_acks_none_and_drops_its_pa
         assert proc.counts["membership.lost"] == 1 and len(proc.sink.batches) == 1
     finally:
         inserts.shutdown(wait=True)
+
+
+def test_the_sink_asks_before_every_insert_retries_included_and_a_lost_membership_refuses_no_row(monkeypatch) -> None:
+    from trainmon.settings import Settings
+    from trainmon.stream_processors import sink as sink_module
+
+    monkeypatch.setattr(sink_module.time, "sleep", lambda seconds: None)
+    sink = sink_module.ClickHouseSink(Settings(), client_factory=lambda settings: None)
+    asked, tried = [], []
+
+    def admit() -> None:
+        asked.append(len(tried))
+        if len(asked) == 3:
+            raise MembershipLost("the group moved on")
+
+    def insert(rows: list) -> None:
+        tried.append(rows)
+        raise ConnectionRefusedError("ClickHouse restarting")  # transient: retried
+
+    row = {"src_topic": "t", "src_partition": 0, "src_offset": 7}
+    with pytest.raises(MembershipLost):  # not a refused row: nothing dead-lettered, the event not acked
+        sink._guarded("run_events", [row], sink_module._admitted(insert, admit), sink_module._halves,
+                      sink_module._row_sources)
+    assert asked == [0, 1, 2] and len(tried) == 2
