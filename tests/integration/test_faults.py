@@ -671,8 +671,7 @@ def test_worker_gone_with_hardware_rows_held_loses_and_doubles_no_sample(fate, o
                 second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
                 wait_until(lambda: " assigned (generation" in (tmp_path / "second.log").read_text(), 60,
                            "the next worker's takeover, once the frozen one's session expired")
-                first.send_signal(signal.SIGCONT)
-                time.sleep(4)  # the zombie's held rows are overdue: its next tick would write them
+                first.send_signal(signal.SIGCONT)  # its held rows are overdue: its next tick would write them
         finally:
             first.send_signal(signal.SIGCONT)
             done.set()
