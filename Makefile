@@ -44,10 +44,11 @@ helm:
 	./deploy/helm/install-helm.sh
 
 # The unit tests on both cores (pytest-xdist: independent, CPU-bound, ~60 s instead of ~100), then the
-# integration tests one at a time: they time the real services, which a second test beside them would slow.
+# integration tests in two lanes: those that run workers under load or time the real services, one at a
+# time as the whole suite ran before (tests/conftest.py, TIMED_LANE), and the rest beside them.
 test: setup alertmanager chromium helm
 	$(BIN)/python -m pytest tests/unit -n 2
-	$(BIN)/python -m pytest --ignore=tests/unit
+	$(BIN)/python -m pytest --ignore=tests/unit -n 2 --dist loadgroup
 
 # The framework integrations' tests (tests/frameworks; docs/integrations.md): torch, Lightning,
 # transformers and Keras on its JAX, torch and TensorFlow backends, on CPU. Heavy, so not in `make test`:

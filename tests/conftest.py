@@ -4,7 +4,8 @@ Where they come from, first match wins:
 - TRAINMON_TEST_KAFKA and TRAINMON_TEST_CLICKHOUSE_URL: services already running elsewhere;
 - TRAINMON_TEST_CONTAINERS=1: the official images via testcontainers (needs a Docker engine);
 - otherwise the native services, started here under .trainmon/test on test ports and stopped at the end
-  (only if this session started them).
+  (only if this session started them). Under pytest-xdist the first worker to need them starts them
+  (a lock keeps the others waiting) and the controller stops them once every worker is done.
 Each session gets its own topic prefix and database, so runs never see each other's data.
 Under CI=true a service that cannot start fails the run; elsewhere its tests are skipped with the reason.
 Tests that start services of their own bind fixed ports in 23000-23999, below Linux's ephemeral range
@@ -13,6 +14,7 @@ Tests that start services of their own bind fixed ports in 23000-23999, below Li
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from pathlib import Path
@@ -33,6 +35,28 @@ TEST_PORTS = {
 }
 
 
+TEST_HOME = ROOT / ".trainmon" / "test"
+STARTED_BY_WORKERS = ROOT / ".trainmon" / "test-started-by-workers"  # names, for the controller to stop
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... in a pytest-xdist worker
+
+
+# The integration tests that run workers under load or wait on the stack's timing: under `make test`'s
+# `-n 2 --dist loadgroup` they share one xdist worker, one test at a time, as the whole suite ran before;
+# the rest (dashboards, schema, queries, security, services of their own) run beside them on the other.
+TIMED_LANE = frozenset({
+    "test_agent_daemon.py", "test_alerts_into_training.py", "test_detection.py", "test_faults.py",
+    "test_incidents.py", "test_kafka_cluster.py", "test_kafka_contract.py", "test_processors.py",
+    "test_publisher.py", "test_rule_kinds.py", "test_sdk_kafka.py", "test_secure_stack.py",
+    "test_simulate_kafka.py", "test_sink.py", "test_topics.py"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in TIMED_LANE:
+            item.add_marker(pytest.mark.xdist_group("timed"))
+
+
 def _unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and a required service is unavailable: {reason}", pytrace=False)
@@ -44,7 +68,7 @@ def stack() -> Iterator[Settings]:
     """Settings pointing at a live Kafka and ClickHouse, with a fresh topic prefix and database."""
     session = uuid.uuid4().hex[:8]
     base = Settings(
-        services_home=str(ROOT / ".trainmon" / "test"),
+        services_home=str(TEST_HOME),
         kafka_topic_prefix=f"test-{session}.",
         kafka_partitions=4,
         clickhouse_database=f"trainmon_test_{session}",
@@ -62,13 +86,20 @@ def stack() -> Iterator[Settings]:
     else:
         from trainmon.deploy import services
 
-        already = {s.name for s in services.status_all(base) if s.pid is not None}
-        try:
-            services.start_all(base)
-        except Exception as exc:  # ServiceError names the fix (Java, Maven, port)
-            _unavailable(str(exc))
-        started = [name for name in services.SERVICES if name not in already]
-        stop = (lambda: services.stop_all(base, started)) if started else None
+        STARTED_BY_WORKERS.parent.mkdir(parents=True, exist_ok=True)
+        with open(STARTED_BY_WORKERS.parent / "test.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time: xdist workers share the services
+            already = {s.name for s in services.status_all(base) if s.pid is not None}
+            try:
+                services.start_all(base)
+            except Exception as exc:  # ServiceError names the fix (Java, Maven, port)
+                _unavailable(str(exc))
+            started = [name for name in services.SERVICES if name not in already]
+            if XDIST_WORKER and started:  # the other workers may still use them: the controller stops them
+                with open(STARTED_BY_WORKERS, "a") as out:
+                    out.write("".join(f"{name}\n" for name in started))
+            elif started:
+                stop = lambda: services.stop_all(base, started)  # noqa: E731
         settings = base
     try:
         yield settings
@@ -128,3 +159,15 @@ def clickhouse(migrated: Settings):
     client = connect(migrated)
     yield client
     client.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In the xdist controller (or a plain run), once every worker is done: stop what workers started."""
+    if XDIST_WORKER or not STARTED_BY_WORKERS.exists():
+        return
+    from trainmon.deploy import services
+
+    names = set(STARTED_BY_WORKERS.read_text().split())
+    STARTED_BY_WORKERS.unlink()
+    services.stop_all(Settings(services_home=str(TEST_HOME), **TEST_PORTS),
+                      [name for name in services.SERVICES if name in names])
