@@ -99,7 +99,8 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
                              config=config)
               for name, config in topic_configs(settings).items()}
     missing = [spec for name, spec in wanted.items() if name not in existing]
-    states = _existing(admin, [name for name in wanted if name in existing], existing, wanted, replication, timeout_s)
+    there = [name for name in wanted if name in existing]
+    states = _existing(admin, there, _settled(admin, existing, there, timeout_s), wanted, replication, timeout_s)
     raced = []
     if missing:
         for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
@@ -112,7 +113,7 @@ def create_topics(settings: Settings, progress: Callable[[str], None] = print, t
                 raced.append(name)  # made since the metadata was read (another creator, or a stale broker cache)
     if raced:
         fresh = {name: admin.list_topics(topic=name, timeout=timeout_s).topics[name] for name in raced}
-        states += _existing(admin, raced, fresh, wanted, replication, timeout_s)
+        states += _existing(admin, raced, _settled(admin, fresh, raced, timeout_s), wanted, replication, timeout_s)
     for state in sorted(states, key=lambda s: s.name):
         verb = "created" if state.created else "exists"
         progress(f"topics: {state.name} {verb}, {state.partitions} partitions {state.note}".rstrip())
@@ -149,6 +150,19 @@ def wait_for_topics(settings: Settings, progress: Callable[[str], None] = print,
             progress(f"topics: waiting: {why}")
             said_at = time.monotonic()
         time.sleep(poll_s)
+
+
+def _settled(admin, metadata: dict, names: list[str], timeout_s: float) -> dict:
+    """`metadata` with `names` read again until each lists its partitions: a topic made moments before
+    (by another process starting, or a test) can be listed before they are, which read as 0 partitions."""
+    metadata, deadline = dict(metadata), time.monotonic() + timeout_s
+    pending = [name for name in names if not metadata[name].partitions or metadata[name].error is not None]
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+        for name in pending:
+            metadata[name] = admin.list_topics(topic=name, timeout=timeout_s).topics[name]
+        pending = [name for name in pending if not metadata[name].partitions or metadata[name].error is not None]
+    return metadata
 
 
 def _existing(admin, names: list[str], metadata: dict, wanted: dict, replication: int, timeout_s: float) -> list[TopicState]:
