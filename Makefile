@@ -44,11 +44,12 @@ helm:
 	./deploy/helm/install-helm.sh
 
 # The unit tests on both cores (pytest-xdist: independent, CPU-bound, ~60 s instead of ~100), then the
-# integration tests in two lanes: those that run workers under load or time the real services, one at a
-# time as the whole suite ran before (tests/conftest.py, TIMED_LANE), and the rest beside them.
+# integration tests in two lanes: those that run workers under load or time the real services one at a
+# time, as the whole suite ran before, and beside them the rest, a file at a time (tests/conftest.py,
+# TIMED_LANE).
 test: setup alertmanager chromium helm
 	$(BIN)/python -m pytest tests/unit -n 2
-	$(BIN)/python -m pytest --ignore=tests/unit -n 2 --dist loadgroup
+	$(BIN)/python -m pytest --ignore=tests/unit -n 2 --dist loadfile
 
 # The framework integrations' tests (tests/frameworks; docs/integrations.md): torch, Lightning,
 # transformers and Keras on its JAX, torch and TensorFlow backends, on CPU. Heavy, so not in `make test`:

@@ -40,9 +40,9 @@ STARTED_BY_WORKERS = ROOT / ".trainmon" / "test-started-by-workers"  # names, fo
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... in a pytest-xdist worker
 
 
-# The integration tests that run workers under load or wait on the stack's timing: under `make test`'s
-# `-n 2 --dist loadgroup` they share one xdist worker, one test at a time, as the whole suite ran before;
-# the rest (dashboards, schema, queries, security, services of their own) run beside them on the other.
+# The integration tests that run workers under load or time the stack. Under `make test` (`-n 2 --dist
+# loadfile`) they make one work unit, run one at a time on one xdist worker as the whole suite ran before;
+# the other files run beside them, a unit each (a file's services and fixed ports are set up once).
 TIMED_LANE = frozenset({
     "test_agent_daemon.py", "test_alerts_into_training.py", "test_detection.py", "test_faults.py",
     "test_incidents.py", "test_kafka_cluster.py", "test_kafka_contract.py", "test_processors.py",
@@ -50,11 +50,17 @@ TIMED_LANE = frozenset({
     "test_simulate_kafka.py", "test_sink.py", "test_topics.py"})
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in TIMED_LANE:
-            item.add_marker(pytest.mark.xdist_group("timed"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """--dist loadfile with TIMED_LANE's files as one file (xdist_group marks are lost under pytest 9)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Lanes(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "the timed lane" if Path(path).name in TIMED_LANE else path
+    return Lanes(config, log)
 
 
 def _unavailable(reason: str) -> None:
