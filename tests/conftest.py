@@ -50,6 +50,7 @@ TIMED_LANE = frozenset({
     "test_simulate_kafka.py", "test_sink.py", "test_topics.py"})
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: a run without it needs no scheduler
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """--dist loadfile with TIMED_LANE's files as one file (xdist_group marks are lost under pytest 9)."""
     if config.getvalue("dist") != "loadfile":
