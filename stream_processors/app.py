@@ -194,26 +194,31 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 for partition, data in snapshots.items()]
         await asyncio.gather(*sent)  # all partitions' snapshots in flight at once: one round trip
 
-    def snapshot_and_release(revoked: list[int] | None, light: bool
-                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list, Future] | None:
-        """In the processing thread, in one step: the rows no event names written and the raw rows handed
-        over (light: left held), the snapshots and exactly the alerts and incident notifications they
-        cover, the dead letters of rows ClickHouse refused so far, and when the rows handed over are
-        written. None: the group gave the partitions away meanwhile, and all of theirs was dropped."""
+    def as_member(step: Callable[[], Any]) -> Any:
+        """step() in the processing thread while the group still gives this worker its partitions; None
+        once it does not, with all of theirs dropped (Processing.lose)."""
         try:
             processing.hold_membership()
-            if revoked is not None:
-                snapshots = processing.revoke(revoked)
-            elif durable_state:
-                snapshots = processing.snapshot(light=light)
-            else:
-                if not light:
-                    processing.flush()
-                snapshots = {}
-            return snapshots, processing.release(), processing.take_refused(), processing.written()
+            return step()
         except MembershipLost as exc:
             processing.lose(exc)
             return None
+
+    def snapshot_and_release(revoked: list[int] | None, light: bool
+                             ) -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list, Future]:
+        """In the processing thread, in one step: the rows no event names written and the raw rows handed
+        over (light: left held), the snapshots and exactly the alerts and incident notifications they
+        cover, the dead letters of rows ClickHouse refused so far, and when the rows handed over are
+        written."""
+        if revoked is not None:
+            snapshots = processing.revoke(revoked)
+        elif durable_state:
+            snapshots = processing.snapshot(light=light)
+        else:
+            if not light:
+                processing.flush()
+            snapshots = {}
+        return snapshots, processing.release(), processing.take_refused(), processing.written()
 
     async def publish(alerts: list[dict], notifications: list[dict]) -> None:
         """Released alerts to the alerts topic, and to the incident book or straight to the routes."""
@@ -234,7 +239,7 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 cadence.began()
                 events = list(pending_events)  # all handled, so in the snapshots about to be taken
                 pending_events.clear()
-            taken = await in_thread(snapshot_and_release, revoked, light)
+            taken = await in_thread(as_member, lambda: snapshot_and_release(revoked, light))
             if taken is None:  # nothing of the lost partitions is sent or acked: their next owner re-reads it
                 pending_events.clear()
                 held_alerts.clear()
@@ -338,19 +343,12 @@ def create_app(settings: Settings, pipeline: PipelineConfig, dispatcher: Any, *,
                 f"{sum(s.windows.late_events for s in processing.partitions.values())} late window events, "
                 f"partitions {sorted(processing.partitions)}")
 
-    def close_and_release() -> tuple[dict[int, bytes], tuple[list[dict], list[dict]], list] | None:
-        try:
-            processing.hold_membership()
-            return processing.close(), processing.release(), processing.take_refused()
-        except MembershipLost as exc:
-            processing.lose(exc)
-            return None
-
     @app.on_before_shutdown.connect
     async def flush(sender: Any, **kwargs: Any) -> None:
         lease.close()  # a checkpoint waiting for the group's word gives up now, if the lease has run out
         async with checkpoint_lock:
-            taken = await in_thread(close_and_release)
+            taken = await in_thread(as_member, lambda: (processing.close(), processing.release(),
+                                                        processing.take_refused()))
             if taken is None:
                 log.warning("stopping: %s", summary())
                 return
