@@ -46,7 +46,7 @@ helm:
 # The unit tests on both cores (pytest-xdist: independent, CPU-bound, ~60 s instead of ~100), then the
 # integration tests in two lanes: those that run workers under load or time the real services one at a
 # time, as the whole suite ran before, and beside them the rest, a file at a time (tests/conftest.py,
-# TIMED_LANE).
+# BESIDE_THE_TIMED_LANE).
 test: setup alertmanager chromium helm
 	$(BIN)/python -m pytest tests/unit -n 2
 	$(BIN)/python -m pytest --ignore=tests/unit -n 2 --dist loadfile

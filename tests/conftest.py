@@ -40,19 +40,20 @@ STARTED_BY_WORKERS = ROOT / ".trainmon" / "test-started-by-workers"  # names, fo
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... in a pytest-xdist worker
 
 
-# The integration tests that run workers under load or time the stack. Under `make test` (`-n 2 --dist
-# loadfile`) they make one work unit, run one at a time on one xdist worker as the whole suite ran before;
-# the other files run beside them, a unit each (a file's services and fixed ports are set up once).
-TIMED_LANE = frozenset({
-    "test_agent_daemon.py", "test_alerts_into_training.py", "test_detection.py", "test_faults.py",
-    "test_incidents.py", "test_kafka_cluster.py", "test_kafka_contract.py", "test_processors.py",
-    "test_publisher.py", "test_rule_kinds.py", "test_sdk_kafka.py", "test_secure_stack.py",
-    "test_simulate_kafka.py", "test_sink.py", "test_topics.py"})
+# The integration test files that neither run workers under load nor time the stack (dashboards, schema,
+# queries, security, services of their own). Under `make test` (`-n 2 --dist loadfile`) they run beside
+# the rest, a file at a time (a file's services and fixed ports are set up once); every other file, a new
+# one included, is in the timed lane: one work unit, one test at a time, as the whole suite ran before.
+BESIDE_THE_TIMED_LANE = frozenset({
+    "test_alertmanager.py", "test_clickhouse_cluster.py", "test_clickhouse_schema.py",
+    "test_clickhouse_security.py", "test_dashboard_browser.py", "test_dashboard_login.py",
+    "test_dashboard_pages.py", "test_history.py", "test_importers.py", "test_kafka_secure.py",
+    "test_queries.py", "test_services.py"})
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: a run without it needs no scheduler
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """--dist loadfile with TIMED_LANE's files as one file (xdist_group marks are lost under pytest 9)."""
+    """--dist loadfile with the timed lane's files as one file (xdist_group marks are lost under pytest 9)."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -60,7 +61,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     class Lanes(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = super()._split_scope(nodeid)
-            return "the timed lane" if Path(path).name in TIMED_LANE else path
+            return path if Path(path).name in BESIDE_THE_TIMED_LANE else "the timed lane"
     return Lanes(config, log)
 
 
