@@ -1,9 +1,10 @@
 """Faults a cluster meets every week, on the real broker, ClickHouse and worker processes, with exact
 counts: a worker SIGKILLed mid-NaN episode, mid-plateau, with hardware rows held and with an insert in
-flight (running in ClickHouse through the takeover, or lost with it), a 1 -> 3 -> 1 rebalance under load,
-a processing outage longer than the silence timeouts, a training process SIGKILLed after its events were
-delivered and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and re-created
-under the same name."""
+flight (running in ClickHouse through the takeover, or lost with it), a worker frozen past its session
+with hardware rows held or with the NaN step fetched, a 1 -> 3 -> 1 rebalance under load, a processing
+outage longer than the silence timeouts, a training process SIGKILLed after its events were delivered
+and then restarted, ClickHouse refusing one row of a batch, and a topic deleted and re-created under
+the same name."""
 
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def windows_off(client, runs: list[str]) -> list[tuple]:
         "ON w.run = r.run AND toDateTime(w.window_start) = r.start WHERE w.count != r.n ORDER BY 1, 2",
         parameters={"runs": runs}).result_rows
 
+
+FETCH_WAIT_S = 3.0  # the frozen worker's fetch wait: the NaN is sent well inside it
 
 # What a kill around an alert's page must leave exact: raw rows, their rollup, the run's lifecycle event, the page.
 PAGED_RUN = {"points": "SELECT count() FROM metric_points WHERE run = {r:String}",
@@ -125,6 +128,54 @@ def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topic
             if second is not None:
                 stop(second)
     assert "state restored from snapshot" in (tmp_path / "second.log").read_text()
+
+
+def test_worker_frozen_past_its_session_with_the_nan_fetched_pages_it_once(own_topics, tmp_path):
+    """A worker frozen (SIGSTOP: a paused VM, a swap storm) with a fetch in flight: the broker answers
+    it with the NaN step while the worker sleeps, the group gives the partitions to a second worker,
+    which pages. Resumed (SIGCONT), the frozen one reads that answer before a heartbeat tells it it is
+    out, and would page the same alert a second time (and write the step's rows beside the new
+    owner's): a zombie. Its fetches wait FETCH_WAIT_S here, so the one in flight at the freeze is
+    still open when the NaN is sent."""
+    run, group = f"zombie-{uuid.uuid4().hex[:6]}", f"zombie-{uuid.uuid4().hex[:6]}"
+    slow_fetch = {"TRAINMON_PROCESSORS_FETCH_MAX_WAIT": str(FETCH_WAIT_S)}
+    with Receiver([200] * 50) as receiver:
+        pipeline = pipeline_file(tmp_path, receiver.url)
+        first = start_worker(own_topics, pipeline, group, tmp_path / "first.log", **slow_fetch)
+        second = None
+        client = connect(own_topics)
+        points = "SELECT count() FROM metric_points WHERE run = {r:String}"
+        try:
+            publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
+            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
+            for step in range(100):
+                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            wait_until(lambda: scalar(client, points, r=run) == 200, 60, "the finite steps written")
+            time.sleep(2.5)  # a checkpoint has covered them
+            first.send_signal(signal.SIGSTOP)
+            publisher.publish(metrics(run, 0, 100, math.nan))
+            assert publisher.flush(30)
+            second = start_worker(own_topics, pipeline, group, tmp_path / "second.log", **slow_fetch)
+            wait_until(lambda: "firing" in states(receiver, run), 90, "the NaN alert from the next owner")
+            first.send_signal(signal.SIGCONT)
+            time.sleep(FETCH_WAIT_S + 3)  # the frozen worker's read answer handled, its page sent if it were
+            for step in range(101, 201):  # loss finite again: the episode ends
+                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
+            assert publisher.flush(30)
+            wait_until(lambda: "resolved" in states(receiver, run), 90, "the resolve")
+            time.sleep(3)  # a duplicate firing or resolve would arrive by now
+            assert states(receiver, run) == ["firing", "resolved"]
+            wait_until(lambda: scalar(client, points, r=run) >= 201 * 2, 60, "every row")
+            time.sleep(FETCH_WAIT_S + 2)  # a doubled insert would land by now
+            assert scalar(client, points, r=run) == 201 * 2
+            publisher.close()
+        finally:
+            first.send_signal(signal.SIGCONT)
+            stop(first)
+            if second is not None:
+                stop(second)
+    assert "partitions [0, 1, 2, 3] lost" in (tmp_path / "first.log").read_text()
 
 
 def test_worker_sigkilled_right_after_a_page_with_the_raw_rows_still_held_writes_each_row_once(own_topics, tmp_path):
