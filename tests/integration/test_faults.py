@@ -86,12 +86,29 @@ def arrow_rows(body: bytes) -> int:
     return pa.ipc.open_file(pa.py_buffer(body)).read_all().num_rows
 
 
+def start_run(publisher: Publisher, run: str) -> None:
+    publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
+
+
+def publish_steps(publisher: Publisher, run: str, steps: range, nan_at: int | None = None) -> None:
+    """These steps of the run, loss finite but at `nan_at`, delivered."""
+    for step in steps:
+        publisher.publish(metrics(run, 0, step, math.nan if step == nan_at else 1.0 / (step + 1)))
+    assert publisher.flush(30)
+
+
 def publish_nan_episode(publisher: Publisher, run: str) -> None:
     """A run's start and 101 steps, the last one's loss NaN: one loss_non_finite alert."""
-    publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
-    for step in range(101):
-        publisher.publish(metrics(run, 0, step, math.nan if step == 100 else 1.0 / (step + 1)))
-    assert publisher.flush(30)
+    start_run(publisher, run)
+    publish_steps(publisher, run, range(101), nan_at=100)
+
+
+def end_nan_episode(publisher: Publisher, receiver: Receiver, run: str) -> None:
+    """Steps 101-200 with finite loss end the episode: fired once, resolved once."""
+    publish_steps(publisher, run, range(101, 201))
+    wait_until(lambda: "resolved" in states(receiver, run), 90, "the resolve")
+    time.sleep(3)  # a duplicate firing or resolve would arrive by now
+    assert states(receiver, run) == ["firing", "resolved"]
 
 
 def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topics, tmp_path):
@@ -108,12 +125,7 @@ def test_worker_sigkilled_mid_nan_episode_fires_once_and_resolves_once(own_topic
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             second = start_worker(own_topics, pipeline, group, tmp_path / "second.log")
-            for step in range(101, 201):  # loss finite again: the episode ends
-                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
-            assert publisher.flush(30)
-            wait_until(lambda: "resolved" in states(receiver, run), 90, "the resolve after the takeover")
-            time.sleep(3)  # a duplicate firing or resolve would arrive by now
-            assert states(receiver, run) == ["firing", "resolved"]
+            end_nan_episode(publisher, receiver, run)
             client = connect(own_topics)
             where = {"r": run}
             # the page no longer waits for the raw rows' insert: they follow at the next flush (~2 s at rest)
@@ -144,28 +156,20 @@ def test_worker_frozen_past_its_session_with_the_nan_fetched_pages_it_once(own_t
         first = start_worker(own_topics, pipeline, group, tmp_path / "first.log", **slow_fetch)
         second = None
         client = connect(own_topics)
-        points = "SELECT count() FROM metric_points WHERE run = {r:String}"
+        points = PAGED_RUN["points"]
         try:
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
-            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
-            for step in range(100):
-                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
-            assert publisher.flush(30)
+            start_run(publisher, run)
+            publish_steps(publisher, run, range(100))
             wait_until(lambda: scalar(client, points, r=run) == 200, 60, "the finite steps written")
             time.sleep(2.5)  # a checkpoint has covered them
             first.send_signal(signal.SIGSTOP)
-            publisher.publish(metrics(run, 0, 100, math.nan))
-            assert publisher.flush(30)
+            publish_steps(publisher, run, range(100, 101), nan_at=100)
             second = start_worker(own_topics, pipeline, group, tmp_path / "second.log", **slow_fetch)
             wait_until(lambda: "firing" in states(receiver, run), 90, "the NaN alert from the next owner")
             first.send_signal(signal.SIGCONT)
             time.sleep(FETCH_WAIT_S + 2)  # the frozen worker's read answer handled, its page sent if it were
-            for step in range(101, 201):  # loss finite again: the episode ends
-                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
-            assert publisher.flush(30)
-            wait_until(lambda: "resolved" in states(receiver, run), 90, "the resolve")
-            time.sleep(3)  # a duplicate firing or resolve would arrive by now
-            assert states(receiver, run) == ["firing", "resolved"]
+            end_nan_episode(publisher, receiver, run)
             wait_until(lambda: scalar(client, points, r=run) >= 201 * 2, 60, "every row")
             time.sleep(2)  # a doubled insert would land by now (the frozen worker resumed 10 s ago)
             assert scalar(client, points, r=run) == 201 * 2
@@ -228,19 +232,14 @@ def test_worker_sigkilled_with_an_insert_in_flight_writes_each_row_once(own_topi
         second = None
         try:
             publisher = Publisher(own_topics, spool_dir=tmp_path / "spool")
-            publisher.publish(lifecycle("run_start", run, 0, world_size=1, config={"lr": 0.1}))
-            for step in range(100):
-                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
-            assert publisher.flush(30)
+            start_run(publisher, run)
+            publish_steps(publisher, run, range(100))
             wait_until(lambda: scalar(client, PAGED_RUN["points"], r=run) == 200, 60, "the first 100 steps written")
             proxy.hold("metric_points")
-            for step in range(100, 150):
-                publisher.publish(metrics(run, 0, step, 1.0 / (step + 1)))
-            assert publisher.flush(30)
+            publish_steps(publisher, run, range(100, 150))
             assert proxy.held.wait(30), "no insert of the next steps"
-            for step in range(150, 201):  # the last loss NaN: one alert, whose checkpoint lists the steps in flight
-                publisher.publish(metrics(run, 0, step, math.nan if step == 200 else 1.0 / (step + 1)))
-            assert publisher.flush(30)
+            # the last loss NaN: one alert, whose checkpoint lists the steps in flight
+            publish_steps(publisher, run, range(150, 201), nan_at=200)
             wait_until(lambda: "firing" in states(receiver, run), 60, "the NaN alert, paged with the insert in flight")
             time.sleep(2.5)  # the steps after it are handed to the inserts too, queued behind the held one
             first.send_signal(signal.SIGKILL)
