@@ -162,7 +162,7 @@ def test_worker_frozen_past_its_session_with_the_nan_fetched_pages_it_once(own_t
             start_run(publisher, run)
             publish_steps(publisher, run, range(100))
             wait_until(lambda: scalar(client, points, r=run) == 200, 60, "the finite steps written")
-            time.sleep(2.5)  # a checkpoint has covered them
+            time.sleep(2.5)  # at rest: its next fetch is open (what a checkpoint has not covered is re-read)
             first.send_signal(signal.SIGSTOP)
             publish_steps(publisher, run, range(100, 101), nan_at=100)
             second = start_worker(own_topics, pipeline, group, tmp_path / "second.log", **slow_fetch)
