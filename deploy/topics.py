@@ -156,12 +156,16 @@ def _settled(admin, metadata: dict, names: list[str], timeout_s: float) -> dict:
     """`metadata` with `names` read again until each lists its partitions: a topic made moments before
     (by another process starting, or a test) can be listed before they are, which read as 0 partitions."""
     metadata, deadline = dict(metadata), time.monotonic() + timeout_s
-    pending = [name for name in names if not metadata[name].partitions or metadata[name].error is not None]
+
+    def unsettled(among: list[str]) -> list[str]:
+        return [name for name in among if not metadata[name].partitions or metadata[name].error is not None]
+
+    pending = unsettled(names)
     while pending and time.monotonic() < deadline:
         time.sleep(0.2)
         for name in pending:
             metadata[name] = admin.list_topics(topic=name, timeout=timeout_s).topics[name]
-        pending = [name for name in pending if not metadata[name].partitions or metadata[name].error is not None]
+        pending = unsettled(pending)
     return metadata
 
 
