@@ -58,6 +58,10 @@ from trainmon.contract import encode, envelope  # noqa: E402
 from trainmon.deploy.services.filesystem import filesystem  # noqa: E402
 from trainmon.settings import Settings, environment  # noqa: E402
 
+# The figures' goals (issue 13: 500,000 values/s on 2 cores; the latencies since the pipeline's first issue),
+# judged on the median of the runs here and by bench/goals.py for `run_all.py --show`.
+GOALS = {"values_per_s": (">=", 500_000), "alert_p99_ms": ("<", 1000), "visible_p99_ms": ("<", 3000)}
+
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -434,11 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) > 1:  # the services' first load apart (see the module doc)
         figures["values_per_s_first_run"] = results[0]["values_per_s"]
         figures["values_per_s_later_runs_median"] = statistics.median(r["values_per_s"] for r in results[1:])
-    goals = {"values_per_s": (">=", 200_000), "alert_p99_ms": ("<", 1000), "visible_p99_ms": ("<", 3000)}
     print(f"\n{'figure':<22} {'median':>14} {'min':>14} {'max':>14}  goal")
     for key in results[0]:
         column = [r[key] for r in results]
-        goal = goals.get(key)
+        goal = GOALS.get(key)
         verdict = ""
         if goal:
             met = figures[key] >= goal[1] if goal[0] == ">=" else figures[key] < goal[1]

@@ -25,6 +25,7 @@ git-ignored. A run whose figures docs/benchmarks.md cites is copied into docs/re
     .venv/bin/python bench/run_all.py --skip detection,recovery --out /tmp/bench
     .venv/bin/python bench/run_all.py --full --publish       # the long modes, copied to docs/results/
     .venv/bin/python bench/run_all.py --list                 # what would run, and what is skipped
+    .venv/bin/python bench/run_all.py --show --publish       # issue 13's Show: its figures, each goal judged
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import IO, Any, TextIO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import goals  # noqa: E402
 from bench.pipeline import PORT_OFFSET, bench_settings, machine_info  # noqa: E402
 from trainmon.deploy import services  # noqa: E402
 from trainmon.deploy.services.base import port_in_use  # noqa: E402
@@ -62,7 +64,8 @@ PACKAGES = ["chdb-core", "clickhouse-connect", "confluent-kafka", "faust-streami
             "pyarrow", "psutil"]
 STOP_STEPS = [(signal.SIGINT, 60.0), (signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)]
 # modules the benchmarks import, not benchmarks
-HELPERS = {"clickhouse_target.py", "framework_loops.py", "peers.py", "quick.py", "run_all.py", "sim_storage.py"}
+HELPERS = {"clickhouse_target.py", "framework_loops.py", "goals.py", "peers.py", "quick.py", "run_all.py",
+           "sim_storage.py"}
 
 
 @dataclass
@@ -136,6 +139,13 @@ BENCHES = [
     Bench("kafka_engine", "bench/kafka_engine.py", services=True, why_skip=when_present("bench/kafka_engine.py")),
 ]
 BY_NAME = {bench.name: bench for bench in BENCHES}
+# --show: issue 13's Show, every figure from one run on one machine, in the benchmarks' long modes (about 35
+# min on the 2-vCPU VM), then each goal judged from their JSON (bench/goals.py). The 1e9-point query run is
+# only here: `make bench` and --full keep to queries.py's defaults (20 M points).
+QUERIES_1E9 = Bench("queries_1e9", "bench/queries.py", services=True, clickhouse_url=True,
+                    common=["--overlay-runs", "20", "--steps", "50000000", "--ingest-seconds", "300",
+                            "--reference-repeat", "0"])
+SHOW = [BY_NAME["idle"], BY_NAME["pipeline"], BY_NAME["storage"], BY_NAME["queries"], QUERIES_1E9]
 
 
 @dataclass
@@ -452,6 +462,16 @@ def publish(out: Path, target_root: Path) -> Path:
     return target
 
 
+def judge_show(out: Path) -> dict[str, Any]:
+    """Each of issue 13's goals from the Show's JSON files: printed, and written to <out>/show.json."""
+    runs = goals.load(out, [bench.name for bench in SHOW])
+    verdicts, found = goals.judge(runs), goals.context(runs)
+    say("\nissue 13's goals, from this run:\n" + goals.table(verdicts, found))
+    show = goals.figures(verdicts, found)
+    (out / "show.json").write_text(json.dumps(show, indent=2) + "\n")
+    return show
+
+
 def list_benches(selected: list[Bench], full: bool) -> None:
     for bench in selected:
         reason = bench.why_skip()
@@ -485,8 +505,19 @@ def main(argv: list[str] | None = None) -> int:
                              "that cite it (default DIR: docs/results)")
     parser.add_argument("--list", action="store_true", help="print each benchmark's command (or why it is skipped) "
                                                             "and exit")
+    parser.add_argument("--show", action="store_true",
+                        help="issue 13's Show instead: idle, pipeline, storage, queries (20 M points) and "
+                             "queries_1e9 (1,000,000,000 overlay points, ~8 GB on the bench ClickHouse's disk), "
+                             "their long modes, one after another (~35 min on a 2-vCPU VM); then a table of "
+                             "each goal met or not (bench/goals.py), also in <out>/show.json and the manifest. "
+                             "Exits 1 unless every goal is met. Not with --only, --skip or --full")
     args = parser.parse_args(argv)
-    selected = [b for b in BENCHES if (args.only is None or b.name in args.only) and b.name not in args.skip]
+    if args.show and (args.only is not None or args.skip or args.full):
+        parser.error("--show runs its own benchmarks in their long modes: leave out --only, --skip and --full")
+    if args.show:
+        args.full = True
+    selected = SHOW if args.show else [b for b in BENCHES if (args.only is None or b.name in args.only)
+                                       and b.name not in args.skip]
     if not selected:
         parser.error("--only/--skip left no benchmark to run")
     unlisted = unlisted_scripts()
@@ -509,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out.resolve() if args.out else default_out(rev["commit_short"]))
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
-    mode = "full" if args.full else "quick"
+    mode = "show" if args.show else "full" if args.full else "quick"
     manifest: dict[str, Any] = {
         "command": shlex.join([rel(Path(sys.executable)), rel(Path(__file__)),
                                *(argv if argv is not None else sys.argv[1:])]),
@@ -548,8 +579,14 @@ def main(argv: list[str] | None = None) -> int:
     manifest.update(ended_utc=utc_now(), wall_s=round(total_s, 1), interrupted=interrupted)
     write_manifest(manifest_path, manifest, outcomes)
     print_table(outcomes, total_s, out)
-    say(f"manifest: {rel(manifest_path)}")
     failed = [o.name for o in outcomes if o.status not in ("ok", "skipped")]
+    if args.show and not interrupted:
+        show = judge_show(out)
+        manifest["show"] = show
+        write_manifest(manifest_path, manifest, outcomes)
+        if not show["goals_met"]:
+            failed.append("show (a goal not met)")
+    say(f"manifest: {rel(manifest_path)}")
     if args.publish and not interrupted:
         target = publish(out, args.publish.resolve())
         say(f"published: {rel(target)} (commit it with the docs that cite it)"
