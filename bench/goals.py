@@ -64,6 +64,13 @@ def at(*path: str) -> Callable[[Figures], tuple[float, str]]:
     return read
 
 
+def lost_or_doubled(figures: Figures) -> tuple[float, str]:
+    """The run furthest from exact; a pipeline.json from before that figure (2026-12-08) has the median only."""
+    if "saturated_values_lost_or_doubled_worst" in figures:
+        return float(figures["saturated_values_lost_or_doubled_worst"]), ""
+    return float(figures["saturated_values_lost_or_doubled"]), "the median of the runs: an older pipeline.json"
+
+
 def slowest(phase: str) -> Callable[[Figures], tuple[float, str]]:
     """The slowest view's p50 of `phase`, with the view's name as the note."""
     return lambda figures: worst_view(figures, phase)
@@ -78,8 +85,8 @@ GOALS = [
          "pipeline alert p99 (median of the runs)"),
     Goal("pipeline_visible_p99_ms", "pipeline", at("visible_p99_ms"), *PIPELINE_GOALS["visible_p99_ms"],
          "pipeline visible p99 (median of the runs)"),
-    Goal("pipeline_values_lost_or_doubled", "pipeline", at("saturated_values_lost_or_doubled"), "==", 0,
-         "values lost or doubled under saturation"),
+    Goal("pipeline_values_lost_or_doubled", "pipeline", lost_or_doubled, "==", 0,
+         "values lost or doubled under saturation (worst run)"),
     Goal("storage_gpu_value_bytes", "storage", at("figures", "gpu_value_bytes"), "<=", GPU_VALUE_BYTES_GOAL,
          "bytes on disk per GPU value, after merges"),
     Goal("queries_slowest_cold_p50_ms", "queries", slowest("cold"), "<", GOAL_COLD_MS,

@@ -47,6 +47,14 @@ def test_the_slow_hours_show_misses_exactly_the_goals_the_docs_say_it_missed():
     assert verdicts["queries_1e9_slowest_warm_p50_ms"].value == pytest.approx(98.21)
 
 
+def test_one_run_that_lost_values_misses_the_goal_though_the_median_of_the_runs_is_exact():
+    runs = show_files(FAST)
+    runs["pipeline"] = {**runs["pipeline"], "saturated_values_lost_or_doubled": 0.0,
+                        "saturated_values_lost_or_doubled_worst": -64.0}
+    verdict = by_name(goals.judge(runs))["pipeline_values_lost_or_doubled"]
+    assert (verdict.value, verdict.met) == (-64.0, False)
+
+
 def test_the_reference_views_and_the_goal_itself_are_not_the_slowest_view():
     figures = {"goal_warm_p50_ms": 100.0, "overlay_raw_warm_p50_ms": 1160.9, "overlay_warm_p50_ms": 102.3,
                "runs_list_warm_p50_ms": 89.1}
