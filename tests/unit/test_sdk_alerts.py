@@ -218,8 +218,22 @@ def test_log_stays_as_fast_with_a_busy_follower_attached(publisher: FakePublishe
     """Rounds of logs by a plain run while the follower idles, and by the followed run while its
     follower reads a flood of other runs' alerts (thousands of times any real rate), interleaved so
     the shared machine's noise hits both alike. A follower that decodes every alert of the flood
-    (instead of skipping other runs' on their bytes) makes the followed rounds twice as slow."""
+    (instead of skipping other runs' on their bytes) makes the followed rounds twice as slow; it is
+    also caught without a clock: not one alert of the flood may be decoded."""
     monkeypatch.setenv("TRAINMON_HOST", HOST)
+    taken, decoded = [0], [0]
+    take, decode = alert_follower.AlertFollower.take, alert_follower.decode
+
+    def counted_take(self: alert_follower.AlertFollower, raw: bytes) -> None:
+        taken[0] += 1
+        take(self, raw)
+
+    def counted_decode(raw: bytes) -> dict[str, Any]:
+        decoded[0] += 1
+        return decode(raw)
+
+    monkeypatch.setattr(alert_follower.AlertFollower, "take", counted_take)
+    monkeypatch.setattr(alert_follower, "decode", counted_decode)
     plain = trainmon.init("p", run_id="plain", publisher=FakePublisher(), heartbeat_s=60.0)
     followed = trainmon.init("p", run_id="r1", publisher=publisher, heartbeat_s=60.0)
     followed.on_alert(print)
@@ -232,21 +246,29 @@ def test_log_stays_as_fast_with_a_busy_follower_attached(publisher: FakePublishe
                 feed.queue.put(others)
                 time.sleep(0.002)
 
-    flooder = threading.Thread(target=flood, daemon=True)
-    flooder.start()
-    plain_ms, followed_ms = [], []
-    try:
+    def ratio() -> tuple[float, list[float], list[float]]:
+        plain_ms, followed_ms = [], []
         for _ in range(15):
             plain_ms.append(log_round_ms(plain, 5000))
             flooding.set()
             followed_ms.append(log_round_ms(followed, 5000))
             flooding.clear()
             time.sleep(0.005)
+        return statistics.median(followed_ms) / statistics.median(plain_ms), plain_ms, followed_ms
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    tries = []
+    try:
+        # Measured on 2 shared cores: 1.0-1.3x as it is; 2.0-2.4x when the follower decodes every alert.
+        # Another test suite's burst on the other core has pushed one try to 2.2x: up to three tries.
+        while len(tries) < 3 and (not tries or tries[-1][0] > 1.6):
+            tries.append(ratio())
     finally:
         stop.set()
         flooder.join()
-    # Measured on 2 shared cores: 1.0-1.3x as it is; 2.0-2.4x when the follower decodes every alert.
-    assert statistics.median(followed_ms) <= statistics.median(plain_ms) * 1.6, (plain_ms, followed_ms)
+    assert taken[0] >= 1000 and decoded[0] == 0, (taken, decoded)  # the flood arrived, and none was decoded
+    assert min(t[0] for t in tries) <= 1.6, tries
 
 
 # --- the ready-made actions -----------------------------------------------------------------------
